@@ -1,0 +1,67 @@
+# Beamline control suite. `make demo` runs the demo beamline, `make test` runs
+# every test. Both install what is missing first (venv, pip packages, Debian
+# packages), so they work on a fresh Debian bookworm machine as root.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+DEB_PKGS  := tango-starter tango-test
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install demo up down status test test-fast lint bench clean help
+
+help:
+	@echo "make demo     start the demo beamline (installs what is missing)"
+	@echo "make test     run the whole test suite (installs what is missing)"
+	@echo "make down     stop everything 'make demo' started"
+	@echo "make status   show servers, processes and device states"
+	@echo "make lint     ruff and import-linter"
+	@echo "make bench    run the benchmarks in bench/ and print the figures"
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml
+	@scripts/install-system-packages $(DEB_PKGS)
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' \
+		|| { echo "error: $(PYTHON) is not Python 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) \
+		|| { echo "error: could not create $(VENV); on Debian: apt-get install python3-venv"; exit 1; }
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+	@echo "installed: $(VENV) with the beamline suite; Debian packages: $(DEB_PKGS)"
+
+demo: install
+	$(BIN)/beamline up --demo-help
+
+up: install
+	$(BIN)/beamline up
+
+down:
+	@if [ -x $(BIN)/beamline ]; then $(BIN)/beamline down; else echo "nothing installed, nothing to stop"; fi
+
+status: install
+	$(BIN)/beamline status
+
+# The suite runs in its own PID namespace (when the kernel allows it): the
+# real Tango Starter finds servers by scanning /proc, so a test beamline must
+# not see the processes of a demo beamline running on the same host, and
+# everything a test started dies with the namespace.
+test: install
+	$(BIN)/python scripts/run-isolated $(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -m "not system" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+bench: install
+	$(BIN)/python scripts/run-isolated $(BIN)/python -m bench
+
+clean: down
+	rm -rf $(VENV) var build *.egg-info test-output

@@ -1,0 +1,1 @@
+"""The `beamline` command-line tool: runs, configures and inspects the beamline."""

@@ -1,0 +1,430 @@
+"""The `beamline` command: run, configure and inspect the beamline.
+
+    beamline up / down / status          the whole beamline under the Tango Starter
+    beamline start|stop|restart SERVER   one server, through the Starter
+    beamline config check|diff|apply     db_config/ against the Tango database
+    beamline sim status|fault|clear      the virtual hardware's fault injection
+    beamline logs SERVER                 the tail of a server's log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from beamline import config as cfg
+from beamline import orchestrator as orch
+from beamline import procs, tangodb
+from beamline.runtime import RunContext
+
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+STATE_STYLE = {
+    "ON": "green", "OPEN": "green", "CLOSE": "white", "MOVING": "cyan", "RUNNING": "cyan",
+    "ALARM": "yellow", "FAULT": "red", "DISABLE": "magenta", "OFF": "white", "INIT": "yellow",
+    "UNKNOWN": "red", None: "red",
+}
+
+
+def _state(text: str | None) -> str:
+    style = STATE_STYLE.get(text, "white")
+    return f"[{style}]{text or 'no answer'}[/{style}]"
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    sys.exit(code)
+
+
+class RichReporter(orch.Reporter):
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+
+    def step(self, text: str) -> None:
+        console.print(f"[green]✓[/green] {text}")
+
+    def warn(self, text: str) -> None:
+        console.print(f"[yellow]![/yellow] {text}")
+
+    def level_started(self, level, servers, devices) -> None:
+        self.progress = Progress(
+            TextColumn(f"  level {level}: starting {len(servers)} server(s)"),
+            BarColumn(), MofNCompleteColumn(), TextColumn("devices answering"), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("", total=len(devices))
+
+    def level_progress(self, level, answered, total) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=answered)
+
+    def level_done(self, level, checks, elapsed) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        bad = [c for c in checks if c.state is None]
+        states = ", ".join(f"{c.device.split('/')[-1]} {_state(c.state)}" for c in checks)
+        mark = "[green]✓[/green]" if not bad else "[red]✗[/red]"
+        console.print(f"{mark} level {level}: {len(checks) - len(bad)}/{len(checks)} devices answering after {elapsed:.1f} s: {states}")
+
+
+class QuietReporter(orch.Reporter):
+    pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run-dir", envvar="BEAMLINE_RUN_DIR", type=click.Path(file_okay=False), help="Run directory (database file, logs, state). Default: var/ in the project.")
+@click.option("--config-dir", envvar="BEAMLINE_CONFIG_DIR", type=click.Path(file_okay=False), help="Configuration directory. Default: db_config/ in the project.")
+@click.pass_context
+def main(ctx: click.Context, run_dir: str | None, config_dir: str | None) -> None:
+    """Run, configure and inspect the beamline."""
+    ctx.obj = RunContext.create(run_dir, config_dir)
+
+
+# ---------------------------------------------------------------------- up
+@main.command()
+@click.option("--tango-host", metavar="HOST:PORT", help="Use this existing Tango database (also taken from TANGO_HOST); none is started.")
+@click.option("--port", default=10000, show_default=True, help="Port of the embedded database.")
+@click.option("--db-bind", default="0.0.0.0", show_default=True, help="Address the embedded database listens on.")
+@click.option("--listen", default="127.0.0.1", show_default=True, help="Address device servers and virtual hardware listen on (0.0.0.0 for the network).")
+@click.option("--no-sim", is_flag=True, help="Real hardware: do not start the virtual hardware.")
+@click.option("--sim-auto-ports", is_flag=True, help="Let the virtual hardware pick free ports (tests).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the devices of one level.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--demo-help", is_flag=True, help="Afterwards, print how to use and stop the demo.")
+@click.pass_obj
+def up(ctx: RunContext, tango_host, port, db_bind, listen, no_sim, sim_auto_ports, timeout, as_json, demo_help) -> None:
+    """Start the beamline: database, virtual hardware, Starter, every server.
+
+    Safe to run again: only what is not running is started.
+    """
+    opts = orch.UpOptions(tango_host=tango_host, port=port, db_bind=db_bind, listen=listen,
+                          simulate=not no_sim, sim_auto_ports=sim_auto_ports, level_timeout=timeout)
+    reporter = QuietReporter() if as_json else RichReporter()
+    try:
+        result = orch.up(ctx, opts, reporter)
+    except cfg.ConfigError as exc:
+        fail(f"the configuration in {ctx.config_dir} has problems:\n" + "\n".join(f"  {p}" for p in exc.problems), 2)
+    except (orch.UpError, tangodb.DatabaseError, orch.StarterError) as exc:
+        fail(f"{exc}\n(logs in {ctx.log_dir}; `beamline down` stops what was started)")
+    failures = result.get("failures", [])
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for f in failures:
+            console.print(f"[red]✗ {f['device']}[/red] ({f['server']}) does not answer: {f['error']}")
+            if f["log_tail"]:
+                console.print(f"  last lines of {ctx.server_log(f['server'])}:")
+                for line in f["log_tail"].splitlines():
+                    console.print(f"    {line}", markup=False)
+        if not failures:
+            console.print(f"[green]beamline up[/green]: every device answers. TANGO_HOST={result['tango_host']}")
+        if demo_help:
+            _print_demo_help(ctx, result)
+    sys.exit(1 if failures else 0)
+
+
+def _print_demo_help(ctx: RunContext, result: dict) -> None:
+    th = result["tango_host"]
+    console.print(
+        f"""
+[bold]The demo beamline runs.[/bold]  Every device is its own process under the Tango Starter.
+
+  export TANGO_HOST={th}          for any Tango client (itango, Jive, Astor, scripts)
+  .venv/bin/beamline status                 servers, processes and device states
+  .venv/bin/python -c "import tango; m = tango.DeviceProxy('bl01/mot/sample_x'); m.Position = 3; print(m.State())"
+  .venv/bin/beamline sim fault smc1 drop    cut the motion controller's link (then: beamline sim clear smc1)
+  .venv/bin/beamline logs Motor/sample_x    a server's log
+  make down                                 stop everything (or: .venv/bin/beamline down)
+
+Logs and the database file are in {ctx.run_dir}."""
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def down(ctx: RunContext, as_json: bool) -> None:
+    """Stop everything `up` started, in reverse order; leave no process behind."""
+    result = orch.down(ctx, QuietReporter() if as_json else RichReporter())
+    if as_json:
+        click.echo(json.dumps(result.__dict__, indent=2))
+    elif not result.stopped and not result.leftovers:
+        console.print("nothing was running")
+    else:
+        console.print("[green]beamline down[/green]: nothing left running")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(ctx: RunContext, as_json: bool) -> None:
+    """Per server: Starter state, pid and device states."""
+    try:
+        data = orch.status(ctx)
+    except cfg.ConfigError as exc:
+        fail(str(exc), 2)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    db = data["database"]
+    kind = "embedded" if db["embedded"] else "external"
+    console.print(f"TANGO_HOST={data['tango_host']} ({kind} database, {'answering' if db['answers'] else '[red]not answering[/red]'})")
+    st = data["starter"]
+    console.print(f"Starter {st['device']}: " + (f"pid {st['pid']}" if st["pid"] else "no process") + ("" if st["answers"] else " [red](not answering)[/red]"))
+    sim = data["simulator"]
+    if sim["pid"]:
+        ctrls = ", ".join(f"{n}:{c['port']}" for n, c in sim["controllers"].items())
+        console.print(f"virtual hardware: pid {sim['pid']} ({ctrls})")
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("level", "server", "host", "Starter", "pid", "device", "state"):
+        table.add_column(col)
+    for s in data["servers"]:
+        for i, d in enumerate(s["devices"] or [{"device": "", "state": None}]):
+            first = i == 0
+            table.add_row(
+                str(s["level"]) if first else "", s["server"] if first else "", s["host"] if first else "",
+                _state(s["starter_state"]) if first and s["starter_state"] else ("" if not first else "-"),
+                ",".join(map(str, s["pids"])) if first and s["pids"] else ("" if not first else "-"),
+                d["device"], _state(d["state"]) if d["device"] else "",
+            )
+    console.print(table)
+
+
+# ------------------------------------------------------------ start / stop
+def _starter_for(ctx: RunContext):
+    from beamline.starter import Starter
+
+    state = ctx.load_state()
+    th = state.get("tango_host")
+    if not th or not procs.alive(state.get("starter", {}).get("pid")):
+        fail("the beamline is not running (no Starter); run `beamline up` first")
+    os.environ["TANGO_HOST"] = th
+    return Starter(th, state["starter"].get("host")), th
+
+
+def _server_name(ctx: RunContext, name: str) -> str:
+    config = cfg.load(ctx.config_dir)
+    by_lower = {s.name.lower(): s.name for s in config.servers.values()}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    # accept a device name too
+    entry = config.devices.get(name.lower())
+    if entry:
+        return entry.server
+    fail(f"no server or device named {name!r}; servers: {', '.join(sorted(by_lower.values()))}", 2)
+    raise AssertionError
+
+
+@main.command()
+@click.argument("name")
+@click.option("--timeout", default=30.0, show_default=True)
+@click.pass_obj
+def start(ctx: RunContext, name: str, timeout: float) -> None:
+    """Start one server (or the server of a device) through the Starter."""
+    server = _server_name(ctx, name)
+    starter, th = _starter_for(ctx)
+    config = cfg.load(ctx.config_dir)
+    starter.dev_start(server)
+    checks = orch._wait_devices(th, config.devices_of(server), timeout, lambda n: None)
+    bad = [c for c in checks if c.state is None]
+    for c in checks:
+        console.print(f"{c.device}: {_state(c.state)} {c.error}")
+    if bad:
+        console.print(procs.tail(ctx.server_log(server)), markup=False)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--timeout", default=5.0, show_default=True)
+@click.pass_obj
+def stop(ctx: RunContext, name: str, timeout: float) -> None:
+    """Stop one server on purpose (it is not restarted until `beamline start`)."""
+    server = _server_name(ctx, name)
+    starter, _ = _starter_for(ctx)
+    pids = procs.server_pids(ctx.run_dir, [server]).get(server.lower(), [])
+    if not pids:
+        console.print(f"{server} is not running")
+        return
+    starter.dev_stop(server)
+    left = procs.wait_gone(pids, timeout)
+    if left:
+        starter.hard_kill(server)
+        procs.stop(left, timeout=2.0, sig=9)
+        console.print(f"{server} did not exit within {timeout:g} s and was killed")
+    else:
+        console.print(f"{server} stopped")
+
+
+# ----------------------------------------------------------------- config
+@main.group()
+def config() -> None:
+    """Check, diff and apply db_config/ to the Tango database."""
+
+
+@config.command("check")
+@click.pass_obj
+def config_check(ctx: RunContext) -> None:
+    """Validate the configuration files; names the file and key of every error."""
+    try:
+        c = cfg.load(ctx.config_dir)
+    except cfg.ConfigError as exc:
+        err.print(f"[red]{len(exc.problems)} problem(s)[/red] in {ctx.config_dir}:")
+        for p in exc.problems:
+            err.print(f"  {p}", markup=False)
+        sys.exit(2)
+    for w in c.warnings:
+        console.print(f"[yellow]warning[/yellow] {w}", markup=True)
+    levels = c.servers_by_level()
+    console.print(
+        f"[green]ok[/green]: {len(c.servers)} servers, {len(c.devices)} devices, levels "
+        + ", ".join(f"{lvl}: {len(s)}" for lvl, s in levels.items())
+        + (f"; simulation with {len(c.simulation.get('controllers', {}))} controller(s)" if c.simulation else "")
+    )
+
+
+def _config_target(ctx: RunContext, tango_host: str | None) -> tuple[cfg.BeamlineConfig, str, dict | None]:
+    try:
+        c = cfg.load(ctx.config_dir)
+    except cfg.ConfigError as exc:
+        fail("configuration problems (run `beamline config check`):\n" + "\n".join(f"  {p}" for p in exc.problems), 2)
+    state = ctx.load_state()
+    th = tango_host or state.get("tango_host") or os.environ.get("TANGO_HOST")
+    if not th:
+        fail("no database: run `beamline up`, or give --tango-host HOST:PORT (or TANGO_HOST)")
+    if not tangodb.answers(th):
+        fail(f"no Tango database answers at {th}")
+    os.environ["TANGO_HOST"] = th
+    sim_state = ctx.load_sim_state() if state.get("simulated") and not tango_host else None
+    return c, th, sim_state
+
+
+@config.command("diff")
+@click.option("--tango-host", metavar="HOST:PORT")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def config_diff(ctx: RunContext, tango_host: str | None, as_json: bool) -> None:
+    """Show what `apply` would change in the live database (exit 1 if anything)."""
+    c, th, sim_state = _config_target(ctx, tango_host)
+    plan = tangodb.plan(c, th, sim_state)
+    if as_json:
+        click.echo(json.dumps([ch.as_dict() for ch in plan.changes], indent=2, default=str))
+    elif plan.empty:
+        console.print(f"no differences: the database at {th} matches {ctx.config_dir}")
+    else:
+        for ch in plan.changes:
+            style = {"add": "green", "delete": "red", "update": "yellow"}[ch.action]
+            console.print(f"[{style}]{ch}[/{style}]", markup=True)
+        console.print(f"{len(plan.changes)} change(s); `beamline config apply` writes them")
+    sys.exit(0 if plan.empty else 1)
+
+
+@config.command("apply")
+@click.option("--tango-host", metavar="HOST:PORT")
+@click.pass_obj
+def config_apply(ctx: RunContext, tango_host: str | None) -> None:
+    """Write the configuration to the database (nothing if it is up to date)."""
+    c, th, sim_state = _config_target(ctx, tango_host)
+    plan = tangodb.apply(c, th, sim_state)
+    for ch in plan.changes:
+        console.print(str(ch), markup=False)
+    console.print(f"{len(plan.changes)} change(s) written to {th}" if plan.changes else "database already up to date")
+
+
+# -------------------------------------------------------------------- sim
+@main.group()
+def sim() -> None:
+    """Virtual hardware: status and fault injection."""
+
+
+def _sim_state(ctx: RunContext) -> dict:
+    s = ctx.load_sim_state()
+    if not s:
+        fail("the virtual hardware is not running (beamline up starts it unless --no-sim)")
+    return s
+
+
+def _sim_call(ctx: RunContext, request: dict) -> dict:
+    reply = orch.sim_request(_sim_state(ctx), request)
+    if not reply.get("ok"):
+        fail(reply.get("error", "unknown error"), 2)
+    return reply
+
+
+@sim.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sim_status(ctx: RunContext, as_json: bool) -> None:
+    """Controllers, ports, active faults and axis positions."""
+    reply = _sim_call(ctx, {"op": "status"})
+    click.echo(json.dumps(reply, indent=2)) if as_json else console.print_json(json.dumps(reply))
+
+
+FAULT_KINDS = ["drop", "stall", "garbage", "axis_fault", "interlock"]
+
+
+@sim.command("fault")
+@click.argument("controller")
+@click.argument("kind", type=click.Choice(FAULT_KINDS))
+@click.option("--axis", type=int, help="Axis for axis_fault and interlock.")
+@click.option("--text", default="injected fault", show_default=True, help="Fault text for axis_fault.")
+@click.pass_obj
+def sim_fault(ctx: RunContext, controller: str, kind: str, axis: int | None, text: str) -> None:
+    """Inject a fault into a simulated controller (until `beamline sim clear`)."""
+    request = {"op": "fault", "controller": controller, "kind": kind}
+    if kind in ("axis_fault", "interlock"):
+        if axis is None:
+            fail(f"{kind} needs --axis N", 2)
+        request["axis"] = axis
+    if kind == "axis_fault":
+        request["text"] = text
+    _sim_call(ctx, request)
+    console.print(f"{controller}: {kind} injected" + (f" on axis {axis}" if axis else ""))
+
+
+@sim.command("clear")
+@click.argument("controller")
+@click.pass_obj
+def sim_clear(ctx: RunContext, controller: str) -> None:
+    """Clear the injected faults of a controller (latched axis faults need Reset)."""
+    _sim_call(ctx, {"op": "clear", "controller": controller})
+    console.print(f"{controller}: faults cleared")
+
+
+# -------------------------------------------------------------------- logs
+@main.command()
+@click.argument("name")
+@click.option("-n", "--lines", default=30, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.pass_obj
+def logs(ctx: RunContext, name: str, lines: int, follow: bool) -> None:
+    """The tail of a server's log (NAME: server, device, starter, sim or database)."""
+    special = {"starter": ctx.log_dir / "starter.log", "sim": ctx.log_dir / "sim.log", "database": ctx.log_dir / "database.log"}
+    path = special.get(name.lower()) or ctx.server_log(_server_name(ctx, name))
+    if not path.exists():
+        fail(f"no log at {path}")
+    click.echo(procs.tail(path, lines))
+    if follow:
+        with open(path) as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                line = f.readline()
+                if line:
+                    click.echo(line, nl=False)
+                else:
+                    time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,433 @@
+"""The beamline configuration in db_config/: load, validate, render, diff, apply.
+
+Layout of a configuration directory::
+
+    tango/*.json       dsconfig JSON (servers, devices, properties, attribute
+                       properties, class properties); merged, a server or a
+                       device may be defined only once
+    starter.json       per server: Starter host, startup level, controlled flag
+    simulation.json    virtual hardware: controllers, and the device properties
+                       they override when the beamline runs simulated
+
+Every error names the file and the key (a dotted path) and says how to fix it.
+Nothing here starts processes; :mod:`beamline.tangodb` applies to a database.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import socket
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+LOCAL_HOST = "@local"
+MAX_LEVEL = 5  # the Starter's default NbStartupLevels
+DEVICE_NAME = re.compile(r"^[\w.@-]+/[\w.@-]+/[\w.@-]+$")
+
+
+class ConfigError(Exception):
+    """One or more problems in the configuration files."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """How the Starter runs one server."""
+
+    name: str  # "Motor/slit_h"
+    host: str  # a host name, or "@local" for the host running `beamline up`
+    level: int
+    controlled: bool = True
+
+    @property
+    def executable(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def instance(self) -> str:
+        return self.name.split("/", 1)[1]
+
+    def resolved_host(self, local: str | None = None) -> str:
+        return (local or short_hostname()) if self.host == LOCAL_HOST else self.host
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    server: str  # "Motor/slit_h"
+    device_class: str
+    name: str
+    properties: dict[str, list[str]]
+    file: str
+
+
+@dataclass
+class BeamlineConfig:
+    root: Path
+    tango: dict[str, Any]
+    servers: dict[str, ServerInfo]
+    devices: dict[str, DeviceEntry]
+    simulation: dict[str, Any] | None
+    warnings: list[Problem] = field(default_factory=list)
+
+    # ------------------------------------------------------------- queries
+    def servers_by_level(self, host: str | None = None) -> dict[int, list[ServerInfo]]:
+        """Controlled servers of ``host`` (default: this host) grouped by level."""
+        local = short_hostname()
+        levels: dict[int, list[ServerInfo]] = {}
+        for info in sorted(self.servers.values(), key=lambda s: (s.level, s.name)):
+            if not info.controlled:
+                continue
+            if info.resolved_host(local) != (host or local):
+                continue
+            levels.setdefault(info.level, []).append(info)
+        return dict(sorted(levels.items()))
+
+    def devices_of(self, server: str) -> list[str]:
+        return sorted(d.name for d in self.devices.values() if d.server.lower() == server.lower())
+
+    # ------------------------------------------------------------ rendering
+    def render(self, sim_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The dsconfig dict to write, with simulation overrides applied when
+        ``sim_state`` (the virtual hardware's state file) is given."""
+        data = copy.deepcopy(self.tango)
+        if sim_state is None or not self.simulation:
+            return data
+        values = {"listen": sim_state.get("listen", "127.0.0.1")}
+        for name, ctrl in sim_state.get("controllers", {}).items():
+            values[name] = SimpleNamespace(**ctrl)
+        for device, props in self.simulation.get("overrides", {}).items():
+            entry = self.devices[device.lower()]
+            server, instance = entry.server.split("/", 1)
+            dev = data["servers"][server][instance][entry.device_class][entry.name]
+            for prop, template in props.items():
+                templates = template if isinstance(template, list) else [template]
+                dev.setdefault("properties", {})[prop] = [t.format(**values) for t in templates]
+        return data
+
+
+def short_hostname() -> str:
+    """The Starter's instance name: the host name without its domain."""
+    return socket.gethostname().split(".")[0]
+
+
+def default_config_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "db_config"
+
+
+# ---------------------------------------------------------------- loading
+def _read_json(path: Path, problems: list[Problem], rel: str) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        problems.append(Problem(rel, "", f"cannot read: {exc.strerror}"))
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(
+            Problem(rel, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}")
+        )
+        return None
+
+
+def _dsconfig_schema() -> dict:
+    from dsconfig.formatting import SCHEMA_FILENAME
+
+    with open(SCHEMA_FILENAME) as f:
+        return json.load(f)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def load(config_dir: Path | str | None = None) -> BeamlineConfig:
+    """Load and validate a configuration directory; raise ConfigError listing every problem."""
+    import jsonschema
+    from dsconfig.formatting import expand_config
+
+    root = Path(config_dir or default_config_dir()).resolve()
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    if not root.is_dir():
+        raise ConfigError([Problem(str(root), "", "configuration directory does not exist")])
+
+    # -- dsconfig files
+    tango_dir = root / "tango"
+    files = sorted(tango_dir.glob("*.json")) if tango_dir.is_dir() else []
+    if not files:
+        problems.append(Problem("tango/", "", "no dsconfig *.json file found"))
+    schema = _dsconfig_schema()
+    validator = jsonschema.Draft4Validator(schema)
+    merged: dict[str, Any] = {"servers": {}, "classes": {}}
+    server_files: dict[str, str] = {}
+    devices: dict[str, DeviceEntry] = {}
+    for path in files:
+        rel = str(path.relative_to(root))
+        data = _read_json(path, problems, rel)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            problems.append(Problem(rel, "", "must be a JSON object with 'servers' and/or 'classes'"))
+            continue
+        data = expand_config(data)
+        for err in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
+            problems.append(Problem(rel, _key(err.absolute_path), _schema_message(err)))
+        for server, instances in data.get("servers", {}).items():
+            if not isinstance(instances, dict):
+                continue
+            for instance, classes in instances.items():
+                full = f"{server}/{instance}"
+                if full.lower() in server_files:
+                    problems.append(
+                        Problem(
+                            rel,
+                            f"servers.{server}.{instance}",
+                            f"server {full} is also defined in {server_files[full.lower()]}; "
+                            "define each server in one file",
+                        )
+                    )
+                    continue
+                server_files[full.lower()] = rel
+                merged["servers"].setdefault(server, {})[instance] = classes
+                if not isinstance(classes, dict):
+                    continue
+                for cls, devs in classes.items():
+                    if not isinstance(devs, dict):
+                        continue
+                    for dev, devdata in devs.items():
+                        key = f"servers.{server}.{instance}.{cls}.{dev}"
+                        if not DEVICE_NAME.match(dev):
+                            problems.append(
+                                Problem(rel, key, "device names have three parts: domain/family/member")
+                            )
+                            continue
+                        if dev.lower() in devices:
+                            other = devices[dev.lower()]
+                            problems.append(
+                                Problem(
+                                    rel,
+                                    key,
+                                    f"device {dev} is already defined in server {other.server} "
+                                    f"({other.file}); a device belongs to one server",
+                                )
+                            )
+                            continue
+                        props = devdata.get("properties", {}) if isinstance(devdata, dict) else {}
+                        devices[dev.lower()] = DeviceEntry(full, cls, dev, props, rel)
+        for cls, cdata in data.get("classes", {}).items():
+            if cls in merged["classes"]:
+                problems.append(
+                    Problem(rel, f"classes.{cls}", "class properties defined in two files")
+                )
+            merged["classes"][cls] = cdata
+
+    # -- starter.json
+    servers: dict[str, ServerInfo] = {}
+    starter = _read_json(root / "starter.json", problems, "starter.json")
+    if isinstance(starter, dict):
+        entries = starter.get("servers")
+        if not isinstance(entries, dict):
+            problems.append(Problem("starter.json", "servers", "must be an object: server name -> settings"))
+            entries = {}
+        seen = set()
+        for name, info in entries.items():
+            key = f"servers.{name}"
+            seen.add(name.lower())
+            info_obj = _server_info(name, info, key, problems)
+            if info_obj:
+                servers[name.lower()] = info_obj
+        for full, rel in server_files.items():
+            if full not in seen:
+                problems.append(
+                    Problem(
+                        "starter.json",
+                        "servers",
+                        f"server {_display(full, merged)} (defined in {rel}) has no entry; add "
+                        '{"host": "@local", "level": 2, "controlled": true}',
+                    )
+                )
+        for full in sorted(seen):
+            if full not in server_files:
+                name = next(n for n in entries if n.lower() == full)
+                problems.append(
+                    Problem(
+                        "starter.json",
+                        f"servers.{name}",
+                        "no such server in tango/*.json; remove the entry or define the server",
+                    )
+                )
+    elif starter is not None:
+        problems.append(Problem("starter.json", "", "must be a JSON object with a 'servers' object"))
+
+    # -- device properties against the classes we ship
+    _check_device_properties(devices, problems, warnings)
+
+    # -- simulation.json (optional)
+    simulation = None
+    sim_path = root / "simulation.json"
+    if sim_path.exists():
+        simulation = _read_json(sim_path, problems, "simulation.json")
+        if simulation is not None:
+            _check_simulation(simulation, devices, problems)
+
+    if problems:
+        raise ConfigError(problems)
+    return BeamlineConfig(root, merged, servers, devices, simulation, warnings)
+
+
+def _display(full_lower: str, merged: dict) -> str:
+    for server, instances in merged["servers"].items():
+        for instance in instances:
+            if f"{server}/{instance}".lower() == full_lower:
+                return f"{server}/{instance}"
+    return full_lower
+
+
+def _schema_message(err) -> str:
+    if err.validator == "type" and err.validator_value == "array":
+        return f"{err.instance!r} must be a list of strings, e.g. [\"{err.instance}\"]"
+    if err.validator == "additionalProperties":
+        return f"{err.message}; check the nesting server -> instance -> class -> device"
+    return err.message
+
+
+def _server_info(name: str, info: Any, key: str, problems: list[Problem]) -> ServerInfo | None:
+    if "/" not in name or name.count("/") != 1 or not all(name.split("/")):
+        problems.append(Problem("starter.json", key, "server names look like Executable/instance"))
+        return None
+    if not isinstance(info, dict):
+        problems.append(Problem("starter.json", key, "must be an object with host, level, controlled"))
+        return None
+    unknown = set(info) - {"host", "level", "controlled"}
+    if unknown:
+        problems.append(
+            Problem("starter.json", key, f"unknown keys {sorted(unknown)}; allowed: host, level, controlled")
+        )
+    host = info.get("host", LOCAL_HOST)
+    level = info.get("level")
+    controlled = info.get("controlled", True)
+    ok = True
+    if not isinstance(host, str) or not host:
+        problems.append(Problem("starter.json", f"{key}.host", "must be a host name or \"@local\""))
+        ok = False
+    if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= MAX_LEVEL:
+        problems.append(
+            Problem("starter.json", f"{key}.level", f"must be an integer from 1 to {MAX_LEVEL}, not {level!r}")
+        )
+        ok = False
+    if not isinstance(controlled, bool):
+        problems.append(Problem("starter.json", f"{key}.controlled", "must be true or false"))
+        ok = False
+    return ServerInfo(name, host, level, controlled) if ok else None
+
+
+def known_device_classes() -> dict[str, Any]:
+    """Device classes shipped with the suite, by Tango class name (imported lazily)."""
+    from tango_devices.registry import device_classes
+
+    return device_classes()
+
+
+def _check_device_properties(devices, problems, warnings) -> None:
+    try:
+        classes = known_device_classes()
+    except ImportError as exc:  # pragma: no cover - broken install
+        warnings.append(Problem("tango/", "", f"cannot check device properties: {exc}"))
+        return
+    for entry in devices.values():
+        cls = classes.get(entry.device_class)
+        if cls is None:
+            continue  # a class from elsewhere (Sardana, TangoTest, ...)
+        server, instance = entry.server.split("/", 1)
+        base = f"servers.{server}.{instance}.{entry.device_class}.{entry.name}.properties"
+        declared = cls.class_properties_spec()
+        lower = {k.lower(): (k, v) for k, v in entry.properties.items()}
+        for prop, spec in declared.items():
+            present = lower.get(prop.lower())
+            if present is None:
+                if spec["mandatory"]:
+                    problems.append(
+                        Problem(entry.file, f"{base}.{prop}", f"missing; {spec['doc']}")
+                    )
+                continue
+            _, value = present
+            if not isinstance(value, list) or len(value) != 1:
+                continue  # schema errors are reported already; arrays are not used by our classes
+            conv = spec["type"]
+            try:
+                conv(value[0])
+            except ValueError:
+                problems.append(
+                    Problem(
+                        entry.file,
+                        f"{base}.{prop}",
+                        f"{value[0]!r} is not a valid {conv.__name__}; {spec['doc']}",
+                    )
+                )
+        for name, (orig, _) in lower.items():
+            if name not in {p.lower() for p in declared} and not name.startswith("_"):
+                warnings.append(
+                    Problem(
+                        entry.file,
+                        f"{base}.{orig}",
+                        f"class {entry.device_class} has no property {orig}; it will be ignored",
+                    )
+                )
+
+
+def _check_simulation(sim: Any, devices, problems) -> None:
+    rel = "simulation.json"
+    if not isinstance(sim, dict):
+        problems.append(Problem(rel, "", "must be a JSON object"))
+        return
+    controllers = sim.get("controllers", {})
+    if not isinstance(controllers, dict) or not controllers:
+        problems.append(Problem(rel, "controllers", "must be a non-empty object"))
+        controllers = {}
+    names = set(controllers)
+    for device, props in (sim.get("overrides") or {}).items():
+        key = f"overrides.{device}"
+        if device.lower() not in devices:
+            problems.append(Problem(rel, key, "no such device in tango/*.json"))
+            continue
+        if not isinstance(props, dict):
+            problems.append(Problem(rel, key, "must be an object: property -> value template"))
+            continue
+        for prop, template in props.items():
+            for text in template if isinstance(template, list) else [template]:
+                if not isinstance(text, str):
+                    problems.append(Problem(rel, f"{key}.{prop}", "templates are strings"))
+                    continue
+                for _, field_name, _, _ in string.Formatter().parse(text):
+                    if field_name is None:
+                        continue
+                    head = field_name.split(".")[0]
+                    if head != "listen" and head not in names:
+                        problems.append(
+                            Problem(
+                                rel,
+                                f"{key}.{prop}",
+                                f"{{{field_name}}} names no controller; known: "
+                                f"{', '.join(sorted(names)) or 'none'} (and {{listen}})",
+                            )
+                        )

@@ -1,0 +1,446 @@
+"""`beamline up`, `down` and `status`: bringing a whole beamline up and down
+in order, under the real Tango Starter.
+
+``up``: database (embedded unless a TANGO_HOST is given) -> virtual hardware
+(unless --no-sim) -> configuration -> Starter -> servers level by level. All
+servers of a level are started at once (a DevStart each, which returns at
+once); the next level starts when every device of the previous one answers.
+Running ``up`` again starts only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from beamline import config as cfg
+from beamline import procs, tangodb
+from beamline.runtime import RunContext, venv_bin
+from beamline.starter import Starter, StarterError
+
+
+class UpError(Exception):
+    pass
+
+
+@dataclass
+class UpOptions:
+    tango_host: str | None = None  # an existing database; None = embedded
+    port: int = 10000
+    db_bind: str = "0.0.0.0"
+    listen: str = "127.0.0.1"
+    simulate: bool = True
+    sim_auto_ports: bool = False
+    level_timeout: float = 60.0
+    host: str | None = None
+
+
+@dataclass
+class DeviceCheck:
+    device: str
+    state: str | None  # DevState name, or None if it does not answer
+    error: str = ""
+
+
+class Reporter:
+    """Progress sink; the CLI renders it with rich, tests use the default (silent)."""
+
+    def step(self, text: str) -> None: ...
+
+    def level_started(self, level: int, servers: list[str], devices: list[str]) -> None: ...
+
+    def level_progress(self, level: int, answered: int, total: int) -> None: ...
+
+    def level_done(self, level: int, checks: list[DeviceCheck], elapsed: float) -> None: ...
+
+    def warn(self, text: str) -> None: ...
+
+
+# ----------------------------------------------------------------- helpers
+def check_devices(tango_host: str, devices: list[str], timeout: float = 1.0) -> list[DeviceCheck]:
+    """Read State of every device through a new client each (in parallel)."""
+    import tango
+
+    def one(dev: str) -> DeviceCheck:
+        try:
+            proxy = tango.DeviceProxy(f"tango://{tango_host}/{dev}")
+            proxy.set_timeout_millis(int(timeout * 1000))
+            return DeviceCheck(dev, str(proxy.state()))
+        except tango.DevFailed as exc:
+            return DeviceCheck(dev, None, exc.args[0].desc.strip().splitlines()[0])
+
+    if not devices:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(devices))) as pool:
+        return list(pool.map(one, devices))
+
+
+def server_env(ctx: RunContext, tango_host: str, listen: str) -> dict[str, str]:
+    """The environment of the Starter, inherited by every server it starts."""
+    env = dict(os.environ)
+    env["TANGO_HOST"] = tango_host
+    env[procs.RUN_DIR_ENV] = str(ctx.run_dir)
+    env["BEAMLINE_CONFIG_DIR"] = str(ctx.config_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    if listen in ("0.0.0.0", ""):
+        env.pop("ORBendPoint", None)
+    else:
+        # omniORB reads ORB parameters from the environment: every server
+        # (CORBA and ZMQ event ports) then listens on this address only.
+        env["ORBendPoint"] = f"giop:tcp:{listen}:"
+    return env
+
+
+def resolve_tango_host(ctx: RunContext, explicit: str | None) -> tuple[str | None, bool]:
+    """(tango_host, embedded). An explicit --tango-host, or a TANGO_HOST in the
+    environment that is not this run's embedded database, means an existing one."""
+    state = ctx.load_state()
+    if explicit:
+        return explicit, False
+    env = os.environ.get("TANGO_HOST")
+    db = state.get("database", {})
+    if env:
+        if db.get("embedded") and procs.alive(db.get("pid")):
+            _, port = tangodb.parse_tango_host(env)
+            if port == db.get("port"):
+                return state.get("tango_host"), True
+        return env, False
+    return None, True
+
+
+def _tango_host_for(bind: str, port: int) -> str:
+    if bind in ("0.0.0.0", ""):
+        return f"{socket.gethostname()}:{port}"
+    return f"{bind}:{port}"
+
+
+# ---------------------------------------------------------------------- up
+def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict[str, Any]:
+    report = report or Reporter()
+    config = cfg.load(ctx.config_dir)
+    for w in config.warnings:
+        report.warn(str(w))
+    host = opts.host or cfg.short_hostname()
+    levels = config.servers_by_level(host)
+    bin_dir = venv_bin()
+    missing = sorted({s.executable for lvl in levels.values() for s in lvl if not (bin_dir / s.executable).exists()})
+    if missing:
+        raise UpError(
+            f"no server executable {', '.join(missing)} in {bin_dir}; is the suite installed? (make install)"
+        )
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    ctx.log_dir.mkdir(parents=True, exist_ok=True)
+    state = ctx.load_state()
+
+    # -- database
+    tango_host, embedded = resolve_tango_host(ctx, opts.tango_host)
+    if embedded:
+        db = state.get("database", {})
+        if db.get("embedded") and procs.alive(db.get("pid")) and tangodb.answers(state["tango_host"]):
+            tango_host = state["tango_host"]
+            report.step(f"database: embedded, already running at {tango_host} (pid {db['pid']})")
+        else:
+            info = tangodb.start_embedded(ctx, opts.port, opts.db_bind)
+            tango_host = _tango_host_for(opts.db_bind, opts.port)
+            state = ctx.update_state(tango_host=tango_host, database={"embedded": True, **info})
+            report.step(f"database: embedded PyDatabaseds on {ctx.db_file.name}, TANGO_HOST={tango_host} (pid {info['pid']})")
+    else:
+        if not tangodb.answers(tango_host, timeout=3.0):
+            raise UpError(
+                f"no Tango database answers at TANGO_HOST={tango_host}; start it, or unset "
+                "TANGO_HOST (and drop --tango-host) to run the embedded database"
+            )
+        state = ctx.update_state(tango_host=tango_host, database={"embedded": False})
+        report.step(f"database: existing one at TANGO_HOST={tango_host}")
+    os.environ["TANGO_HOST"] = tango_host
+
+    # -- virtual hardware
+    sim_state = None
+    if opts.simulate:
+        sim_state = _ensure_simulator(ctx, config, opts, report)
+    else:
+        report.step("virtual hardware: not started (--no-sim): devices talk to real hardware")
+    state = ctx.update_state(simulated=opts.simulate, listen=opts.listen)
+
+    # -- configuration
+    result = tangodb.apply(config, tango_host, sim_state)
+    report.step(
+        f"configuration: {len(result.changes)} change(s) written from {ctx.config_dir}"
+        if result.changes
+        else "configuration: database already up to date"
+    )
+
+    # -- Starter
+    starter = Starter(tango_host, host)
+    env = server_env(ctx, tango_host, opts.listen)
+    starter.register(bin_dir, ctx.log_dir)
+    st = state.get("starter", {})
+    if procs.alive(st.get("pid")) and starter.answers():
+        starter.update_servers_info()
+        report.step(f"Starter: {starter.device} already running (pid {st['pid']})")
+    else:
+        foreign = [p for p in procs.find_processes(None, [starter.server]) if p.pid != st.get("pid")]
+        if foreign:
+            raise UpError(
+                f"another Starter for host {host} is running (pid {foreign[0].pid}: {foreign[0].cmdline}); "
+                "stop it first (a second Starter would fight over the same servers)"
+            )
+        log = ctx.log_dir / "starter.log"
+        pid = starter.start_process(env, log)
+        starter.wait_ready(30.0, pid=pid, log=log)
+        ctx.update_state(starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)})
+        report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
+
+    # -- servers, level by level
+    failures: list[DeviceCheck] = []
+    for level, servers in levels.items():
+        devices = [d for s in servers for d in config.devices_of(s.name)]
+        report.level_started(level, [s.name for s in servers], devices)
+        t0 = time.monotonic()
+        for s in servers:
+            try:
+                starter.dev_start(s.name)
+            except StarterError as exc:
+                report.warn(str(exc))
+        checks = _wait_devices(tango_host, devices, opts.level_timeout, lambda n, lvl=level: report.level_progress(lvl, n, len(devices)))
+        report.level_done(level, checks, time.monotonic() - t0)
+        failures += [c for c in checks if c.state is None]
+
+    result_state = ctx.load_state()
+    result_state["failures"] = [
+        {"device": c.device, "error": c.error, "server": _server_of(config, c.device),
+         "log_tail": procs.tail(ctx.server_log(_server_of(config, c.device)))}
+        for c in failures
+    ]
+    return result_state
+
+
+def _server_of(config: cfg.BeamlineConfig, device: str) -> str:
+    entry = config.devices.get(device.lower())
+    return entry.server if entry else "?"
+
+
+def _wait_devices(tango_host: str, devices: list[str], timeout: float, progress: Callable[[int], None]) -> list[DeviceCheck]:
+    deadline = time.monotonic() + timeout
+    checks: dict[str, DeviceCheck] = {}
+    pending = list(devices)
+    while True:
+        for c in check_devices(tango_host, pending):
+            checks[c.device] = c
+        pending = [d for d in devices if checks[d].state is None]
+        progress(len(devices) - len(pending))
+        if not pending or time.monotonic() >= deadline:
+            return [checks[d] for d in devices]
+        time.sleep(0.1)
+
+
+def _ensure_simulator(ctx: RunContext, config: cfg.BeamlineConfig, opts: UpOptions, report: Reporter) -> dict:
+    if not config.simulation:
+        raise UpError(f"{ctx.config_dir}/simulation.json is missing: cannot simulate (use --no-sim for real hardware)")
+    state = ctx.load_state().get("sim", {})
+    current = ctx.load_sim_state()
+    if procs.alive(state.get("pid")) and current and sim_request(current, {"op": "status"}).get("ok"):
+        report.step(f"virtual hardware: already running (pid {state['pid']})")
+        return current
+    ctx.sim_state_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env[procs.RUN_DIR_ENV] = str(ctx.run_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    exe = venv_bin() / "beamline-sim"
+    cmd = [str(exe), "--config", str(ctx.config_dir / "simulation.json"), "--state-file", str(ctx.sim_state_file), "--listen", opts.listen]
+    if opts.sim_auto_ports:
+        cmd.append("--auto-ports")
+    log = ctx.log_dir / "sim.log"
+    pid = procs.spawn_detached(cmd, env, log, cwd=ctx.run_dir)
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline:
+        current = ctx.load_sim_state()
+        if current and current.get("pid") == pid:
+            break
+        if not procs.alive(pid):
+            raise UpError(f"the virtual hardware exited during start-up:\n{procs.tail(log)}")
+        time.sleep(0.05)
+    else:
+        raise UpError(f"the virtual hardware did not start within 20 s; see {log}")
+    ctx.update_state(sim={"pid": pid, "log": str(log), "state_file": str(ctx.sim_state_file)})
+    ports = ", ".join(f"{n} on {current['listen']}:{c['port']}" for n, c in current["controllers"].items())
+    report.step(f"virtual hardware: started (pid {pid}): {ports}")
+    return current
+
+
+def sim_request(sim_state: dict, request: dict, timeout: float = 3.0) -> dict:
+    """One request to the virtual hardware's control port."""
+    try:
+        with socket.create_connection((sim_state.get("listen", "127.0.0.1"), sim_state["control_port"]), timeout=timeout) as s:
+            s.sendall((json.dumps(request) + "\n").encode())
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data.decode() or "{}")
+    except (OSError, ValueError, KeyError) as exc:
+        return {"ok": False, "error": f"virtual hardware control port not answering: {exc}"}
+
+
+# -------------------------------------------------------------------- down
+@dataclass
+class DownResult:
+    stopped: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+
+
+def down(ctx: RunContext, report: Reporter | None = None, timeout: float = 5.0) -> DownResult:
+    report = report or Reporter()
+    result = DownResult()
+    state = ctx.load_state()
+    tango_host = state.get("tango_host")
+    try:
+        config = cfg.load(ctx.config_dir)
+        levels = config.servers_by_level(state.get("starter", {}).get("host"))
+    except cfg.ConfigError:
+        config, levels = None, {}
+    if tango_host:
+        os.environ["TANGO_HOST"] = tango_host
+
+    starter = None
+    st = state.get("starter", {})
+    if tango_host and procs.alive(st.get("pid")):
+        starter = Starter(tango_host, st.get("host"))
+        if not starter.answers():
+            starter = None
+
+    # -- servers, highest level first
+    names_by_level = {lvl: [s.name for s in servers] for lvl, servers in levels.items()}
+    known = {n.lower() for names in names_by_level.values() for n in names}
+    running = procs.find_processes(ctx.run_dir)
+    extra = sorted({p.server for p in running if p.server and p.server.lower() not in known and not p.server.startswith(("Starter/", "PyDatabaseds/", "DataBaseds/"))} - {None})
+    if extra:
+        names_by_level[max(names_by_level, default=0) + 1] = extra
+    for level in sorted(names_by_level, reverse=True):
+        names = names_by_level[level]
+        pids = procs.server_pids(ctx.run_dir, names)
+        if not pids:
+            continue
+        for name in names:
+            if name.lower() not in pids:
+                continue
+            if starter is not None:
+                try:
+                    starter.dev_stop(name)
+                    continue
+                except StarterError as exc:
+                    report.warn(str(exc))
+            for pid in pids[name.lower()]:
+                procs.stop([pid], timeout=0)  # SIGTERM now, escalation below
+        all_pids = [p for v in pids.values() for p in v]
+        left = procs.wait_gone(all_pids, timeout)
+        if left:
+            procs.stop(left, timeout=1.0, sig=9)
+            result.killed += [n for n, v in pids.items() if set(v) & set(left)]
+        result.stopped += [n for n in names if n.lower() in pids]
+        report.step(f"level {level}: stopped {', '.join(n for n in names if n.lower() in pids)}")
+
+    # -- Starter, virtual hardware, database
+    for key, label in (("starter", "Starter"), ("sim", "virtual hardware")):
+        pid = state.get(key, {}).get("pid")
+        if procs.alive(pid):
+            if procs.stop([pid], timeout=timeout):
+                result.killed.append(label)
+            result.stopped.append(label)
+            report.step(f"{label}: stopped (pid {pid})")
+    db = state.get("database", {})
+    if db.get("embedded") and procs.alive(db.get("pid")):
+        if procs.stop([db["pid"]], timeout=timeout):
+            result.killed.append("database")
+        result.stopped.append("database")
+        report.step(f"database: stopped (pid {db['pid']}); its data stays in {ctx.db_file}")
+
+    # -- anything else this run directory started
+    for p in procs.find_processes(ctx.run_dir):
+        result.leftovers.append(f"{p.pid} {p.cmdline}")
+        procs.stop([p.pid], timeout=1.0, sig=9)
+    if result.leftovers:
+        report.warn("killed processes left behind: " + "; ".join(result.leftovers))
+    ctx.sim_state_file.unlink(missing_ok=True)
+    keep = {k: v for k, v in state.items() if k in ("tango_host",)}
+    keep["stopped_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    ctx.save_state(keep)
+    if config is None and not result.stopped:
+        report.step("nothing was running")
+    return result
+
+
+# ------------------------------------------------------------------ status
+def status(ctx: RunContext) -> dict[str, Any]:
+    state = ctx.load_state()
+    tango_host = state.get("tango_host") or os.environ.get("TANGO_HOST")
+    out: dict[str, Any] = {"run_dir": str(ctx.run_dir), "tango_host": tango_host, "servers": []}
+    db = state.get("database", {})
+    out["database"] = {
+        "embedded": db.get("embedded", False),
+        "pid": db.get("pid") if procs.alive(db.get("pid")) else None,
+        "answers": bool(tango_host) and tangodb.answers(tango_host),
+    }
+    sim = state.get("sim", {})
+    sim_state = ctx.load_sim_state()
+    out["simulator"] = {
+        "pid": sim.get("pid") if procs.alive(sim.get("pid")) else None,
+        "controllers": (sim_state or {}).get("controllers", {}),
+    }
+    config = cfg.load(ctx.config_dir)
+    st = state.get("starter", {})
+    host = st.get("host") or cfg.short_hostname()
+    starter_view: dict = {}
+    out["starter"] = {"device": f"tango/admin/{host}", "pid": st.get("pid") if procs.alive(st.get("pid")) else None, "answers": False}
+    if out["database"]["answers"]:
+        os.environ["TANGO_HOST"] = tango_host
+        starter = Starter(tango_host, host)
+        if starter.answers():
+            out["starter"]["answers"] = True
+            try:
+                starter_view = starter.servers()
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                out["starter"]["error"] = str(exc)
+    names = sorted(config.servers.values(), key=lambda s: (s.level, s.name))
+    pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
+    all_devices = [d for s in names for d in config.devices_of(s.name)]
+    checks = {c.device: c for c in check_devices(tango_host, all_devices)} if out["database"]["answers"] else {}
+    for s in names:
+        view = starter_view.get(s.name.lower())
+        devs = []
+        for d in config.devices_of(s.name):
+            c = checks.get(d)
+            devs.append({"device": d, "state": c.state if c else None, "error": c.error if c else "database not answering"})
+        out["servers"].append(
+            {
+                "server": s.name,
+                "host": s.resolved_host(),
+                "level": s.level,
+                "controlled": s.controlled,
+                "starter_state": view.state if view else None,
+                "pids": pids.get(s.name.lower(), []),
+                "devices": devs,
+                "log": str(ctx.server_log(s.name)),
+            }
+        )
+    return out
+
+
+def is_running(ctx: RunContext) -> bool:
+    state = ctx.load_state()
+    return any(procs.alive(state.get(k, {}).get("pid")) for k in ("database", "starter", "sim"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Sardana controllers and macros (see issue: Sardana layer)."""

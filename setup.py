@@ -1,0 +1,47 @@
+"""Packaging for the beamline control suite.
+
+Each Tango device server is a console script named after its Tango server
+name (``Motor``), because the Tango Starter recognises a server's process by
+the executable name in its command line.
+"""
+
+from setuptools import find_packages, setup
+
+TANGO_SERVERS = {
+    "Motor": "tango_devices.motor.device:main",
+}
+
+setup(
+    name="beamline-suite",
+    version="0.1.0",
+    description="Tango-native beamline control suite that keeps working when a piece fails",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["beamline*", "tango_devices*", "sardana_macros*", "taurus_gui*"]),
+    package_data={"beamline": ["schema/*.json"]},
+    install_requires=[
+        "pytango==10.3.*",
+        "pytango-db==0.9.*",
+        "numpy>=1.26",
+        "pyserial==3.5",
+        "dsconfig==1.9.*",
+        "jsonschema>=4.20",
+        "click>=8.1",
+        "rich>=13",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "import-linter>=2.0",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "beamline=beamline.cli:main",
+            "beamline-sim=tango_devices.simulators.__main__:main",
+            *(f"{name}={target}" for name, target in TANGO_SERVERS.items()),
+        ],
+    },
+)

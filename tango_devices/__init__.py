@@ -1,0 +1,1 @@
+"""Beamline control suite: Tango device servers, drivers and virtual hardware."""

@@ -1,0 +1,1 @@
+"""Taurus GUI for the beamline (see issue: Operator GUI)."""
