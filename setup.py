@@ -16,7 +16,9 @@ setup(
     version="0.1.0",
     description="Tango-native beamline control suite that keeps working when a piece fails",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beamline*", "tango_devices*", "sardana_macros*", "taurus_gui*"]),
+    packages=find_packages(
+        include=["beamline*", "tango_devices*", "sardana_macros*", "taurus_gui*"]
+    ),
     package_data={"beamline": ["schema/*.json"]},
     install_requires=[
         "pytango==10.3.*",

@@ -1,10 +1,10 @@
 """The `beamline` command: run, configure and inspect the beamline.
 
-    beamline up / down / status          the whole beamline under the Tango Starter
-    beamline start|stop|restart SERVER   one server, through the Starter
-    beamline config check|diff|apply     db_config/ against the Tango database
-    beamline sim status|fault|clear      the virtual hardware's fault injection
-    beamline logs SERVER                 the tail of a server's log
+beamline up / down / status          the whole beamline under the Tango Starter
+beamline start|stop|restart SERVER   one server, through the Starter
+beamline config check|diff|apply     db_config/ against the Tango database
+beamline sim status|fault|clear      the virtual hardware's fault injection
+beamline logs SERVER                 the tail of a server's log
 """
 
 from __future__ import annotations
@@ -28,9 +28,18 @@ console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_STYLE = {
-    "ON": "green", "OPEN": "green", "CLOSE": "white", "MOVING": "cyan", "RUNNING": "cyan",
-    "ALARM": "yellow", "FAULT": "red", "DISABLE": "magenta", "OFF": "white", "INIT": "yellow",
-    "UNKNOWN": "red", None: "red",
+    "ON": "green",
+    "OPEN": "green",
+    "CLOSE": "white",
+    "MOVING": "cyan",
+    "RUNNING": "cyan",
+    "ALARM": "yellow",
+    "FAULT": "red",
+    "DISABLE": "magenta",
+    "OFF": "white",
+    "INIT": "yellow",
+    "UNKNOWN": "red",
+    None: "red",
 }
 
 
@@ -58,8 +67,12 @@ class RichReporter(orch.Reporter):
     def level_started(self, level, servers, devices) -> None:
         self.progress = Progress(
             TextColumn(f"  level {level}: starting {len(servers)} server(s)"),
-            BarColumn(), MofNCompleteColumn(), TextColumn("devices answering"), TimeElapsedColumn(),
-            console=console, transient=True,
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("devices answering"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         )
         self.progress.start()
         self.task = self.progress.add_task("", total=len(devices))
@@ -75,7 +88,10 @@ class RichReporter(orch.Reporter):
         bad = [c for c in checks if c.state is None]
         states = ", ".join(f"{c.device.split('/')[-1]} {_state(c.state)}" for c in checks)
         mark = "[green]✓[/green]" if not bad else "[red]✗[/red]"
-        console.print(f"{mark} level {level}: {len(checks) - len(bad)}/{len(checks)} devices answering after {elapsed:.1f} s: {states}")
+        console.print(
+            f"{mark} level {level}: {len(checks) - len(bad)}/{len(checks)} devices answering "
+            f"after {elapsed:.1f} s: {states}"
+        )
 
 
 class QuietReporter(orch.Reporter):
@@ -83,8 +99,18 @@ class QuietReporter(orch.Reporter):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--run-dir", envvar="BEAMLINE_RUN_DIR", type=click.Path(file_okay=False), help="Run directory (database file, logs, state). Default: var/ in the project.")
-@click.option("--config-dir", envvar="BEAMLINE_CONFIG_DIR", type=click.Path(file_okay=False), help="Configuration directory. Default: db_config/ in the project.")
+@click.option(
+    "--run-dir",
+    envvar="BEAMLINE_RUN_DIR",
+    type=click.Path(file_okay=False),
+    help="Run directory (database file, logs, state). Default: var/ in the project.",
+)
+@click.option(
+    "--config-dir",
+    envvar="BEAMLINE_CONFIG_DIR",
+    type=click.Path(file_okay=False),
+    help="Configuration directory. Default: db_config/ in the project.",
+)
 @click.pass_context
 def main(ctx: click.Context, run_dir: str | None, config_dir: str | None) -> None:
     """Run, configure and inspect the beamline."""
@@ -93,28 +119,71 @@ def main(ctx: click.Context, run_dir: str | None, config_dir: str | None) -> Non
 
 # ---------------------------------------------------------------------- up
 @main.command()
-@click.option("--tango-host", metavar="HOST:PORT", help="Use this existing Tango database (also taken from TANGO_HOST); none is started.")
+@click.option(
+    "--tango-host",
+    metavar="HOST:PORT",
+    help="Use this existing Tango database (also taken from TANGO_HOST); none is started.",
+)
 @click.option("--port", default=10000, show_default=True, help="Port of the embedded database.")
-@click.option("--db-bind", default="0.0.0.0", show_default=True, help="Address the embedded database listens on.")
-@click.option("--listen", default="127.0.0.1", show_default=True, help="Address device servers and virtual hardware listen on (0.0.0.0 for the network).")
+@click.option(
+    "--db-bind",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the embedded database listens on.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address device servers and virtual hardware listen on (0.0.0.0 for the network).",
+)
 @click.option("--no-sim", is_flag=True, help="Real hardware: do not start the virtual hardware.")
-@click.option("--sim-auto-ports", is_flag=True, help="Let the virtual hardware pick free ports (tests).")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the devices of one level.")
+@click.option(
+    "--sim-auto-ports", is_flag=True, help="Let the virtual hardware pick free ports (tests)."
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the devices of one level.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--demo-help", is_flag=True, help="Afterwards, print how to use and stop the demo.")
 @click.pass_obj
-def up(ctx: RunContext, tango_host, port, db_bind, listen, no_sim, sim_auto_ports, timeout, as_json, demo_help) -> None:
+def up(
+    ctx: RunContext,
+    tango_host,
+    port,
+    db_bind,
+    listen,
+    no_sim,
+    sim_auto_ports,
+    timeout,
+    as_json,
+    demo_help,
+) -> None:
     """Start the beamline: database, virtual hardware, Starter, every server.
 
     Safe to run again: only what is not running is started.
     """
-    opts = orch.UpOptions(tango_host=tango_host, port=port, db_bind=db_bind, listen=listen,
-                          simulate=not no_sim, sim_auto_ports=sim_auto_ports, level_timeout=timeout)
+    opts = orch.UpOptions(
+        tango_host=tango_host,
+        port=port,
+        db_bind=db_bind,
+        listen=listen,
+        simulate=not no_sim,
+        sim_auto_ports=sim_auto_ports,
+        level_timeout=timeout,
+    )
     reporter = QuietReporter() if as_json else RichReporter()
     try:
         result = orch.up(ctx, opts, reporter)
     except cfg.ConfigError as exc:
-        fail(f"the configuration in {ctx.config_dir} has problems:\n" + "\n".join(f"  {p}" for p in exc.problems), 2)
+        fail(
+            f"the configuration in {ctx.config_dir} has problems:\n"
+            + "\n".join(f"  {p}" for p in exc.problems),
+            2,
+        )
     except (orch.UpError, tangodb.DatabaseError, orch.StarterError) as exc:
         fail(f"{exc}\n(logs in {ctx.log_dir}; `beamline down` stops what was started)")
     failures = result.get("failures", [])
@@ -122,13 +191,18 @@ def up(ctx: RunContext, tango_host, port, db_bind, listen, no_sim, sim_auto_port
         click.echo(json.dumps(result, indent=2))
     else:
         for f in failures:
-            console.print(f"[red]✗ {f['device']}[/red] ({f['server']}) does not answer: {f['error']}")
+            console.print(
+                f"[red]✗ {f['device']}[/red] ({f['server']}) does not answer: {f['error']}"
+            )
             if f["log_tail"]:
                 console.print(f"  last lines of {ctx.server_log(f['server'])}:")
                 for line in f["log_tail"].splitlines():
                     console.print(f"    {line}", markup=False)
         if not failures:
-            console.print(f"[green]beamline up[/green]: every device answers. TANGO_HOST={result['tango_host']}")
+            console.print(
+                "[green]beamline up[/green]: every device answers. "
+                f"TANGO_HOST={result['tango_host']}"
+            )
         if demo_help:
             _print_demo_help(ctx, result)
     sys.exit(1 if failures else 0)
@@ -142,8 +216,10 @@ def _print_demo_help(ctx: RunContext, result: dict) -> None:
 
   export TANGO_HOST={th}          for any Tango client (itango, Jive, Astor, scripts)
   .venv/bin/beamline status                 servers, processes and device states
-  .venv/bin/python -c "import tango; m = tango.DeviceProxy('bl01/mot/sample_x'); m.Position = 3; print(m.State())"
-  .venv/bin/beamline sim fault smc1 drop    cut the motion controller's link (then: beamline sim clear smc1)
+  .venv/bin/python -c "import tango; m = tango.DeviceProxy('bl01/mot/sample_x'); \\
+      m.Position = 3; print(m.State())"
+  .venv/bin/beamline sim fault smc1 drop    cut the motion controller's link
+  .venv/bin/beamline sim clear smc1         ... and give it back: the motors recover by themselves
   .venv/bin/beamline logs Motor/sample_x    a server's log
   make down                                 stop everything (or: .venv/bin/beamline down)
 
@@ -179,9 +255,16 @@ def status(ctx: RunContext, as_json: bool) -> None:
         return
     db = data["database"]
     kind = "embedded" if db["embedded"] else "external"
-    console.print(f"TANGO_HOST={data['tango_host']} ({kind} database, {'answering' if db['answers'] else '[red]not answering[/red]'})")
+    console.print(
+        f"TANGO_HOST={data['tango_host']} ({kind} database, "
+        + ("answering)" if db["answers"] else "[red]not answering[/red])")
+    )
     st = data["starter"]
-    console.print(f"Starter {st['device']}: " + (f"pid {st['pid']}" if st["pid"] else "no process") + ("" if st["answers"] else " [red](not answering)[/red]"))
+    console.print(
+        f"Starter {st['device']}: "
+        + (f"pid {st['pid']}" if st["pid"] else "no process")
+        + ("" if st["answers"] else " [red](not answering)[/red]")
+    )
     sim = data["simulator"]
     if sim["pid"]:
         ctrls = ", ".join(f"{n}:{c['port']}" for n, c in sim["controllers"].items())
@@ -193,10 +276,17 @@ def status(ctx: RunContext, as_json: bool) -> None:
         for i, d in enumerate(s["devices"] or [{"device": "", "state": None}]):
             first = i == 0
             table.add_row(
-                str(s["level"]) if first else "", s["server"] if first else "", s["host"] if first else "",
-                _state(s["starter_state"]) if first and s["starter_state"] else ("" if not first else "-"),
-                ",".join(map(str, s["pids"])) if first and s["pids"] else ("" if not first else "-"),
-                d["device"], _state(d["state"]) if d["device"] else "",
+                str(s["level"]) if first else "",
+                s["server"] if first else "",
+                s["host"] if first else "",
+                _state(s["starter_state"])
+                if first and s["starter_state"]
+                else ("" if not first else "-"),
+                ",".join(map(str, s["pids"]))
+                if first and s["pids"]
+                else ("" if not first else "-"),
+                d["device"],
+                _state(d["state"]) if d["device"] else "",
             )
     console.print(table)
 
@@ -235,7 +325,14 @@ def start(ctx: RunContext, name: str, timeout: float) -> None:
     server = _server_name(ctx, name)
     starter, th = _starter_for(ctx)
     config = cfg.load(ctx.config_dir)
-    starter.dev_start(server)
+    try:
+        started = starter.start_server(
+            server, lambda: bool(procs.server_pids(ctx.run_dir, [server]))
+        )
+    except orch.StarterError as exc:
+        fail(str(exc))
+    if not started:
+        console.print(f"{server} is already running")
     checks = orch._wait_devices(th, config.devices_of(server), timeout, lambda n: None)
     bad = [c for c in checks if c.state is None]
     for c in checks:
@@ -257,7 +354,13 @@ def stop(ctx: RunContext, name: str, timeout: float) -> None:
     if not pids:
         console.print(f"{server} is not running")
         return
-    starter.dev_stop(server)
+    try:
+        starter.dev_stop(server)
+    except orch.StarterError as exc:
+        # The Starter learns of a new process only at its next ping (2 s):
+        # stop it the way the Starter would, with SIGTERM.
+        console.print(f"{exc}; stopping it with SIGTERM")
+        procs.stop(pids, timeout=0)
     left = procs.wait_gone(pids, timeout)
     if left:
         starter.hard_kill(server)
@@ -290,15 +393,25 @@ def config_check(ctx: RunContext) -> None:
     console.print(
         f"[green]ok[/green]: {len(c.servers)} servers, {len(c.devices)} devices, levels "
         + ", ".join(f"{lvl}: {len(s)}" for lvl, s in levels.items())
-        + (f"; simulation with {len(c.simulation.get('controllers', {}))} controller(s)" if c.simulation else "")
+        + (
+            f"; simulation with {len(c.simulation.get('controllers', {}))} controller(s)"
+            if c.simulation
+            else ""
+        )
     )
 
 
-def _config_target(ctx: RunContext, tango_host: str | None) -> tuple[cfg.BeamlineConfig, str, dict | None]:
+def _config_target(
+    ctx: RunContext, tango_host: str | None
+) -> tuple[cfg.BeamlineConfig, str, dict | None]:
     try:
         c = cfg.load(ctx.config_dir)
     except cfg.ConfigError as exc:
-        fail("configuration problems (run `beamline config check`):\n" + "\n".join(f"  {p}" for p in exc.problems), 2)
+        fail(
+            "configuration problems (run `beamline config check`):\n"
+            + "\n".join(f"  {p}" for p in exc.problems),
+            2,
+        )
     state = ctx.load_state()
     th = tango_host or state.get("tango_host") or os.environ.get("TANGO_HOST")
     if not th:
@@ -339,7 +452,11 @@ def config_apply(ctx: RunContext, tango_host: str | None) -> None:
     plan = tangodb.apply(c, th, sim_state)
     for ch in plan.changes:
         console.print(str(ch), markup=False)
-    console.print(f"{len(plan.changes)} change(s) written to {th}" if plan.changes else "database already up to date")
+    console.print(
+        f"{len(plan.changes)} change(s) written to {th}"
+        if plan.changes
+        else "database already up to date"
+    )
 
 
 # -------------------------------------------------------------------- sim
@@ -378,7 +495,9 @@ FAULT_KINDS = ["drop", "stall", "garbage", "axis_fault", "interlock"]
 @click.argument("controller")
 @click.argument("kind", type=click.Choice(FAULT_KINDS))
 @click.option("--axis", type=int, help="Axis for axis_fault and interlock.")
-@click.option("--text", default="injected fault", show_default=True, help="Fault text for axis_fault.")
+@click.option(
+    "--text", default="injected fault", show_default=True, help="Fault text for axis_fault."
+)
 @click.pass_obj
 def sim_fault(ctx: RunContext, controller: str, kind: str, axis: int | None, text: str) -> None:
     """Inject a fault into a simulated controller (until `beamline sim clear`)."""
@@ -410,7 +529,11 @@ def sim_clear(ctx: RunContext, controller: str) -> None:
 @click.pass_obj
 def logs(ctx: RunContext, name: str, lines: int, follow: bool) -> None:
     """The tail of a server's log (NAME: server, device, starter, sim or database)."""
-    special = {"starter": ctx.log_dir / "starter.log", "sim": ctx.log_dir / "sim.log", "database": ctx.log_dir / "database.log"}
+    special = {
+        "starter": ctx.log_dir / "starter.log",
+        "sim": ctx.log_dir / "sim.log",
+        "database": ctx.log_dir / "database.log",
+    }
     path = special.get(name.lower()) or ctx.server_log(_server_name(ctx, name))
     if not path.exists():
         fail(f"no log at {path}")

@@ -109,6 +109,7 @@ class BeamlineConfig:
         """The dsconfig dict to write, with simulation overrides applied when
         ``sim_state`` (the virtual hardware's state file) is given."""
         data = copy.deepcopy(self.tango)
+        self._add_external_polling(data)
         if sim_state is None or not self.simulation:
             return data
         values = {"listen": sim_state.get("listen", "127.0.0.1")}
@@ -122,6 +123,22 @@ class BeamlineConfig:
                 templates = template if isinstance(template, list) else [template]
                 dev.setdefault("properties", {})[prop] = [t.format(**values) for t in templates]
         return data
+
+    def _add_external_polling(self, data: dict[str, Any]) -> None:
+        """Devices of our classes serve some attributes from Tango's polling
+        cache, refreshed by the device (externally triggered polling, period 0):
+        that needs ``polled_attr`` in the database before the server starts."""
+        classes = known_device_classes()
+        for entry in self.devices.values():
+            cls = classes.get(entry.device_class)
+            attrs = getattr(cls, "EXTERNALLY_POLLED", ()) if cls else ()
+            if not attrs:
+                continue
+            server, instance = entry.server.split("/", 1)
+            dev = data["servers"][server][instance][entry.device_class][entry.name]
+            props = dev.setdefault("properties", {})
+            if not any(k.lower() == "polled_attr" for k in props):
+                props["polled_attr"] = [x for a in attrs for x in (a.lower(), "0")]
 
 
 def short_hostname() -> str:
@@ -187,7 +204,9 @@ def load(config_dir: Path | str | None = None) -> BeamlineConfig:
         if data is None:
             continue
         if not isinstance(data, dict):
-            problems.append(Problem(rel, "", "must be a JSON object with 'servers' and/or 'classes'"))
+            problems.append(
+                Problem(rel, "", "must be a JSON object with 'servers' and/or 'classes'")
+            )
             continue
         data = expand_config(data)
         for err in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
@@ -218,7 +237,9 @@ def load(config_dir: Path | str | None = None) -> BeamlineConfig:
                         key = f"servers.{server}.{instance}.{cls}.{dev}"
                         if not DEVICE_NAME.match(dev):
                             problems.append(
-                                Problem(rel, key, "device names have three parts: domain/family/member")
+                                Problem(
+                                    rel, key, "device names have three parts: domain/family/member"
+                                )
                             )
                             continue
                         if dev.lower() in devices:
@@ -247,7 +268,9 @@ def load(config_dir: Path | str | None = None) -> BeamlineConfig:
     if isinstance(starter, dict):
         entries = starter.get("servers")
         if not isinstance(entries, dict):
-            problems.append(Problem("starter.json", "servers", "must be an object: server name -> settings"))
+            problems.append(
+                Problem("starter.json", "servers", "must be an object: server name -> settings")
+            )
             entries = {}
         seen = set()
         for name, info in entries.items():
@@ -277,7 +300,9 @@ def load(config_dir: Path | str | None = None) -> BeamlineConfig:
                     )
                 )
     elif starter is not None:
-        problems.append(Problem("starter.json", "", "must be a JSON object with a 'servers' object"))
+        problems.append(
+            Problem("starter.json", "", "must be a JSON object with a 'servers' object")
+        )
 
     # -- device properties against the classes we ship
     _check_device_properties(devices, problems, warnings)
@@ -305,7 +330,7 @@ def _display(full_lower: str, merged: dict) -> str:
 
 def _schema_message(err) -> str:
     if err.validator == "type" and err.validator_value == "array":
-        return f"{err.instance!r} must be a list of strings, e.g. [\"{err.instance}\"]"
+        return f'{err.instance!r} must be a list of strings, e.g. ["{err.instance}"]'
     if err.validator == "additionalProperties":
         return f"{err.message}; check the nesting server -> instance -> class -> device"
     return err.message
@@ -316,23 +341,33 @@ def _server_info(name: str, info: Any, key: str, problems: list[Problem]) -> Ser
         problems.append(Problem("starter.json", key, "server names look like Executable/instance"))
         return None
     if not isinstance(info, dict):
-        problems.append(Problem("starter.json", key, "must be an object with host, level, controlled"))
+        problems.append(
+            Problem("starter.json", key, "must be an object with host, level, controlled")
+        )
         return None
     unknown = set(info) - {"host", "level", "controlled"}
     if unknown:
         problems.append(
-            Problem("starter.json", key, f"unknown keys {sorted(unknown)}; allowed: host, level, controlled")
+            Problem(
+                "starter.json",
+                key,
+                f"unknown keys {sorted(unknown)}; allowed: host, level, controlled",
+            )
         )
     host = info.get("host", LOCAL_HOST)
     level = info.get("level")
     controlled = info.get("controlled", True)
     ok = True
     if not isinstance(host, str) or not host:
-        problems.append(Problem("starter.json", f"{key}.host", "must be a host name or \"@local\""))
+        problems.append(Problem("starter.json", f"{key}.host", 'must be a host name or "@local"'))
         ok = False
     if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= MAX_LEVEL:
         problems.append(
-            Problem("starter.json", f"{key}.level", f"must be an integer from 1 to {MAX_LEVEL}, not {level!r}")
+            Problem(
+                "starter.json",
+                f"{key}.level",
+                f"must be an integer from 1 to {MAX_LEVEL}, not {level!r}",
+            )
         )
         ok = False
     if not isinstance(controlled, bool):

@@ -10,6 +10,7 @@ Running ``up`` again starts only what is missing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -131,10 +132,18 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     host = opts.host or cfg.short_hostname()
     levels = config.servers_by_level(host)
     bin_dir = venv_bin()
-    missing = sorted({s.executable for lvl in levels.values() for s in lvl if not (bin_dir / s.executable).exists()})
+    missing = sorted(
+        {
+            s.executable
+            for lvl in levels.values()
+            for s in lvl
+            if not (bin_dir / s.executable).exists()
+        }
+    )
     if missing:
         raise UpError(
-            f"no server executable {', '.join(missing)} in {bin_dir}; is the suite installed? (make install)"
+            f"no server executable {', '.join(missing)} in {bin_dir}; "
+            "is the suite installed? (make install)"
         )
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
@@ -144,14 +153,21 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     tango_host, embedded = resolve_tango_host(ctx, opts.tango_host)
     if embedded:
         db = state.get("database", {})
-        if db.get("embedded") and procs.alive(db.get("pid")) and tangodb.answers(state["tango_host"]):
+        if (
+            db.get("embedded")
+            and procs.alive(db.get("pid"))
+            and tangodb.answers(state["tango_host"])
+        ):
             tango_host = state["tango_host"]
             report.step(f"database: embedded, already running at {tango_host} (pid {db['pid']})")
         else:
             info = tangodb.start_embedded(ctx, opts.port, opts.db_bind)
             tango_host = _tango_host_for(opts.db_bind, opts.port)
             state = ctx.update_state(tango_host=tango_host, database={"embedded": True, **info})
-            report.step(f"database: embedded PyDatabaseds on {ctx.db_file.name}, TANGO_HOST={tango_host} (pid {info['pid']})")
+            report.step(
+                f"database: embedded PyDatabaseds on {ctx.db_file.name}, "
+                f"TANGO_HOST={tango_host} (pid {info['pid']})"
+            )
     else:
         if not tangodb.answers(tango_host, timeout=3.0):
             raise UpError(
@@ -187,16 +203,21 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
         starter.update_servers_info()
         report.step(f"Starter: {starter.device} already running (pid {st['pid']})")
     else:
-        foreign = [p for p in procs.find_processes(None, [starter.server]) if p.pid != st.get("pid")]
+        foreign = [
+            p for p in procs.find_processes(None, [starter.server]) if p.pid != st.get("pid")
+        ]
         if foreign:
             raise UpError(
-                f"another Starter for host {host} is running (pid {foreign[0].pid}: {foreign[0].cmdline}); "
+                f"another Starter for host {host} is running "
+                f"(pid {foreign[0].pid}: {foreign[0].cmdline}); "
                 "stop it first (a second Starter would fight over the same servers)"
             )
         log = ctx.log_dir / "starter.log"
         pid = starter.start_process(env, log)
         starter.wait_ready(30.0, pid=pid, log=log)
-        ctx.update_state(starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)})
+        ctx.update_state(
+            starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)}
+        )
         report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
 
     # -- servers, level by level
@@ -205,19 +226,34 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
         devices = [d for s in servers for d in config.devices_of(s.name)]
         report.level_started(level, [s.name for s in servers], devices)
         t0 = time.monotonic()
+        running = procs.server_pids(ctx.run_dir, [s.name for s in servers])
         for s in servers:
+            if s.name.lower() in running:
+                continue
             try:
-                starter.dev_start(s.name)
+                starter.start_server(
+                    s.name, lambda n=s.name: bool(procs.server_pids(ctx.run_dir, [n]))
+                )
             except StarterError as exc:
                 report.warn(str(exc))
-        checks = _wait_devices(tango_host, devices, opts.level_timeout, lambda n, lvl=level: report.level_progress(lvl, n, len(devices)))
+        checks = _wait_devices(
+            tango_host,
+            devices,
+            opts.level_timeout,
+            functools.partial(report.level_progress, level, total=len(devices)),
+            dead=_dead_servers_check(ctx, config, [s.name for s in servers]),
+        )
         report.level_done(level, checks, time.monotonic() - t0)
         failures += [c for c in checks if c.state is None]
 
     result_state = ctx.load_state()
     result_state["failures"] = [
-        {"device": c.device, "error": c.error, "server": _server_of(config, c.device),
-         "log_tail": procs.tail(ctx.server_log(_server_of(config, c.device)))}
+        {
+            "device": c.device,
+            "error": c.error,
+            "server": _server_of(config, c.device),
+            "log_tail": procs.tail(ctx.server_log(_server_of(config, c.device))),
+        }
         for c in failures
     ]
     return result_state
@@ -228,7 +264,40 @@ def _server_of(config: cfg.BeamlineConfig, device: str) -> str:
     return entry.server if entry else "?"
 
 
-def _wait_devices(tango_host: str, devices: list[str], timeout: float, progress: Callable[[int], None]) -> list[DeviceCheck]:
+DEATH_GRACE = 3.0  # a server without a process this long after DevStart has failed
+
+
+def _dead_servers_check(
+    ctx: RunContext, config: cfg.BeamlineConfig, servers: list[str]
+) -> Callable[[list[str]], dict[str, str]]:
+    """For devices still not answering: those whose server has no process (exited)."""
+    started = time.monotonic()
+
+    def dead(pending: list[str]) -> dict[str, str]:
+        if time.monotonic() - started < DEATH_GRACE:
+            return {}
+        running = procs.server_pids(ctx.run_dir, servers)
+        out = {}
+        for dev in pending:
+            server = _server_of(config, dev)
+            if server.lower() not in running:
+                out[dev] = (
+                    f"server {server} is not running (it exited or never started; see its log)"
+                )
+        return out
+
+    return dead
+
+
+def _wait_devices(
+    tango_host: str,
+    devices: list[str],
+    timeout: float,
+    progress: Callable[[int], None],
+    dead: Callable[[list[str]], dict[str, str]] | None = None,
+) -> list[DeviceCheck]:
+    """Poll until every device answers, the deadline passes, or the servers of
+    all devices still pending have no process left."""
     deadline = time.monotonic() + timeout
     checks: dict[str, DeviceCheck] = {}
     pending = list(devices)
@@ -239,15 +308,29 @@ def _wait_devices(tango_host: str, devices: list[str], timeout: float, progress:
         progress(len(devices) - len(pending))
         if not pending or time.monotonic() >= deadline:
             return [checks[d] for d in devices]
+        gone = dead(pending) if dead else {}
+        if gone and len(gone) == len(pending):
+            for dev, why in gone.items():
+                checks[dev] = DeviceCheck(dev, None, why)
+            return [checks[d] for d in devices]
         time.sleep(0.1)
 
 
-def _ensure_simulator(ctx: RunContext, config: cfg.BeamlineConfig, opts: UpOptions, report: Reporter) -> dict:
+def _ensure_simulator(
+    ctx: RunContext, config: cfg.BeamlineConfig, opts: UpOptions, report: Reporter
+) -> dict:
     if not config.simulation:
-        raise UpError(f"{ctx.config_dir}/simulation.json is missing: cannot simulate (use --no-sim for real hardware)")
+        raise UpError(
+            f"{ctx.config_dir}/simulation.json is missing: cannot simulate "
+            "(use --no-sim for real hardware)"
+        )
     state = ctx.load_state().get("sim", {})
     current = ctx.load_sim_state()
-    if procs.alive(state.get("pid")) and current and sim_request(current, {"op": "status"}).get("ok"):
+    if (
+        procs.alive(state.get("pid"))
+        and current
+        and sim_request(current, {"op": "status"}).get("ok")
+    ):
         report.step(f"virtual hardware: already running (pid {state['pid']})")
         return current
     ctx.sim_state_file.unlink(missing_ok=True)
@@ -255,7 +338,15 @@ def _ensure_simulator(ctx: RunContext, config: cfg.BeamlineConfig, opts: UpOptio
     env[procs.RUN_DIR_ENV] = str(ctx.run_dir)
     env["PYTHONUNBUFFERED"] = "1"
     exe = venv_bin() / "beamline-sim"
-    cmd = [str(exe), "--config", str(ctx.config_dir / "simulation.json"), "--state-file", str(ctx.sim_state_file), "--listen", opts.listen]
+    cmd = [
+        str(exe),
+        "--config",
+        str(ctx.config_dir / "simulation.json"),
+        "--state-file",
+        str(ctx.sim_state_file),
+        "--listen",
+        opts.listen,
+    ]
     if opts.sim_auto_ports:
         cmd.append("--auto-ports")
     log = ctx.log_dir / "sim.log"
@@ -271,7 +362,9 @@ def _ensure_simulator(ctx: RunContext, config: cfg.BeamlineConfig, opts: UpOptio
     else:
         raise UpError(f"the virtual hardware did not start within 20 s; see {log}")
     ctx.update_state(sim={"pid": pid, "log": str(log), "state_file": str(ctx.sim_state_file)})
-    ports = ", ".join(f"{n} on {current['listen']}:{c['port']}" for n, c in current["controllers"].items())
+    ports = ", ".join(
+        f"{n} on {current['listen']}:{c['port']}" for n, c in current["controllers"].items()
+    )
     report.step(f"virtual hardware: started (pid {pid}): {ports}")
     return current
 
@@ -279,7 +372,9 @@ def _ensure_simulator(ctx: RunContext, config: cfg.BeamlineConfig, opts: UpOptio
 def sim_request(sim_state: dict, request: dict, timeout: float = 3.0) -> dict:
     """One request to the virtual hardware's control port."""
     try:
-        with socket.create_connection((sim_state.get("listen", "127.0.0.1"), sim_state["control_port"]), timeout=timeout) as s:
+        with socket.create_connection(
+            (sim_state.get("listen", "127.0.0.1"), sim_state["control_port"]), timeout=timeout
+        ) as s:
             s.sendall((json.dumps(request) + "\n").encode())
             data = b""
             while not data.endswith(b"\n"):
@@ -324,7 +419,16 @@ def down(ctx: RunContext, report: Reporter | None = None, timeout: float = 5.0) 
     names_by_level = {lvl: [s.name for s in servers] for lvl, servers in levels.items()}
     known = {n.lower() for names in names_by_level.values() for n in names}
     running = procs.find_processes(ctx.run_dir)
-    extra = sorted({p.server for p in running if p.server and p.server.lower() not in known and not p.server.startswith(("Starter/", "PyDatabaseds/", "DataBaseds/"))} - {None})
+    extra = sorted(
+        {
+            p.server
+            for p in running
+            if p.server
+            and p.server.lower() not in known
+            and not p.server.startswith(("Starter/", "PyDatabaseds/", "DataBaseds/"))
+        }
+        - {None}
+    )
     if extra:
         names_by_level[max(names_by_level, default=0) + 1] = extra
     for level in sorted(names_by_level, reverse=True):
@@ -402,7 +506,11 @@ def status(ctx: RunContext) -> dict[str, Any]:
     st = state.get("starter", {})
     host = st.get("host") or cfg.short_hostname()
     starter_view: dict = {}
-    out["starter"] = {"device": f"tango/admin/{host}", "pid": st.get("pid") if procs.alive(st.get("pid")) else None, "answers": False}
+    out["starter"] = {
+        "device": f"tango/admin/{host}",
+        "pid": st.get("pid") if procs.alive(st.get("pid")) else None,
+        "answers": False,
+    }
     if out["database"]["answers"]:
         os.environ["TANGO_HOST"] = tango_host
         starter = Starter(tango_host, host)
@@ -415,13 +523,23 @@ def status(ctx: RunContext) -> dict[str, Any]:
     names = sorted(config.servers.values(), key=lambda s: (s.level, s.name))
     pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
     all_devices = [d for s in names for d in config.devices_of(s.name)]
-    checks = {c.device: c for c in check_devices(tango_host, all_devices)} if out["database"]["answers"] else {}
+    checks = (
+        {c.device: c for c in check_devices(tango_host, all_devices)}
+        if out["database"]["answers"]
+        else {}
+    )
     for s in names:
         view = starter_view.get(s.name.lower())
         devs = []
         for d in config.devices_of(s.name):
             c = checks.get(d)
-            devs.append({"device": d, "state": c.state if c else None, "error": c.error if c else "database not answering"})
+            devs.append(
+                {
+                    "device": d,
+                    "state": c.state if c else None,
+                    "error": c.error if c else "database not answering",
+                }
+            )
         out["servers"].append(
             {
                 "server": s.name,

@@ -8,6 +8,7 @@ run directory, whoever started it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -87,7 +88,9 @@ def _environ(proc: psutil.Process) -> dict[str, str]:
         return {}
 
 
-def find_processes(run_dir: Path | None = None, servers: Iterable[str] | None = None) -> list[ProcInfo]:
+def find_processes(
+    run_dir: Path | None = None, servers: Iterable[str] | None = None
+) -> list[ProcInfo]:
     """Live processes of a run directory and/or running the given servers."""
     wanted = {s.lower() for s in servers} if servers is not None else None
     run = str(run_dir) if run_dir else None
@@ -104,7 +107,9 @@ def find_processes(run_dir: Path | None = None, servers: Iterable[str] | None = 
         elif wanted is None and run is not None:
             match = _environ(proc).get(RUN_DIR_ENV) == run
         if match:
-            found.append(ProcInfo(info["pid"], server, " ".join(info["cmdline"]), info["create_time"]))
+            found.append(
+                ProcInfo(info["pid"], server, " ".join(info["cmdline"]), info["create_time"])
+            )
     return found
 
 
@@ -129,16 +134,12 @@ def stop(pids: Iterable[int], timeout: float = 5.0, sig: int = signal.SIGTERM) -
     """Signal, wait, then SIGKILL what is left. Returns the pids that had to be killed."""
     pids = [p for p in pids if alive(p)]
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
     left = wait_gone(pids, timeout)
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     wait_gone(left, 2.0)
     return left
 

@@ -134,7 +134,27 @@ class Starter:
         except tango.DevFailed as exc:
             if exc.args[0].reason == "ALREADY_RUNNING":
                 return False
-            raise StarterError(f"Starter refused to start {server}: {exc.args[0].desc.strip()}") from exc
+            raise StarterError(
+                f"Starter refused to start {server}: {exc.args[0].desc.strip()}"
+            ) from exc
+
+    def start_server(self, server: str, running, timeout: float = 10.0) -> bool:
+        """DevStart, insisting while the Starter has not yet noticed that the
+        server died: it refuses with ALREADY_RUNNING until its own process
+        scan (every 2-3 s) sees the process gone. ``running()`` tells whether a
+        process really runs. Returns True if started, False if already running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.dev_start(server):
+                return True
+            if running():
+                return False
+            if time.monotonic() >= deadline:
+                raise StarterError(
+                    f"the Starter still believes {server} is running although no such process "
+                    f"exists, after {timeout:g} s"
+                )
+            time.sleep(0.2)
 
     def dev_stop(self, server: str) -> None:
         import tango
@@ -142,7 +162,9 @@ class Starter:
         try:
             self.proxy().command_inout("DevStop", server)
         except tango.DevFailed as exc:
-            raise StarterError(f"Starter could not stop {server}: {exc.args[0].desc.strip()}") from exc
+            raise StarterError(
+                f"Starter could not stop {server}: {exc.args[0].desc.strip()}"
+            ) from exc
 
     def hard_kill(self, server: str) -> None:
         import tango
@@ -150,7 +172,9 @@ class Starter:
         try:
             self.proxy().command_inout("HardKillServer", server)
         except tango.DevFailed as exc:
-            raise StarterError(f"Starter could not kill {server}: {exc.args[0].desc.strip()}") from exc
+            raise StarterError(
+                f"Starter could not kill {server}: {exc.args[0].desc.strip()}"
+            ) from exc
 
     def servers(self) -> dict[str, ServerStatus]:
         """The Starter's view, by lower-case server name."""

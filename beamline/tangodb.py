@@ -62,7 +62,9 @@ def answers(tango_host: str, timeout: float = 1.0) -> bool:
             return False
 
 
-def wait_for(tango_host: str, timeout: float, pid: int | None = None, log: Path | None = None) -> None:
+def wait_for(
+    tango_host: str, timeout: float, pid: int | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if answers(tango_host):
@@ -88,7 +90,14 @@ def start_embedded(ctx: RunContext, port: int, bind: str, timeout: float = 30.0)
     env[procs.RUN_DIR_ENV] = str(ctx.run_dir)
     env["TANGO_HOST"] = f"{'127.0.0.1' if bind in ('0.0.0.0', '') else bind}:{port}"
     exe = venv_bin() / "PyDatabaseds"
-    cmd = [str(exe) if exe.exists() else "PyDatabaseds", DB_SERVER_INSTANCE, "--host", bind, "--port", str(port)]
+    cmd = [
+        str(exe) if exe.exists() else "PyDatabaseds",
+        DB_SERVER_INSTANCE,
+        "--host",
+        bind,
+        "--port",
+        str(port),
+    ]
     log = ctx.log_dir / "database.log"
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     pid = procs.spawn_detached(cmd, env, log, cwd=ctx.run_dir)
@@ -117,7 +126,13 @@ class Change:
         return f"{sign} {self.target}: {self.item}{value}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "target": self.target, "item": self.item, "old": self.old, "new": self.new}
+        return {
+            "action": self.action,
+            "target": self.target,
+            "item": self.item,
+            "old": self.old,
+            "new": self.new,
+        }
 
 
 def _fmt(value: Any) -> str:
@@ -157,7 +172,9 @@ def plan(config: BeamlineConfig, tango_host: str, sim_state: dict | None = None)
         if kind in ("add", "move"):
             where = info.get("server")
             old = f" (moved from {info['old_server']})" if kind == "move" else ""
-            result.changes.append(Change("add", device, f"device in {where}, class {info.get('device_class')}{old}"))
+            result.changes.append(
+                Change("add", device, f"device in {where}, class {info.get('device_class')}{old}")
+            )
         elif kind == "delete":
             result.changes.append(Change("delete", device, f"device from {info.get('server')}"))
         for prop, pc in sorted(info.get("properties", {}).items()):
@@ -167,7 +184,9 @@ def plan(config: BeamlineConfig, tango_host: str, sim_state: dict | None = None)
                 result.changes.append(_prop_change(device, f"attribute {attr}.{prop}", pc))
         if "alias" in info:
             a = info["alias"]
-            result.changes.append(Change("update", device, "alias", a.get("old_value"), a.get("value")))
+            result.changes.append(
+                Change("update", device, "alias", a.get("old_value"), a.get("value"))
+            )
     for cls, info in sorted(changes["classes"].items()):
         for prop, pc in sorted(info.get("properties", {}).items()):
             result.changes.append(_prop_change(f"class {cls}", f"property {prop}", pc))
@@ -197,8 +216,13 @@ def plan(config: BeamlineConfig, tango_host: str, sim_state: dict | None = None)
         labels = ("starter host", "controlled", "startup level")
         if not have_any:
             result.changes.append(
-                Change("add", f"server {info.name}", "starter settings",
-                       None, f"host={want_host} level={info.level} controlled={info.controlled}")
+                Change(
+                    "add",
+                    f"server {info.name}",
+                    "starter settings",
+                    None,
+                    f"host={want_host} level={info.level} controlled={info.controlled}",
+                )
             )
             continue
         for label, old, new in zip(labels, have, want, strict=True):
@@ -222,4 +246,38 @@ def apply(config: BeamlineConfig, tango_host: str, sim_state: dict | None = None
         getattr(db, method)(*args, **kwargs)
     for si in result.server_info:
         db.put_server_info(si)
+    announce_hosts(config, tango_host)
     return result
+
+
+def announce_hosts(config: BeamlineConfig, tango_host: str) -> list[str]:
+    """Give never-run servers a host on their admin device.
+
+    The Starter lists the servers of its host from the database. Tango's C++
+    DataBaseds takes the host from the server table (set by apply); the
+    embedded PyDatabaseds takes it from the admin device's last export, so a
+    server that never ran would be invisible to the Starter (and to Astor)
+    until its first start. Exporting and at once un-exporting the admin device
+    with the configured host records it, like a first run would.
+    """
+    import tango
+
+    db = database(tango_host)
+    local = short_hostname()
+    announced = []
+    for info in config.servers.values():
+        admin = f"dserver/{info.name}"
+        try:
+            current = db.get_device_info(admin)
+        except tango.DevFailed:
+            continue
+        if current.host and current.host.strip() not in ("", "nada"):
+            continue
+        export = tango.DbDevExportInfo()
+        export.name, export.ior, export.host = admin, "", info.resolved_host(local)
+        export.pid, export.version = 0, "0"
+        db.export_device(export)
+        # (unexport_server: PyDatabaseds' unexport_device matches names case-sensitively)
+        db.unexport_server(info.name)
+        announced.append(info.name)
+    return announced

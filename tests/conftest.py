@@ -1,8 +1,10 @@
 """Shared fixtures.
 
-System tests share one beamline per session (``beamline`` fixture), started
-with the real CLI in a temporary run directory on free ports. Tests that need
-a beamline of their own (up/down behaviour) create a ``BeamlineRun``.
+System tests of a module share one beamline (``beamline`` fixture), started
+with the real CLI in a temporary run directory on free ports. A module that
+needs a beamline of its own (up/down behaviour) creates a ``BeamlineRun`` and
+does not use the fixture: two test beamlines at once would see each other's
+servers (the real Starter finds a server by its command line).
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def _isolation_guard(request):
     yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def beamline(tmp_path_factory):
-    """The demo beamline, up for the whole session; torn down and checked at the end."""
+    """The demo beamline, up for one test module; torn down and checked at its end."""
     run = BeamlineRun(tmp_path_factory.mktemp("beamline"))
     try:
         run.up()

@@ -23,7 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -58,19 +60,39 @@ class BeamlineRun:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-        cmd = [BEAMLINE, "--run-dir", str(self.run_dir), "--config-dir", str(self.config_dir), *args]
-        proc = subprocess.run(cmd, env=env or self.env(), capture_output=True, text=True, timeout=timeout)
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 180, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        cmd = [
+            BEAMLINE,
+            "--run-dir",
+            str(self.run_dir),
+            "--config-dir",
+            str(self.config_dir),
+            *args,
+        ]
+        proc = subprocess.run(
+            cmd, env=env or self.env(), capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"`beamline {' '.join(args)}` exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+                f"`beamline {' '.join(args)}` exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
             )
         return proc
 
     def up(self, *extra: str) -> dict:
         proc = self.cli(
-            "up", "--port", str(self.port), "--db-bind", "127.0.0.1", "--listen", "127.0.0.1",
-            "--sim-auto-ports", "--json", *extra,
+            "up",
+            "--port",
+            str(self.port),
+            "--db-bind",
+            "127.0.0.1",
+            "--listen",
+            "127.0.0.1",
+            "--sim-auto-ports",
+            "--json",
+            *extra,
         )
         return json.loads(proc.stdout)
 

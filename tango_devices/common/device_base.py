@@ -19,7 +19,7 @@ import tango
 from tango import AttrQuality, DevState
 from tango.server import Device
 
-from tango_devices.common.statemachine import CommandRefused, State
+from tango_devices.common.statemachine import CommandRefused, State, StateMachine
 
 QUALITY = {
     "VALID": AttrQuality.ATTR_VALID,
@@ -86,21 +86,34 @@ class BeamlineDevice(Device):
                     }
         return spec
 
-    def init_state_events(self) -> None:
-        # State changes are pushed by the code the moment they are observed.
+    def init_state_events(self, machine: StateMachine) -> None:
+        """Mirror ``machine`` into the Tango state; State/Status events are
+        pushed by the code the moment the state changes."""
+        self._machine = machine
+        self._mirrored: tuple[State, str] | None = None
         self.set_change_event("State", True, False)
         self.set_change_event("Status", True, False)
+        machine.add_listener(self.mirror_state)
 
-    def mirror_state(self, old: State, new: State, status: str) -> None:
-        """StateMachine listener: copy the state into Tango and push events."""
-        devstate = to_devstate(new)
-        self.set_state(devstate)
-        self.set_status(status)
-        try:
-            self.push_change_event("State", devstate)
-            self.push_change_event("Status", status)
-        except tango.DevFailed as exc:  # no subscriber problems may break polling
-            self.warn_stream(f"could not push State event: {exc.args[0].desc}")
+    def mirror_state(self, *_change) -> None:
+        """StateMachine listener (any thread): copy the *current* state into
+        Tango and push events. Runs under the device monitor, so mirrors from
+        several threads are serialised and the last one shows the latest state."""
+        with tango.AutoTangoMonitor(self):
+            state, status = self._machine.state, self._machine.status
+            if (state, status) == self._mirrored:
+                return
+            state_changed = self._mirrored is None or self._mirrored[0] != state
+            self._mirrored = (state, status)
+            devstate = to_devstate(state)
+            self.set_state(devstate)
+            self.set_status(status)
+            try:
+                if state_changed:
+                    self.push_change_event("State", devstate)
+                self.push_change_event("Status", status)
+            except tango.DevFailed as exc:
+                self.warn_stream(f"could not push State event: {exc.args[0].desc}")
 
     def refuse(self, exc: Exception, origin: str) -> None:
         """Turn a logic-layer refusal into a DevFailed that names the problem."""

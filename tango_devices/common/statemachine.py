@@ -135,6 +135,7 @@ class StateMachine:
         self._status = status
         self._lock = threading.Lock()
         self._listeners: list[StateListener] = []
+        self._pending: tuple[State, State, str] | None = None
 
     @property
     def state(self) -> State:
@@ -147,8 +148,14 @@ class StateMachine:
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
 
-    def fire(self, trigger: str, status: str | None = None) -> State:
-        """Apply ``trigger``; raises :class:`TransitionRefused` (state unchanged)."""
+    def fire(self, trigger: str, status: str | None = None, notify: bool = True) -> State:
+        """Apply ``trigger``; raises :class:`TransitionRefused` (state unchanged).
+
+        Listeners run after the change, outside the lock. With ``notify=False``
+        the caller calls :meth:`notify` itself (e.g. after releasing its own
+        locks); listeners should then read the current state, not trust the
+        order of notifications coming from several threads.
+        """
         with self._lock:
             old = self._state
             new = self.table.next_state(old, trigger)
@@ -160,9 +167,18 @@ class StateMachine:
                 self._status = status
             current_status = self._status
         if changed:
-            for listener in list(self._listeners):
-                listener(old, new, current_status)
+            self._pending = (old, new, current_status)
+            if notify:
+                self.notify()
         return new
+
+    def notify(self) -> None:
+        """Call the listeners with the last change (no-op if there was none)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        for listener in list(self._listeners):
+            listener(*pending)
 
     def check(self, command: str, reason: str = "") -> None:
         """Raise :class:`CommandRefused` if ``command`` is not allowed now."""

@@ -4,10 +4,14 @@ Behaviour lives in :class:`~tango_devices.motor.motor_logic.MotorLogic`; this
 file declares properties, attributes and commands, answers is_*_allowed from
 the Motor transition table and maps errors to DevFailed.
 
-Position is polled by Tango (100 ms) so client reads are served from the
-polling cache without entering Python, and its change events (bounded by the
-polling period while moving) come from that polling. State change events are
-pushed the moment the state changes.
+Position is served from Tango's polling cache, so client reads do not enter
+Python: it is polled *externally triggered* (``polled_attr`` = position, 0,
+which ``beamline config`` adds for every Motor) and the device fills the cache
+itself after every observation of the hardware, before any state change that
+observation causes: a client that sees the motor back ON reads the final
+position, and a client that calibrates reads the new position at once.
+Position change events are pushed at most every 100 ms while moving and always
+for a settled value; State events are pushed the moment the state changes.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from tango.server import attribute, command, device_property
 
 from tango_devices.common.device_base import QUALITY, BeamlineDevice, run_server, throw
 from tango_devices.common.statemachine import CommandRefused
-from tango_devices.motor.motor_logic import MotorConfig, MotorError, MotorLogic
+from tango_devices.motor.motor_logic import MotorConfig, MotorError, MotorLogic, Quality
 
-POSITION_POLL_MS = 100
+POSITION_EVENT_PERIOD = 0.1  # s, while moving
 
 
 class Motor(BeamlineDevice):
     """A motor axis on an SMC ASCII motion controller (serial line or TCP)."""
+
+    #: attributes served from the polling cache, refreshed by the device itself
+    EXTERNALLY_POLLED = ("Position",)
 
     Port = device_property(
         dtype=str,
@@ -52,8 +59,11 @@ class Motor(BeamlineDevice):
     def init_device(self) -> None:
         super().init_device()
         self.set_state(DevState.INIT)
-        self.init_state_events()
+        self.set_change_event("Position", True, True)
         self.logic: MotorLogic | None = None
+        self._last_event = 0.0
+        self._cached = True
+        self._server_ready = getattr(self, "_server_ready", False)
         unit = self.get_device_attr().get_attr_by_name("Position").get_properties().unit
         config = MotorConfig(
             url=self.Port,
@@ -65,18 +75,59 @@ class Motor(BeamlineDevice):
             reconnect_period=self.ReconnectPeriod,
         )
         try:
-            logic = MotorLogic(config)
+            logic = MotorLogic(config, thread_context=tango.EnsureOmniThread)
         except MotorError as exc:
             self.set_state(DevState.FAULT)
             self.set_status(f"{exc}. Fix the device properties, then run Init.")
             return
-        logic.machine.add_listener(self.mirror_state)
+        self.init_state_events(logic.machine)
+        logic.add_value_listener(self._publish_position)
         self.logic = logic
         self.set_status(logic.status)
         logic.start()
         # Give a reachable controller a moment so the first State read is real;
         # never block the server start on unreachable hardware.
         logic.wait_until_known(timeout=min(1.0, 2 * self.Timeout))
+
+    def _publish_position(self, _reading) -> None:
+        """Value listener (any thread): fill the Position cache and push the
+        change event, under the device monitor with the *current* reading, so
+        the last fill always holds the latest value."""
+        with tango.AutoTangoMonitor(self):
+            reading = self.logic.position()
+            if reading.value is None:
+                return
+            quality = QUALITY[reading.quality.value]
+            now = time.time()
+            if self._cached:
+                # No w_value: Tango keeps the last written set point. (A w_value
+                # outside min/max makes cppTango throw inside the fill while it
+                # holds the poll monitor, which then stays locked for good.)
+                data = tango.TimedAttrData(value=reading.value, quality=quality, time_stamp=now)
+                try:
+                    tango.Util.instance().fill_attr_polling_buffer(self, "Position", data)
+                except tango.DevFailed as exc:
+                    if not self._server_ready:
+                        return  # polling starts with the server: server_init_hook refills
+                    self._cached = False
+                    self.warn_stream(
+                        "Position is not polled externally, so reads are not served from the "
+                        "polling cache: add polled_attr [position, 0] to the device properties "
+                        f"(beamline config apply does). {exc.args[0].desc}"
+                    )
+            if (
+                reading.quality is Quality.CHANGING
+                and now - self._last_event < POSITION_EVENT_PERIOD
+            ):
+                return
+            self._last_event = now
+            self.push_change_event("Position", reading.value, now, quality)
+
+    def server_init_hook(self) -> None:
+        """The server is up and its polling configured: fill the cache now."""
+        self._server_ready = True
+        if self.logic is not None:
+            self.logic.republish()
 
     def delete_device(self) -> None:
         if self.logic is not None:
@@ -107,7 +158,6 @@ class Motor(BeamlineDevice):
     @attribute(
         dtype=float,
         access=AttrWriteType.READ_WRITE,
-        polling_period=POSITION_POLL_MS,
         abs_change="0.0001",
         format="%10.4f",
         description="User position = DialPosition + Offset. Writing it starts an absolute "
@@ -184,7 +234,9 @@ class Motor(BeamlineDevice):
     @Acceleration.write
     def Acceleration(self, value: float) -> None:
         self._run(
-            "Motor.write_Acceleration", self._logic("Motor.write_Acceleration").set_acceleration, value
+            "Motor.write_Acceleration",
+            self._logic("Motor.write_Acceleration").set_acceleration,
+            value,
         )
 
     def is_Acceleration_allowed(self, req_type) -> bool:

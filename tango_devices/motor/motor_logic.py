@@ -11,6 +11,7 @@ acceleration is the time (s) to reach the velocity, as on most Tango motors.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -74,7 +75,7 @@ class Reading:
     quality: Quality
 
 
-ValuesListener = Callable[[], None]
+ValueListener = Callable[[Reading], None]
 
 
 class MotorLogic:
@@ -84,9 +85,13 @@ class MotorLogic:
         self,
         config: MotorConfig,
         driver_factory: Callable[..., MotionController] = MotionController,
+        thread_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ) -> None:
+        """``thread_context`` wraps the poll thread's life (the Tango layer passes
+        ``tango.EnsureOmniThread`` so the thread may call into cppTango)."""
         config.validate()
         self.config = config
+        self._thread_context = thread_context
         self._driver = driver_factory(config.url, timeout=config.timeout)
         self.machine = StateMachine(
             st.MOTOR_TABLE,
@@ -106,7 +111,13 @@ class MotorLogic:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._poll_lock = threading.Lock()  # one observation at a time
+        self._poll_lock = threading.Lock()  # one hardware observation at a time
+        self._fire_lock = threading.Lock()  # state changes in observation order
+        self._seq = 0
+        self._fired_seq = 0
+        self._quality = Quality.INVALID
+        self._value_listeners: list[ValueListener] = []
+        self._published: tuple | None = None
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
@@ -135,15 +146,23 @@ class MotorLogic:
             time.sleep(0.01)
         return self.machine.state is not State.INIT
 
+    def add_value_listener(self, listener: ValueListener) -> None:
+        """Called with the new Position reading whenever the position or its
+        quality changed, before any state change that observation causes (from
+        the poll thread, or from a command thread that observed the change)."""
+        self._value_listeners.append(listener)
+
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            if not self._driver.connected:
-                if not self._try_connect():
+        with self._thread_context():
+            while not self._stopping.is_set():
+                if not self._driver.connected and not self._try_connect():
                     self._sleep(self.config.reconnect_period)
                     continue
-            self.poll_once()
-            moving = self.machine.state is State.MOVING
-            self._sleep(self.config.moving_poll_period if moving else self.config.idle_poll_period)
+                self.poll_once(publish=True)
+                moving = self.machine.state is State.MOVING
+                self._sleep(
+                    self.config.moving_poll_period if moving else self.config.idle_poll_period
+                )
 
     def _sleep(self, period: float) -> None:
         self._wake.wait(period)
@@ -156,7 +175,12 @@ class MotorLogic:
             acct = self._driver.read_acceleration_time(self.config.axis)
         except MotionControllerError as exc:
             self._driver.close()
-            self._observe_failure(exc)
+            with self._poll_lock:
+                seq = self._next_seq()
+                self._link_ok = False
+                self._quality = Quality.INVALID
+            self._publish()
+            self._fire(seq, st.COMM_LOST, self._failure_text(exc))
             return False
         with self._lock:
             self._identity = identity
@@ -167,50 +191,91 @@ class MotorLogic:
         return True
 
     # ------------------------------------------------------------ observing
-    def poll_once(self) -> None:
-        """Read the axis once and let the state follow the observation."""
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def poll_once(self, publish: bool = True) -> None:
+        """Read the axis once and let the state follow the observation.
+
+        Value listeners run before the state changes, so a client that sees
+        the new state also reads the new value. No lock of this class is held
+        while any listener runs (listeners may wait for the Tango device lock,
+        which a command thread may hold while it waits for this class).
+        """
         with self._poll_lock:
+            seq = self._next_seq()
             try:
                 steps, status = self._driver.read_position_status(self.config.axis)
+                fault_text = None
+                if status.fault:
+                    try:
+                        fault_text = self._driver.read_fault(self.config.axis)
+                    except MotionControllerError:
+                        fault_text = None
             except MotionControllerError as exc:
                 if not isinstance(exc, ControllerRejected):
                     self._driver.close()
-                self._observe_failure(exc)
-                return
-            fault_text = None
-            if status.fault:
-                try:
-                    fault_text = self._driver.read_fault(self.config.axis)
-                except MotionControllerError:
-                    fault_text = None
-            self._observe(steps, status, fault_text)
-
-    def _observe(self, steps: int, status: AxisStatus, fault_text: str | None) -> None:
-        with self._lock:
-            self._steps = steps
-            self._status = status
-            self._link_ok = True
-            self._fault_text = fault_text
-            if not (status.moving or status.homing):
-                self._target = None
+                with self._lock:
+                    self._link_ok = False
+                    self._quality = Quality.INVALID
+                failure = exc
+            else:
+                failure = None
+                with self._lock:
+                    self._steps = steps
+                    self._status = status
+                    self._link_ok = True
+                    self._fault_text = fault_text
+                    moving = status.moving or status.homing
+                    self._quality = Quality.CHANGING if moving else Quality.VALID
+                    if not moving:
+                        self._target = None
+        if publish:
+            self._publish()
+        if failure is not None:
+            self._fire(seq, st.COMM_LOST, self._failure_text(failure))
+            return
         trigger = st.classify(True, status)
-        self.machine.fire(trigger, self._status_text(trigger, status, fault_text))
+        self._fire(seq, trigger, self._status_text(trigger, status, fault_text))
 
-    def _observe_failure(self, exc: MotionControllerError) -> None:
-        with self._lock:
-            self._link_ok = False
+    def _fire(self, seq: int, trigger: str, text: str) -> None:
+        with self._fire_lock:
+            if seq < self._fired_seq:
+                return  # a newer observation has already decided the state
+            self._fired_seq = seq
+            self.machine.fire(trigger, text, notify=False)
+        self.machine.notify()
+
+    def _publish(self) -> None:
+        reading = self.position()
+        key = (reading.value, reading.quality)
+        if key == self._published:
+            return
+        self._published = key
+        for listener in list(self._value_listeners):
+            try:
+                listener(reading)
+            except Exception:  # a listener must never stop the poll thread
+                log.exception("value listener failed")
+
+    def republish(self) -> None:
+        """Have the next observation call the value listeners even if nothing changed."""
+        self._published = None
+        self._wake.set()
+
+    def _failure_text(self, exc: MotionControllerError) -> str:
         if isinstance(exc, ProtocolError):
             what = "Garbled reply from the motion controller"
         elif isinstance(exc, ControllerRejected):
             what = "The motion controller refused the status request"
         else:
             what = "No link to the motion controller"
-        text = (
+        return (
             f"{what} ({self.config.url}, axis {self.config.axis}): {exc}. "
             f"Retrying every {self.config.reconnect_period:g} s; the state recovers by itself "
             "when the controller answers again (check its power, cable or terminal server)."
         )
-        self.machine.fire(st.COMM_LOST, text)
 
     def _status_text(self, trigger: str, status: AxisStatus, fault_text: str | None) -> str:
         unit = self.config.unit
@@ -249,19 +314,12 @@ class MotorLogic:
     def status(self) -> str:
         return self.machine.status
 
-    def _quality(self) -> Quality:
-        if not self._link_ok:
-            return Quality.INVALID
-        if self.machine.state is State.MOVING:
-            return Quality.CHANGING
-        return Quality.VALID
-
     def dial_position(self) -> Reading:
         with self._lock:
-            steps = self._steps
+            steps, quality = self._steps, self._quality
         if steps is None:
             return Reading(None, Quality.INVALID)
-        return Reading(steps / self.config.steps_per_unit, self._quality())
+        return Reading(steps / self.config.steps_per_unit, quality)
 
     def position(self) -> Reading:
         dial = self.dial_position()
@@ -300,10 +358,12 @@ class MotorLogic:
         try:
             return fn(*args)
         except ControllerRejected as exc:
-            raise MotorError(f"{what} refused by the controller: {exc.text} (error {exc.code})")
+            raise MotorError(
+                f"{what} refused by the controller: {exc.text} (error {exc.code})"
+            ) from exc
         except (LinkError, ProtocolError) as exc:
             self._wake.set()  # let the poller notice and reconnect
-            raise MotorError(f"{what} failed: {exc}")
+            raise MotorError(f"{what} failed: {exc}") from exc
 
     def _require(self, command: str) -> None:
         state = self.machine.state
@@ -332,7 +392,6 @@ class MotorLogic:
         self._target = position
         self._call(f"Move to {position:g}", self._driver.move, self.config.axis, target_steps)
         self.poll_once()
-        self._wake.set()
 
     def stop(self) -> None:
         self._require("Stop")
@@ -344,7 +403,6 @@ class MotorLogic:
         self._target = None
         self._call("Home", self._driver.home, self.config.axis, 1 if direction >= 0 else -1)
         self.poll_once()
-        self._wake.set()
 
     def power_on(self) -> None:
         self._require("On")
@@ -376,6 +434,7 @@ class MotorLogic:
         if dial is None:
             raise MotorError("SetPosition needs the current position, which is not known yet")
         self._offset = position - dial
+        self._publish()
         return self._offset
 
     def set_offset(self, offset: float) -> None:
@@ -383,6 +442,7 @@ class MotorLogic:
         if not math.isfinite(offset):
             raise MotorError(f"Offset must be a finite number, not {offset!r}")
         self._offset = offset
+        self._publish()
 
     def set_velocity(self, velocity: float) -> None:
         self._require("write_Velocity")
@@ -401,7 +461,9 @@ class MotorLogic:
     def set_acceleration(self, seconds: float) -> None:
         self._require("write_Acceleration")
         if not math.isfinite(seconds) or seconds <= 0:
-            raise MotorError(f"Acceleration time must be a positive number of seconds, not {seconds!r}")
+            raise MotorError(
+                f"Acceleration time must be a positive number of seconds, not {seconds!r}"
+            )
         self._call(
             f"Acceleration {seconds:g} s",
             self._driver.write_acceleration_time,

@@ -36,7 +36,9 @@ def motor(data, name):
 
 def test_project_config_is_valid():
     c = cfg.load(PROJECT_CONFIG)
-    assert {s.name for s in c.servers.values()} >= {f"Motor/{m}" for m in ("slit_h", "slit_v", "sample_x", "sample_y", "det_z")}
+    assert {s.name for s in c.servers.values()} >= {
+        f"Motor/{m}" for m in ("slit_h", "slit_v", "sample_x", "sample_y", "det_z")
+    }
     assert c.devices["bl01/mot/sample_x"].server == "Motor/sample_x"
     assert c.warnings == []
     levels = c.servers_by_level()
@@ -46,7 +48,7 @@ def test_project_config_is_valid():
 def test_property_not_a_list_names_file_and_key(cfgdir):
     edit(cfgdir / "tango/motors.json", lambda d: motor(d, "slit_h")["properties"].update(Axis=1))
     assert problems(cfgdir) == [
-        'tango/motors.json: servers.Motor.slit_h.Motor.bl01/mot/slit_h.properties.Axis: '
+        "tango/motors.json: servers.Motor.slit_h.Motor.bl01/mot/slit_h.properties.Axis: "
         '1 must be a list of strings, e.g. ["1"]'
     ]
 
@@ -54,17 +56,25 @@ def test_property_not_a_list_names_file_and_key(cfgdir):
 def test_missing_mandatory_property(cfgdir):
     edit(cfgdir / "tango/motors.json", lambda d: motor(d, "det_z")["properties"].pop("Port"))
     (p,) = problems(cfgdir)
-    assert p.startswith("tango/motors.json: servers.Motor.det_z.Motor.bl01/mot/det_z.properties.Port: missing")
+    assert p.startswith(
+        "tango/motors.json: servers.Motor.det_z.Motor.bl01/mot/det_z.properties.Port: missing"
+    )
 
 
 def test_property_of_wrong_type(cfgdir):
-    edit(cfgdir / "tango/motors.json", lambda d: motor(d, "det_z")["properties"].update(Axis=["five"]))
+    edit(
+        cfgdir / "tango/motors.json",
+        lambda d: motor(d, "det_z")["properties"].update(Axis=["five"]),
+    )
     (p,) = problems(cfgdir)
     assert "properties.Axis: 'five' is not a valid int" in p
 
 
 def test_unknown_property_is_a_warning(cfgdir):
-    edit(cfgdir / "tango/motors.json", lambda d: motor(d, "det_z")["properties"].update(Colour=["red"]))
+    edit(
+        cfgdir / "tango/motors.json",
+        lambda d: motor(d, "det_z")["properties"].update(Colour=["red"]),
+    )
     c = cfg.load(cfgdir)
     assert [str(w) for w in c.warnings] == [
         "tango/motors.json: servers.Motor.det_z.Motor.bl01/mot/det_z.properties.Colour: "
@@ -73,16 +83,25 @@ def test_unknown_property_is_a_warning(cfgdir):
 
 
 def test_device_in_two_servers(cfgdir):
-    edit(cfgdir / "tango/motors.json",
-         lambda d: d["servers"]["Motor"]["slit_v"]["Motor"].update({"bl01/mot/slit_h": {}}))
+    edit(
+        cfgdir / "tango/motors.json",
+        lambda d: d["servers"]["Motor"]["slit_v"]["Motor"].update({"bl01/mot/slit_h": {}}),
+    )
     (p,) = problems(cfgdir)
     assert "device bl01/mot/slit_h is already defined in server Motor/slit_h" in p
 
 
 def test_server_defined_in_two_files(cfgdir):
-    (cfgdir / "tango/more.json").write_text(json.dumps(
-        {"servers": {"Motor": {"slit_h": {"Motor": {"bl01/mot/other": {}}}}}}))
-    assert any("server Motor/slit_h is also defined in tango/motors.json" in p for p in problems(cfgdir))
+    (cfgdir / "tango/more.json").write_text(
+        json.dumps({"servers": {"Motor": {"slit_h": {"Motor": {"bl01/mot/other": {}}}}}})
+    )
+    assert any(
+        p.startswith(
+            "tango/motors.json: servers.Motor.slit_h: "
+            "server Motor/slit_h is also defined in tango/more.json"
+        )
+        for p in problems(cfgdir)
+    )
 
 
 def test_invalid_json_names_line(cfgdir):
@@ -97,21 +116,29 @@ def test_starter_entries(cfgdir):
         d["servers"]["Motor/slit_v"]["controlled"] = "yes"
         d["servers"]["Motor/ghost"] = {"host": "@local", "level": 2}
         del d["servers"]["Motor/det_z"]
+
     edit(cfgdir / "starter.json", change)
-    assert sorted(problems(cfgdir)) == sorted([
-        "starter.json: servers.Motor/sample_x.level: must be an integer from 1 to 5, not 9",
-        "starter.json: servers.Motor/slit_v.controlled: must be true or false",
-        "starter.json: servers.Motor/ghost: no such server in tango/*.json; remove the entry or define the server",
-        'starter.json: servers: server Motor/det_z (defined in tango/motors.json) has no entry; add '
-        '{"host": "@local", "level": 2, "controlled": true}',
-    ])
+    assert sorted(problems(cfgdir)) == sorted(
+        [
+            "starter.json: servers.Motor/sample_x.level: must be an integer from 1 to 5, not 9",
+            "starter.json: servers.Motor/slit_v.controlled: must be true or false",
+            "starter.json: servers.Motor/ghost: no such server in tango/*.json; "
+            "remove the entry or define the server",
+            "starter.json: servers: server Motor/det_z (defined in tango/motors.json) "
+            'has no entry; add {"host": "@local", "level": 2, "controlled": true}',
+        ]
+    )
 
 
 def test_simulation_override_unknown_controller(cfgdir):
-    edit(cfgdir / "simulation.json",
-         lambda d: d["overrides"]["bl01/mot/slit_h"].update(Port="socket://{listen}:{nope.port}"))
+    edit(
+        cfgdir / "simulation.json",
+        lambda d: d["overrides"]["bl01/mot/slit_h"].update(Port="socket://{listen}:{nope.port}"),
+    )
     (p,) = problems(cfgdir)
-    assert p.startswith("simulation.json: overrides.bl01/mot/slit_h.Port: {nope.port} names no controller")
+    assert p.startswith(
+        "simulation.json: overrides.bl01/mot/slit_h.Port: {nope.port} names no controller"
+    )
 
 
 def test_render_applies_simulation_overrides():
@@ -119,10 +146,12 @@ def test_render_applies_simulation_overrides():
     plain = c.render(None)
     sim = c.render({"listen": "127.0.0.1", "controllers": {"smc1": {"kind": "smc", "port": 45678}}})
     path = ["servers", "Motor", "sample_x", "Motor", "bl01/mot/sample_x", "properties", "Port"]
+
     def get(d):
         for k in path:
             d = d[k]
         return d
+
     assert get(plain) == ["socket://smc1.bl01.lan:4001"]
     assert get(sim) == ["socket://127.0.0.1:45678"]
     # rendering never mutates the loaded configuration
@@ -131,6 +160,7 @@ def test_render_applies_simulation_overrides():
 
 def test_registry_matches_setup_console_scripts():
     from tango_devices.registry import SERVERS
+
     setup_py = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
     for server, target in SERVERS.items():
         assert f'"{server}": "{target.split(":")[0]}:main"' in setup_py

@@ -9,11 +9,18 @@ import threading
 import pytest
 
 from tango_devices.common.statemachine import CommandRefused, State
-from tango_devices.drivers.motion_ascii import AxisStatus, ControllerRejected, LinkError, ProtocolError
+from tango_devices.drivers.motion_ascii import (
+    AxisStatus,
+    ControllerRejected,
+    LinkError,
+    ProtocolError,
+)
 from tango_devices.motor.motor_logic import MotorConfig, MotorError, MotorLogic, Quality
 from tests.helpers import wait_until
 
-MOVING, POWER, LIM_NEG, LIM_POS, HOME_SW, FAULT, HOMED, INTERLOCK, HOMING = (1 << i for i in range(9))
+MOVING, POWER, LIM_NEG, LIM_POS, HOME_SW, FAULT, HOMED, INTERLOCK, HOMING = (
+    1 << i for i in range(9)
+)
 
 
 class FakeDriver:
@@ -120,8 +127,15 @@ def logic():
         return drivers[-1]
 
     m = MotorLogic(
-        MotorConfig(url="socket://127.0.0.1:1", axis=3, steps_per_unit=1000.0, unit="mm",
-                    idle_poll_period=0.01, moving_poll_period=0.01, reconnect_period=0.02),
+        MotorConfig(
+            url="socket://127.0.0.1:1",
+            axis=3,
+            steps_per_unit=1000.0,
+            unit="mm",
+            idle_poll_period=0.01,
+            moving_poll_period=0.01,
+            reconnect_period=0.02,
+        ),
         driver_factory=factory,
     )
     m.fake = drivers[0]
@@ -133,7 +147,7 @@ def test_connects_and_follows_hardware(logic):
     logic.start()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     assert logic.status.startswith("Ready (SMC-8 1.0, axis 3)")
-    assert logic.dial_position() .value == pytest.approx(1.5)
+    assert logic.dial_position().value == pytest.approx(1.5)
     assert logic.velocity == pytest.approx(2.0)
     assert logic.acceleration == pytest.approx(0.1)
     logic.fake.word |= LIM_POS
@@ -194,7 +208,9 @@ def test_move_refused_in_fault_sends_nothing(logic):
     wait_until(lambda: logic.state is State.FAULT, 2, "FAULT")
     with pytest.raises(CommandRefused) as info:
         logic.move_to(1.0)
-    assert "write_Position is not allowed in state FAULT (No link to the motion controller" in str(info.value)
+    assert "write_Position is not allowed in state FAULT (No link to the motion controller" in str(
+        info.value
+    )
     assert logic.fake.calls == []
 
 
@@ -265,3 +281,40 @@ def test_bad_configuration_is_reported():
         MotorLogic(MotorConfig(url="", axis=0, steps_per_unit=0.0), driver_factory=FakeDriver)
     text = str(info.value)
     assert "Port is empty" in text and "Axis must be 1 or more" in text and "StepsPerUnit" in text
+
+
+def test_value_is_published_before_the_state_changes(logic):
+    """A client that sees the motor back ON must read the final position."""
+    seen = []
+    logic.add_value_listener(lambda r: seen.append(("value", r.value, r.quality, logic.state)))
+    logic.machine.add_listener(lambda old, new, status: seen.append(("state", new)))
+    logic.start()
+    wait_until(lambda: logic.state is State.ON, 2, "ON")
+    logic.move_to(3.0)
+    logic.fake.finish_move()
+    wait_until(lambda: logic.state is State.ON, 2, "ON after the move")
+    final = [i for i, e in enumerate(seen) if e[0] == "value" and e[1] == pytest.approx(3.0)]
+    back_on = [i for i, e in enumerate(seen) if e == ("state", State.ON)][-1]
+    assert final and final[0] < back_on
+    # the final value is published as VALID while the state is still MOVING
+    assert seen[final[0]][2] is Quality.VALID and seen[final[0]][3] is State.MOVING
+
+
+def test_thread_context_wraps_the_poll_thread():
+    entered = threading.Event()
+
+    class Ctx:
+        def __enter__(self):
+            entered.set()
+
+        def __exit__(self, *exc):
+            return False
+
+    m = MotorLogic(
+        MotorConfig(url="socket://x:1", axis=1), driver_factory=FakeDriver, thread_context=Ctx
+    )
+    m.start()
+    try:
+        assert entered.wait(2)
+    finally:
+        m.stop_polling()

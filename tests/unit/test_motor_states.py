@@ -95,8 +95,18 @@ def test_unknown_trigger_and_command_are_errors():
 
 
 def status(**bits) -> AxisStatus:
-    fields = dict(moving=False, powered=True, low_limit=False, high_limit=False,
-                  home_switch=False, fault=False, homed=False, interlock=False, homing=False, raw=0)
+    fields = dict(
+        moving=False,
+        powered=True,
+        low_limit=False,
+        high_limit=False,
+        home_switch=False,
+        fault=False,
+        homed=False,
+        interlock=False,
+        homing=False,
+        raw=0,
+    )
     fields.update(bits)
     return AxisStatus(**fields)
 

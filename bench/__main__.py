@@ -1,0 +1,24 @@
+"""python -m bench [reads] [startup]: run the benchmarks and print the figures."""
+
+import sys
+
+from bench import bench_reads, bench_startup
+
+BENCHMARKS = {"reads": bench_reads.run, "startup": bench_startup.run}
+
+
+def main() -> int:
+    names = sys.argv[1:] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"== {name}")
+        BENCHMARKS[name]()
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

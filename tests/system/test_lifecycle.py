@@ -1,0 +1,84 @@
+"""`beamline up / status / down / config` as a user runs them: real processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tango
+
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.system
+
+MOTOR_SERVERS = [f"Motor/{m}" for m in ("det_z", "sample_x", "sample_y", "slit_h", "slit_v")]
+
+
+def test_status_shows_every_server_with_pid_and_starter_state(beamline):
+    def all_on():
+        data = beamline.status()
+        return data if all(s["starter_state"] == "ON" for s in data["servers"]) else None
+
+    # the Starter pings each server every 2 s: wait for its view to settle
+    data = wait_until(all_on, 15, "the Starter to report every server ON")
+    assert data["tango_host"] == beamline.tango_host
+    assert data["database"] == {
+        "embedded": True,
+        "pid": beamline.state()["database"]["pid"],
+        "answers": True,
+    }
+    servers = {s["server"]: s for s in data["servers"]}
+    assert sorted(servers) == MOTOR_SERVERS
+    for name, s in servers.items():
+        assert len(s["pids"]) == 1, f"{name} should run exactly once: {s['pids']}"
+        assert s["level"] == 2 and s["controlled"] is True
+        assert [d["state"] for d in s["devices"]] == ["ON"]
+    # the pids are those of real processes running the server's command line
+    from beamline import procs
+
+    found = {p.server: p.pid for p in procs.find_processes(beamline.run_dir, MOTOR_SERVERS)}
+    assert found == {n: servers[n]["pids"][0] for n in MOTOR_SERVERS}
+
+
+def test_human_status_and_config_check(beamline):
+    out = beamline.cli("status").stdout
+    assert "Motor/sample_x" in out and "bl01/mot/sample_x" in out
+    assert f"TANGO_HOST={beamline.tango_host}" in out
+    check = beamline.cli("config", "check").stdout
+    assert "ok: 5 servers, 5 devices" in check
+
+
+def test_config_is_applied_and_applying_again_changes_nothing(beamline):
+    diff = beamline.cli("config", "diff", "--json", check=False)
+    assert diff.returncode == 0, diff.stdout
+    assert json.loads(diff.stdout) == []
+    apply = beamline.cli("config", "apply").stdout
+    assert "database already up to date" in apply
+    db = tango.Database(*beamline.tango_host.split(":"))
+    props = db.get_device_property("bl01/mot/sample_x", ["Port", "Axis", "polled_attr"])
+    sim = beamline.sim_state()
+    assert list(props["Port"]) == [f"socket://127.0.0.1:{sim['controllers']['smc1']['port']}"]
+    assert list(props["Axis"]) == ["3"]
+    assert list(props["polled_attr"]) == ["position", "0"]
+    info = db.get_server_info("Motor/sample_x")
+    assert (info.level, info.mode) == (2, 1)
+
+
+def test_config_diff_shows_a_change_made_behind_its_back(beamline):
+    db = tango.Database(*beamline.tango_host.split(":"))
+    db.put_device_attribute_property("bl01/mot/det_z", {"Position": {"max_value": ["990"]}})
+    try:
+        diff = beamline.cli("config", "diff", check=False)
+        assert diff.returncode == 1
+        assert "~ bl01/mot/det_z: attribute Position.max_value: '990' -> '1000.0'" in diff.stdout
+    finally:
+        beamline.cli("config", "apply")
+    assert beamline.cli("config", "diff", check=False).returncode == 0
+
+
+def test_up_again_starts_nothing_new(beamline):
+    before = {p.pid for p in beamline.processes()}
+    result = beamline.up()
+    assert result["failures"] == []
+    after = {p.pid for p in beamline.processes()}
+    assert after == before

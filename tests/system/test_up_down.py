@@ -1,0 +1,67 @@
+"""A beamline of its own: `up` that names a failing device, `down` that leaves
+nothing behind. (Not beside the module-scoped `beamline` fixture: two test
+beamlines in one PID namespace would see each other's servers, which the
+real Starter finds by command line.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import pytest
+import tango
+
+from tests.helpers import PROJECT, BeamlineRun
+
+pytestmark = pytest.mark.system
+
+
+@pytest.mark.slow
+def test_down_leaves_nothing_and_up_names_a_failing_device(tmp_path):
+    config_dir = tmp_path / "db_config"
+    shutil.copytree(PROJECT / "db_config", config_dir)
+    # A server that exits at once at start-up: `beamline-sim broken` (an
+    # executable in StartDsPath that does not accept this command line).
+    (config_dir / "tango/broken.json").write_text(
+        json.dumps({"servers": {"beamline-sim": {"broken": {"Broken": {"bl01/test/broken": {}}}}}})
+    )
+    starter = json.loads((config_dir / "starter.json").read_text())
+    starter["servers"]["beamline-sim/broken"] = {"host": "@local", "level": 2, "controlled": True}
+    (config_dir / "starter.json").write_text(json.dumps(starter))
+    run = BeamlineRun(tmp_path / "run", config_dir)
+    try:
+        proc = run.cli(
+            "up",
+            "--port",
+            str(run.port),
+            "--db-bind",
+            "127.0.0.1",
+            "--sim-auto-ports",
+            "--timeout",
+            "20",
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert (
+            "bl01/test/broken (beamline-sim/broken) does not answer: "
+            "server beamline-sim/broken is not running" in proc.stdout
+        )
+        assert "last lines of" in proc.stdout and "beamline-sim_broken.log" in proc.stdout
+        assert "error: the following arguments are required: --config" in proc.stdout
+        assert "level 2: 5/6 devices answering" in proc.stdout
+        # the other devices are up
+        p = tango.DeviceProxy(f"tango://{run.tango_host}/bl01/mot/sample_x")
+        assert p.state() == tango.DevState.ON
+        assert run.processes(), "up should have left processes running"
+        sim_port = run.sim_state()["controllers"]["smc1"]["port"]
+    finally:
+        result = run.down()
+    assert "database" in result["stopped"] and "Starter" in result["stopped"]
+    assert result["leftovers"] == []
+    assert run.processes() == []
+    for port in (run.port, sim_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after down"
+    # down twice is harmless
+    assert run.cli("down").returncode == 0
