@@ -38,15 +38,24 @@ def wait(predicate, timeout, what):
         time.sleep(0.05)
 
 
+def starter_states(starter) -> dict[str, str]:
+    lines = starter.read_attribute("Servers").value or ()
+    return {ln.split("\t")[0]: ln.split("\t")[1] for ln in lines}
+
+
 def stop_all(bench, starter, servers):
+    # The Starter stops only what its ping (every 2 s) has seen running.
+    wait(
+        lambda: all(starter_states(starter).get(s) == "ON" for s in servers),
+        60,
+        "the Starter to see every server running",
+    )
     starter.command_inout("DevStopAll", 2)
-
-    def all_stopped():
-        lines = starter.read_attribute("Servers").value or ()
-        states = {ln.split("\t")[0]: ln.split("\t")[1] for ln in lines}
-        return all(states.get(s) == "FAULT" for s in servers)
-
-    wait(all_stopped, 60, "the Starter to see every server stopped")
+    wait(
+        lambda: all(starter_states(starter).get(s) == "FAULT" for s in servers),
+        60,
+        "the Starter to see every server stopped",
+    )
 
 
 def run() -> dict:
