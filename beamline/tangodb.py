@@ -90,13 +90,14 @@ def start_embedded(ctx: RunContext, port: int, bind: str, timeout: float = 30.0)
     env[procs.RUN_DIR_ENV] = str(ctx.run_dir)
     env["TANGO_HOST"] = f"{'127.0.0.1' if bind in ('0.0.0.0', '') else bind}:{port}"
     exe = venv_bin() / "PyDatabaseds"
+    # options before the instance name: everything after it is passed to Tango
     cmd = [
         str(exe) if exe.exists() else "PyDatabaseds",
-        DB_SERVER_INSTANCE,
         "--host",
         bind,
         "--port",
         str(port),
+        DB_SERVER_INSTANCE,
     ]
     log = ctx.log_dir / "database.log"
     ctx.run_dir.mkdir(parents=True, exist_ok=True)

@@ -65,3 +65,48 @@ def test_down_leaves_nothing_and_up_names_a_failing_device(tmp_path):
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after down"
     # down twice is harmless
     assert run.cli("down").returncode == 0
+
+
+@pytest.mark.slow
+def test_existing_database_is_used_and_left_running(tmp_path):
+    """--tango-host: an existing Tango database is configured and used, none is
+    started, and `down` leaves that database running."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from beamline import procs, tangodb
+    from tests.helpers import free_port, wait_until
+
+    port = free_port()
+    env = dict(os.environ, PYTANGO_DATABASE_NAME=str(tmp_path / "external.db"))
+    env.pop("TANGO_HOST", None)
+    exe = Path(sys.executable).parent / "PyDatabaseds"
+    with open(tmp_path / "external-db.log", "wb") as log:
+        db = subprocess.Popen(
+            [str(exe), "--host", "127.0.0.1", "--port", str(port), "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    external = f"127.0.0.1:{port}"
+    run = BeamlineRun(tmp_path / "run")
+    try:
+        wait_until(lambda: tangodb.answers(external), 20, "the external database")
+        proc = run.cli("up", "--tango-host", external, "--sim-auto-ports", "--json")
+        result = json.loads(proc.stdout)
+        assert result["tango_host"] == external
+        assert result["database"] == {"embedded": False}
+        assert result["failures"] == []
+        motor = tango.DeviceProxy(f"tango://{external}/bl01/mot/sample_y")
+        assert motor.state() == tango.DevState.ON
+        assert not (run.run_dir / "tango_database.db").exists()
+        down = run.down()
+        assert "database" not in down["stopped"]
+        assert tangodb.answers(external), "down must not stop a database it did not start"
+        assert procs.find_processes(run.run_dir) == []
+    finally:
+        run.cli("down", check=False)
+        db.terminate()
+        db.wait(10)
