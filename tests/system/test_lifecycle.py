@@ -82,3 +82,29 @@ def test_up_again_starts_nothing_new(beamline):
     assert result["failures"] == []
     after = {p.pid for p in beamline.processes()}
     assert after == before
+
+
+def test_sim_cli_injects_and_clears_faults_and_rejects_bad_input(beamline):
+    motor = beamline.proxy("bl01/mot/slit_v")
+    out = beamline.cli("sim", "fault", "smc1", "interlock", "--axis", "2").stdout
+    assert "smc1: interlock injected on axis 2" in out
+    wait_until(lambda: motor.state() == tango.DevState.DISABLE, 10, "DISABLE")
+    beamline.cli("sim", "clear", "smc1")
+    wait_until(lambda: motor.state() == tango.DevState.ON, 10, "ON")
+    status = json.loads(beamline.cli("sim", "status", "--json").stdout)
+    assert status["ok"] is True and "smc1" in json.dumps(status)
+
+    bad = beamline.cli("sim", "fault", "nope", "drop", check=False)
+    assert bad.returncode == 2
+    assert "nope" in bad.stderr and "smc1" in bad.stderr  # names the problem and the choices
+    missing_axis = beamline.cli("sim", "fault", "smc1", "interlock", check=False)
+    assert missing_axis.returncode == 2 and "interlock needs --axis N" in missing_axis.stderr
+
+
+def test_logs_and_unknown_server_names(beamline):
+    out = beamline.cli("logs", "bl01/mot/sample_x", "-n", "50").stdout
+    assert "connected to socket://127.0.0.1:" in out
+    bad = beamline.cli("stop", "Motor/nope", check=False)
+    assert bad.returncode == 2
+    assert "no server or device named 'Motor/nope'" in bad.stderr
+    assert "Motor/sample_x" in bad.stderr  # lists the valid names

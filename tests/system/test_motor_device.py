@@ -44,7 +44,7 @@ def test_server_starts_while_the_controller_is_unreachable_and_recovers(sim):
         wait_until(lambda: m.state() == tango.DevState.FAULT, 10, "FAULT")
         assert "No link to the motion controller" in m.status()
         with pytest.raises(tango.DevFailed) as info:
-            m.Position
+            _ = m.Position
         assert "Position is not known yet" in info.value.args[0].desc
         sim.clear()
         wait_until(lambda: m.state() == tango.DevState.ON, 10, "ON once the link is back")
