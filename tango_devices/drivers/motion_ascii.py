@@ -13,6 +13,9 @@ Errors are split by what the caller should do about them:
   the byte stream can no longer be trusted.
 - :class:`ControllerRejected`: the controller understood and refused
   (``ERROR <code> <text>``); the link is fine and stays open.
+
+(The error classes live in :mod:`tango_devices.drivers.errors`, shared by
+every driver.)
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import TypeVar
 
 import serial
 
+from tango_devices.drivers.errors import ControllerRejected, DriverError, LinkError, ProtocolError
+
 TERMINATOR = b"\r\n"
 _QUOTE_BYTES = 40
 _CLOSED_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN}
@@ -35,30 +40,8 @@ _CLOSED_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTC
 T = TypeVar("T")
 
 
-class MotionControllerError(Exception):
-    """Base class of every driver error."""
-
-
-class LinkError(MotionControllerError):
-    """Cannot open the port, the connection was lost, or no reply in time."""
-
-
-class ProtocolError(MotionControllerError):
-    """The reply is garbage, cut short, unparsable or does not echo the request."""
-
-
-class ControllerRejected(MotionControllerError):  # noqa: N818 - name is the public API
-    """The controller answered ``ERROR <code> <text>``.
-
-    ``code`` is the protocol's error code (1..8), ``text`` its message.
-    """
-
-    def __init__(self, code: int, text: str, request: str | None = None):
-        self.code = code
-        self.text = text
-        self.request = request
-        where = f" {request}" if request else ""
-        super().__init__(f"controller refused{where}: {text} (error {code})")
+# The shared driver errors, under the names this module has always exported.
+MotionControllerError = DriverError
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,19 @@ A control port (JSON lines, see ``docs/protocol-motion.md``) injects faults,
 reports status and shuts the process down.
 
 Controller kinds are looked up in :data:`CONTROLLER_KINDS`: a factory
-``(name, config, clock) -> LineController`` that validates its own part of
-the configuration (``ValueError("axes.3.velocity: ...")``, the key path is
-relative to the controller). Link faults (``drop``, ``stall``, ``garbage``)
-are the transport's and work for every line-based kind; a kind adds its own
-fault kinds (``fault_kinds`` / ``inject_fault``). Kinds that are not served
-as ASCII lines (an EPICS IOC, a camera) will come with a transport of their
-own next to :class:`LinePort`.
+``(name, config, clock, physics) -> controller`` that validates its own part
+of the configuration (``ValueError("axes.3.velocity: ...")``, the key path is
+relative to the controller) and registers the physical quantities it provides
+with the shared :class:`~tango_devices.simulators.physics.BeamlinePhysics`
+(``physics.register_source("smc1/3", ...)``) or reads what it needs from it.
+
+Each kind is served by a *port* from :data:`PORT_KINDS` (default
+:class:`LinePort`: ASCII request lines; a reply may also be ``bytes``, sent as
+they are, for binary payloads such as camera frames). Link faults (``drop``,
+``stall``, ``garbage``) are the line transport's and work for every line-based
+kind; a kind adds its own fault kinds (``fault_kinds`` / ``inject_fault``). A
+kind with a transport of its own (an EPICS IOC) registers a port class that
+implements :class:`Port`.
 
 No ``tango`` import.
 """
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tango_devices.simulators.physics import BeamlinePhysics, PhysicsError
 from tango_devices.simulators.smc import SmcController
 
 log = logging.getLogger("beamline-sim")
@@ -47,8 +54,9 @@ class LineController(Protocol):
     kind: str
     fault_kinds: tuple[str, ...]
 
-    def handle_line(self, line: str) -> str:
-        """Reply to one request line (no terminators); ``""`` means no reply."""
+    def handle_line(self, line: str) -> str | bytes:
+        """Reply to one request line (no terminators); ``""`` means no reply.
+        ``bytes`` are sent as they are (the controller adds any terminator)."""
 
     def inject_fault(self, kind: str, request: Mapping[str, Any]) -> str:
         """Inject a kind-specific fault; ``ValueError`` names the valid choices."""
@@ -63,13 +71,59 @@ class LineController(Protocol):
         """A JSON-able snapshot (positions, status words, ...)."""
 
 
-ControllerFactory = Callable[[str, Mapping[str, Any], Clock], LineController]
+ControllerFactory = Callable[[str, Mapping[str, Any], Clock, BeamlinePhysics], Any]
+
+
+def _smc(name: str, config: Mapping[str, Any], clock: Clock, physics: BeamlinePhysics):
+    controller = SmcController(name, config, clock)
+    for number, axis in controller.axes.items():
+
+        def position(axis=axis) -> float:
+            axis.update(clock())
+            return axis.register
+
+        physics.register_source(f"{name}/{number}", position)
+    return controller
+
 
 CONTROLLER_KINDS: dict[str, ControllerFactory] = {
-    "smc": SmcController,
+    "smc": _smc,
 }
 
+
+class Port(Protocol):
+    """How the simulator drives one served controller (see :class:`LinePort`)."""
+
+    name: str
+    port: int
+    controller: Any
+    faults: set[str]
+    link_faults: tuple[str, ...]
+
+    @property
+    def listening(self) -> bool: ...
+
+    @property
+    def clients(self) -> int: ...
+
+    async def listen(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def inject(self, kind: str) -> None: ...
+
+    async def clear(self) -> None: ...
+
+
+#: kind -> port class ``(spec, host, rng) -> Port``; kinds not listed use LinePort
+PORT_KINDS: dict[str, Callable[..., Port]] = {}
+
 LINK_FAULTS = ("drop", "stall", "garbage")
+LINK_FAULT_TEXT = {
+    "drop": "link dropped: clients disconnected, new connections refused",
+    "stall": "link stalled: requests are read and never answered",
+    "garbage": "replies replaced by random bytes",
+}
 MAX_BUFFERED_LINE = 4096
 
 
@@ -90,10 +144,11 @@ class ControllerSpec:
 class SimConfig:
     control_port: int
     controllers: dict[str, ControllerSpec]
+    physics: BeamlinePhysics | None = None
 
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_TOP_KEYS = ("control", "controllers", "overrides")
+_TOP_KEYS = ("control", "controllers", "physics", "overrides")
 
 
 def _check_port(where: str, value: Any) -> int:
@@ -128,6 +183,11 @@ def parse_config(data: Any, auto_ports: bool = False, clock: Clock = time.monoto
     _check_keys("control.", control, ("port",))
     control_port = _check_port("control.port", control.get("port", 0))
 
+    try:
+        physics = BeamlinePhysics(data.get("physics", {}))
+    except PhysicsError as exc:
+        raise ConfigError(f"physics.{exc}") from None
+
     controllers = data.get("controllers")
     if not isinstance(controllers, Mapping) or not controllers:
         raise ConfigError("controllers: must be a non-empty object mapping names to controllers")
@@ -156,13 +216,16 @@ def parse_config(data: Any, auto_ports: bool = False, clock: Clock = time.monoto
         if port:
             used[port] = f"{where}.port"
         try:
-            controller = CONTROLLER_KINDS[kind](name, entry, clock)
+            controller = CONTROLLER_KINDS[kind](name, entry, clock, physics)
         except ValueError as exc:
             raise ConfigError(f"{where}.{exc}") from None
         specs[name] = ControllerSpec(name, kind, 0 if auto_ports else port, controller)
     if not specs:
         raise ConfigError("controllers: must define at least one controller")
-    return SimConfig(0 if auto_ports else control_port, specs)
+    missing = physics.missing_sources()
+    if missing:
+        raise ConfigError(f"physics.{missing[0]}")
+    return SimConfig(0 if auto_ports else control_port, specs, physics)
 
 
 def load_config(path: str | os.PathLike[str], auto_ports: bool = False) -> SimConfig:
@@ -252,6 +315,8 @@ def _bind(host: str, port: int) -> socket.socket:
 class LinePort:
     """One controller served on one TCP port, with the link faults."""
 
+    link_faults = LINK_FAULTS
+
     def __init__(self, spec: ControllerSpec, host: str, rng: random.Random):
         self.spec = spec
         self.name = spec.name
@@ -311,6 +376,8 @@ class LinePort:
             return None
         if "garbage" in self.faults:
             return garbage_reply(self._rng)
+        if isinstance(reply, bytes):
+            return reply
         return reply.encode("ascii", errors="replace") + b"\r\n"
 
     async def _serve_client(
@@ -360,8 +427,9 @@ class Simulator:
         self.listen = listen
         self.state_file = Path(state_file) if state_file else None
         rng = random.Random(seed)
-        self.ports = {
-            name: LinePort(spec, listen, rng) for name, spec in config.controllers.items()
+        self.ports: dict[str, Port] = {
+            name: PORT_KINDS.get(spec.kind, LinePort)(spec, listen, rng)
+            for name, spec in config.controllers.items()
         }
         self.control_port = config.control_port
         self._control: asyncio.Server | None = None
@@ -491,7 +559,7 @@ class Simulator:
         except (ValueError, OSError) as exc:
             return {"ok": False, "error": str(exc)}
 
-    def _port(self, request: Mapping[str, Any]) -> LinePort:
+    def _port(self, request: Mapping[str, Any]) -> Port:
         name = request.get("controller")
         if name not in self.ports:
             raise ValueError(
@@ -499,7 +567,7 @@ class Simulator:
             )
         return self.ports[name]
 
-    def _port_status(self, port: LinePort) -> dict[str, Any]:
+    def _port_status(self, port: Port) -> dict[str, Any]:
         return {
             "kind": port.controller.kind,
             "port": port.port,
@@ -516,19 +584,15 @@ class Simulator:
     async def _op_fault(self, request: Mapping[str, Any]) -> dict[str, Any]:
         port = self._port(request)
         kind = request.get("kind")
-        valid = LINK_FAULTS + tuple(port.controller.fault_kinds)
+        valid = tuple(port.link_faults) + tuple(port.controller.fault_kinds)
         if kind not in valid:
             raise ValueError(
                 f"unknown fault kind {kind!r} for controller {port.name} ({port.controller.kind}): "
                 f"valid kinds are {', '.join(valid)}"
             )
-        if kind in LINK_FAULTS:
+        if kind in port.link_faults:
             await port.inject(kind)
-            what = {
-                "drop": "link dropped: clients disconnected, new connections refused",
-                "stall": "link stalled: requests are read and never answered",
-                "garbage": "replies replaced by random bytes",
-            }[kind]
+            what = LINK_FAULT_TEXT.get(kind, kind)
         else:
             what = port.controller.inject_fault(kind, request)
         log.warning("%s: fault injected: %s", port.name, what)

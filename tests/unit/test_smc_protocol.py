@@ -401,7 +401,7 @@ def test_missing_axis_key_is_named():
         (lambda c: c.update(controllers={}), "controllers: must be a non-empty object"),
         (
             lambda c: c.update(extra=1),
-            "extra: unknown key; valid keys are control, controllers, overrides",
+            "extra: unknown key; valid keys are control, controllers, physics, overrides",
         ),
         (lambda c: c["control"].update(port="x"), "control.port: must be a TCP port"),
     ],
