@@ -9,6 +9,11 @@ from setuptools import find_packages, setup
 
 TANGO_SERVERS = {
     "Motor": "tango_devices.motor.device:main",
+    "Shutter": "tango_devices.shutter.device:main",
+    "Scaler": "tango_devices.scaler.device:main",
+    "Detector": "tango_devices.detector.device:main",
+    "VacuumGauge": "tango_devices.vacuum.device:gauge_main",
+    "Valve": "tango_devices.vacuum.device:valve_main",
 }
 
 setup(
@@ -30,6 +35,8 @@ setup(
         "click>=8.1",
         "rich>=13",
         "psutil>=5.9",
+        "pyepics>=3.5,<3.6",
+        "caproto>=1.1,<1.4",
     ],
     extras_require={
         "test": [

@@ -488,28 +488,41 @@ def sim_status(ctx: RunContext, as_json: bool) -> None:
     click.echo(json.dumps(reply, indent=2)) if as_json else console.print_json(json.dumps(reply))
 
 
-FAULT_KINDS = ["drop", "stall", "garbage", "axis_fault", "interlock"]
-
-
 @sim.command("fault")
 @click.argument("controller")
-@click.argument("kind", type=click.Choice(FAULT_KINDS))
-@click.option("--axis", type=int, help="Axis for axis_fault and interlock.")
+@click.argument("kind")
+@click.option("--axis", type=int, help="Axis, for axis_fault and interlock on a motion controller.")
+@click.option("--text", help="Fault text (axis_fault, a manual interlock).")
 @click.option(
-    "--text", default="injected fault", show_default=True, help="Fault text for axis_fault."
+    "--set",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other parameter of the fault, e.g. --set gauge=gauge1.",
 )
 @click.pass_obj
-def sim_fault(ctx: RunContext, controller: str, kind: str, axis: int | None, text: str) -> None:
-    """Inject a fault into a simulated controller (until `beamline sim clear`)."""
+def sim_fault(ctx: RunContext, controller: str, kind: str, axis, text, params) -> None:
+    """Inject a fault into a simulated controller (until `beamline sim clear`).
+
+    Link faults of every TCP controller: drop, stall, garbage. Motion
+    controller: axis_fault, interlock (--axis N). PLC: interlock, stuck.
+    EPICS IOC: ioc_down, vacuum_leak, valve_stuck, motor_problem. The
+    simulator names the valid kinds of each controller on a wrong one.
+    """
     request = {"op": "fault", "controller": controller, "kind": kind}
-    if kind in ("axis_fault", "interlock"):
-        if axis is None:
-            fail(f"{kind} needs --axis N", 2)
+    if kind in ("axis_fault",) and axis is None:
+        fail(f"{kind} needs --axis N", 2)
+    if axis is not None:
         request["axis"] = axis
-    if kind == "axis_fault":
+    if text is not None:
         request["text"] = text
-    _sim_call(ctx, request)
-    console.print(f"{controller}: {kind} injected" + (f" on axis {axis}" if axis else ""))
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--set takes KEY=VALUE, not {item!r}", 2)
+        request[key] = int(value) if value.isdigit() else value
+    reply = _sim_call(ctx, request)
+    console.print(f"{controller}: {reply.get('fault', kind)}" + (f" (axis {axis})" if axis else ""))
 
 
 @sim.command("clear")

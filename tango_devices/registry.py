@@ -1,8 +1,7 @@
-"""The Tango device classes shipped with the suite, by Tango class name.
+"""The Tango device servers shipped with the suite, by server (executable) name.
 
-Every server here is also a console script of the same name in setup.py
-(the Starter starts a server by executable name); a unit test checks both
-lists agree.
+Every server here is also a console script of the same name in setup.py (the
+Starter starts a server by executable name); a unit test checks both agree.
 """
 
 from __future__ import annotations
@@ -10,15 +9,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: Tango server (executable) name -> "module:Class" of its one device class.
-SERVERS: dict[str, str] = {
-    "Motor": "tango_devices.motor.device:Motor",
+#: server name -> ("module:DeviceClass", "module:entry point")
+SERVERS: dict[str, tuple[str, str]] = {
+    "Motor": ("tango_devices.motor.device:Motor", "tango_devices.motor.device:main"),
+    "Shutter": ("tango_devices.shutter.device:Shutter", "tango_devices.shutter.device:main"),
+    "Scaler": ("tango_devices.scaler.device:Scaler", "tango_devices.scaler.device:main"),
+    "Detector": ("tango_devices.detector.device:Detector", "tango_devices.detector.device:main"),
+    "VacuumGauge": (
+        "tango_devices.vacuum.device:VacuumGauge",
+        "tango_devices.vacuum.device:gauge_main",
+    ),
+    "Valve": ("tango_devices.vacuum.device:Valve", "tango_devices.vacuum.device:valve_main"),
 }
 
 
 def device_classes() -> dict[str, Any]:
+    """Tango class name -> class (imports the device modules)."""
     classes = {}
-    for target in SERVERS.values():
+    for target, _entry in SERVERS.values():
         module, cls = target.split(":")
         klass = getattr(importlib.import_module(module), cls)
         classes[klass.__name__] = klass

@@ -1,7 +1,8 @@
 """Tango-side helpers shared by every device server of the suite.
 
-- :class:`BeamlineDevice` maps the component logic's :class:`State` to
-  ``DevState``, pushes State change events, and turns refusals and hardware
+- :class:`BeamlineDevice` holds the component logic (``self.component``),
+  maps its :class:`State` to ``DevState``, pushes State change events, answers
+  ``is_*_allowed`` from the family's table and turns refusals and hardware
   errors into DevFailed exceptions with a clear reason and description.
 - :func:`run_server` is the ``main()`` of every server: it registers a
   faulthandler on SIGUSR1 (a supervisor can dump the stacks of every thread of
@@ -14,11 +15,14 @@ import faulthandler
 import logging
 import signal
 import sys
+import time
+from collections.abc import Callable
 
 import tango
 from tango import AttrQuality, DevState
 from tango.server import Device
 
+from tango_devices.common.component import Component, ComponentError
 from tango_devices.common.statemachine import CommandRefused, State, StateMachine
 
 QUALITY = {
@@ -120,6 +124,87 @@ class BeamlineDevice(Device):
         if isinstance(exc, CommandRefused):
             throw("API_CommandNotAllowed", str(exc), origin)
         throw(f"{type(self).__name__.upper()}_ERROR", str(exc), origin)
+
+    # ------------------------------------------------ component plumbing
+    component: Component | None = None
+
+    def start_component(self, make: Callable[[], Component], wait: float = 1.0) -> bool:
+        """Create the component logic, mirror its state, start polling.
+
+        ``make`` raises ComponentError for a bad configuration: the device then
+        stays in FAULT with a Status that says what to fix. Waits up to ``wait``
+        seconds for a first observation, so the first State read is real, but
+        never blocks the server start on unreachable hardware.
+        """
+        self.component = None
+        try:
+            component = make()
+        except ComponentError as exc:
+            self.set_state(DevState.FAULT)
+            self.set_status(f"{exc}. Fix the device properties, then run Init.")
+            return False
+        self.component = component
+        self.init_state_events(component.machine)
+        self.set_status(component.status)
+        component.start_polling()
+        component.wait_until_known(wait)
+        return True
+
+    def stop_component(self) -> None:
+        if self.component is not None:
+            self.component.stop_polling()
+            self.component = None
+
+    def comp(self, origin: str) -> Component:
+        """The component, or a DevFailed saying why there is none."""
+        if self.component is None:
+            throw(f"{type(self).__name__.upper()}_NOT_CONFIGURED", self.get_status(), origin)
+        return self.component
+
+    def run(self, origin: str, fn, *args):
+        """Run a component call; refusals and hardware errors become DevFailed."""
+        try:
+            return fn(*args)
+        except (CommandRefused, ComponentError) as exc:
+            self.refuse(exc, origin)
+
+    def check(self, what: str) -> bool:
+        """is_*_allowed: refuse with the state, the allowed states and the cause."""
+        component = self.comp(f"is_{what}_allowed")
+        machine = component.machine
+        if not machine.is_allowed(what):
+            try:
+                machine.check(what, component.status)
+            except CommandRefused as exc:
+                throw("API_CommandNotAllowed", str(exc), f"{type(self).__name__}.{what}")
+        return True
+
+    def check_write(self, req_type, what: str) -> bool:
+        """is_<Attr>_allowed for a writable attribute: reads always allowed."""
+        if req_type == tango.AttReqType.READ_REQ:
+            return True
+        return self.check(what)
+
+    def value_or_fail(self, value, name: str):
+        """A reading, or a DevFailed saying why it is not known yet."""
+        if value is None:
+            throw("VALUE_NOT_KNOWN", f"{name} is not known yet: {self.get_status()}", name)
+        return value
+
+    def memorize(self, attr: str, value) -> None:
+        """Store a memorized attribute's value the way Tango does for a client write."""
+        try:
+            db = tango.Util.instance().get_database()
+            db.put_device_attribute_property(self.get_name(), {attr: {"__value": [repr(value)]}})
+        except (tango.DevFailed, RuntimeError) as exc:
+            self.warn_stream(f"could not memorize {attr}={value}: {exc}")
+
+    def push(self, attr: str, value, quality=AttrQuality.ATTR_VALID) -> None:
+        """Push a change event, never failing the caller."""
+        try:
+            self.push_change_event(attr, value, time.time(), quality)
+        except tango.DevFailed as exc:
+            self.debug_stream(f"could not push {attr}: {exc.args[0].desc}")
 
 
 def run_server(classes, args=None) -> None:

@@ -22,9 +22,8 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, command, device_property
 
-from tango_devices.common.device_base import QUALITY, BeamlineDevice, run_server, throw
-from tango_devices.common.statemachine import CommandRefused
-from tango_devices.motor.motor_logic import MotorConfig, MotorError, MotorLogic, Quality
+from tango_devices.common.device_base import QUALITY, BeamlineDevice, run_server
+from tango_devices.motor.motor_logic import MotorConfig, MotorLogic, Quality
 
 POSITION_EVENT_PERIOD = 0.1  # s, while moving
 
@@ -38,7 +37,8 @@ class Motor(BeamlineDevice):
     Port = device_property(
         dtype=str,
         mandatory=True,
-        doc="pyserial URL of the motion controller: /dev/ttyUSB0, socket://host:port, rfc2217://...",
+        doc="pyserial URL of the SMC motion controller (/dev/ttyUSB0, socket://host:port, "
+        "rfc2217://...), or ca://RECORD for an EPICS motor record",
     )
     Axis = device_property(dtype=int, mandatory=True, doc="Axis number on the controller (1..N)")
     StepsPerUnit = device_property(
@@ -51,6 +51,12 @@ class Motor(BeamlineDevice):
     ReconnectPeriod = device_property(
         dtype=float, default_value=1.0, doc="Retry period while the controller is unreachable (s)"
     )
+    EpicsAddrList = device_property(
+        dtype=str,
+        default_value="",
+        doc="For a ca:// Port: EPICS_CA_ADDR_LIST of this server (host:port ...); "
+        "empty = the environment's",
+    )
     HomeDirection = device_property(
         dtype=int, default_value=1, doc="Direction of the home search: 1 or -1"
     )
@@ -60,7 +66,6 @@ class Motor(BeamlineDevice):
         super().init_device()
         self.set_state(DevState.INIT)
         self.set_change_event("Position", True, True)
-        self.logic: MotorLogic | None = None
         self._last_event = 0.0
         self._cached = True
         self._server_ready = getattr(self, "_server_ready", False)
@@ -73,23 +78,21 @@ class Motor(BeamlineDevice):
             timeout=self.Timeout,
             idle_poll_period=self.IdlePollPeriod,
             reconnect_period=self.ReconnectPeriod,
+            epics_addr_list=self.EpicsAddrList or None,
         )
-        try:
-            logic = MotorLogic(config, thread_context=tango.EnsureOmniThread)
-        except MotorError as exc:
-            self.set_state(DevState.FAULT)
-            self.set_status(f"{exc}. Fix the device properties, then run Init.")
-            return
-        self.init_state_events(logic.machine)
-        logic.add_value_listener(self._publish_position)
-        self.logic = logic
-        self.set_status(logic.status)
-        logic.start()
-        # Give a reachable controller a moment so the first State read is real;
-        # never block the server start on unreachable hardware.
-        logic.wait_until_known(timeout=min(1.0, 2 * self.Timeout))
 
-    def _publish_position(self, _reading) -> None:
+        def make() -> MotorLogic:
+            logic = MotorLogic(config, thread_context=tango.EnsureOmniThread)
+            logic.add_value_listener(self._publish_position)
+            return logic
+
+        self.start_component(make, wait=min(1.0, 2 * self.Timeout))
+
+    @property
+    def logic(self) -> MotorLogic | None:
+        return self.component
+
+    def _publish_position(self) -> None:
         """Value listener (any thread): fill the Position cache and push the
         change event, under the device monitor with the *current* reading, so
         the last fill always holds the latest value."""
@@ -126,33 +129,11 @@ class Motor(BeamlineDevice):
     def server_init_hook(self) -> None:
         """The server is up and its polling configured: fill the cache now."""
         self._server_ready = True
-        if self.logic is not None:
-            self.logic.republish()
+        if self.component is not None:
+            self.component.republish()
 
     def delete_device(self) -> None:
-        if self.logic is not None:
-            self.logic.stop_polling()
-            self.logic = None
-
-    def _logic(self, origin: str) -> MotorLogic:
-        if self.logic is None:
-            throw("MOTOR_NOT_CONFIGURED", self.get_status(), origin)
-        return self.logic
-
-    def _run(self, origin: str, fn, *args):
-        try:
-            return fn(*args)
-        except (CommandRefused, MotorError) as exc:
-            self.refuse(exc, origin)
-
-    def _check(self, what: str) -> bool:
-        """is_*_allowed: refuse with the state, the allowed states and the cause."""
-        logic = self._logic(f"Motor.is_{what}_allowed")
-        try:
-            logic.machine.check(what, logic.status if not logic.machine.is_allowed(what) else "")
-        except CommandRefused as exc:
-            throw("API_CommandNotAllowed", str(exc), f"Motor.{what}")
-        return True
+        self.stop_component()
 
     # ------------------------------------------------------------ attributes
     @attribute(
@@ -164,16 +145,14 @@ class Motor(BeamlineDevice):
         "move; min_value/max_value are the soft limits.",
     )
     def Position(self):
-        return self._reading(self._logic("Motor.read_Position").position(), "Position")
+        return self._reading(self.comp("read_Position").position(), "Position")
 
     @Position.write
     def Position(self, value: float) -> None:
-        self._run("Motor.write_Position", self._logic("Motor.write_Position").move_to, value)
+        self.run("write_Position", self.comp("write_Position").move_to, value)
 
     def is_Position_allowed(self, req_type) -> bool:
-        if req_type == tango.AttReqType.READ_REQ:
-            return True
-        return self._check("write_Position")
+        return self.check_write(req_type, "write_Position")
 
     @attribute(
         dtype=float,
@@ -181,7 +160,7 @@ class Motor(BeamlineDevice):
         description="Position of the axis as the controller counts it (steps / StepsPerUnit).",
     )
     def DialPosition(self):
-        return self._reading(self._logic("Motor.read_DialPosition").dial_position(), "DialPosition")
+        return self._reading(self.comp("read_DialPosition").dial_position(), "DialPosition")
 
     @attribute(
         dtype=float,
@@ -192,16 +171,14 @@ class Motor(BeamlineDevice):
         description="User offset: Position = DialPosition + Offset. Memorized in the database.",
     )
     def Offset(self) -> float:
-        return self._logic("Motor.read_Offset").offset
+        return self.comp("read_Offset").offset
 
     @Offset.write
     def Offset(self, value: float) -> None:
-        self._run("Motor.write_Offset", self._logic("Motor.write_Offset").set_offset, value)
+        self.run("write_Offset", self.comp("write_Offset").set_offset, value)
 
     def is_Offset_allowed(self, req_type) -> bool:
-        if req_type == tango.AttReqType.READ_REQ:
-            return True
-        return self._check("write_Offset")
+        return self.check_write(req_type, "write_Offset")
 
     @attribute(
         dtype=float,
@@ -210,16 +187,14 @@ class Motor(BeamlineDevice):
         description="Slew velocity in user units per second.",
     )
     def Velocity(self):
-        return self._optional(self._logic("Motor.read_Velocity").velocity, "Velocity")
+        return self.value_or_fail(self.comp("read_Velocity").velocity, "Velocity")
 
     @Velocity.write
     def Velocity(self, value: float) -> None:
-        self._run("Motor.write_Velocity", self._logic("Motor.write_Velocity").set_velocity, value)
+        self.run("write_Velocity", self.comp("write_Velocity").set_velocity, value)
 
     def is_Velocity_allowed(self, req_type) -> bool:
-        if req_type == tango.AttReqType.READ_REQ:
-            return True
-        return self._check("write_Velocity")
+        return self.check_write(req_type, "write_Velocity")
 
     @attribute(
         dtype=float,
@@ -229,26 +204,18 @@ class Motor(BeamlineDevice):
         description="Acceleration (and deceleration) time to reach the velocity, in seconds.",
     )
     def Acceleration(self):
-        return self._optional(self._logic("Motor.read_Acceleration").acceleration, "Acceleration")
+        return self.value_or_fail(self.comp("read_Acceleration").acceleration, "Acceleration")
 
     @Acceleration.write
     def Acceleration(self, value: float) -> None:
-        self._run(
-            "Motor.write_Acceleration",
-            self._logic("Motor.write_Acceleration").set_acceleration,
-            value,
-        )
+        self.run("write_Acceleration", self.comp("write_Acceleration").set_acceleration, value)
 
     def is_Acceleration_allowed(self, req_type) -> bool:
-        if req_type == tango.AttReqType.READ_REQ:
-            return True
-        return self._check("write_Acceleration")
+        return self.check_write(req_type, "write_Acceleration")
 
     def _switch(self, name: str, field: str) -> bool:
-        status = self._logic(f"Motor.read_{name}").axis_status
-        if status is None:
-            throw("MOTOR_NOT_CONNECTED", f"{name} is not known yet: {self.get_status()}", name)
-        return bool(getattr(status, field))
+        status = self.comp(f"read_{name}").axis_status
+        return bool(getattr(self.value_or_fail(status, name), field))
 
     @attribute(dtype=bool, description="Low (negative) hardware limit switch active.")
     def LowLimitSwitch(self) -> bool:
@@ -267,50 +234,44 @@ class Motor(BeamlineDevice):
         return self._switch("Homed", "homed")
 
     def _reading(self, reading, name: str):
-        if reading.value is None:
-            throw("MOTOR_NOT_CONNECTED", f"{name} is not known yet: {self.get_status()}", name)
+        self.value_or_fail(reading.value, name)
         return reading.value, time.time(), QUALITY[reading.quality.value]
-
-    def _optional(self, value, name: str):
-        if value is None:
-            throw("MOTOR_NOT_CONNECTED", f"{name} is not known yet: {self.get_status()}", name)
-        return value
 
     # -------------------------------------------------------------- commands
     @command(doc_in="Power the axis (clears a latched fault first).")
     def On(self) -> None:
-        self._run("Motor.On", self._logic("Motor.On").power_on)
+        self.run("On", self.comp("On").power_on)
 
     def is_On_allowed(self) -> bool:
-        return self._check("On")
+        return self.check("On")
 
     @command(doc_in="Switch the amplifier off.")
     def Off(self) -> None:
-        self._run("Motor.Off", self._logic("Motor.Off").power_off)
+        self.run("Off", self.comp("Off").power_off)
 
     def is_Off_allowed(self) -> bool:
-        return self._check("Off")
+        return self.check("Off")
 
     @command(doc_in="Decelerating stop of a move or home search.")
     def Stop(self) -> None:
-        self._run("Motor.Stop", self._logic("Motor.Stop").stop)
+        self.run("Stop", self.comp("Stop").stop)
 
     def is_Stop_allowed(self) -> bool:
-        return self._check("Stop")
+        return self.check("Stop")
 
     @command(doc_in="Search the home switch (direction from the HomeDirection property).")
     def Home(self) -> None:
-        self._run("Motor.Home", self._logic("Motor.Home").home, self.HomeDirection)
+        self.run("Home", self.comp("Home").home, self.HomeDirection)
 
     def is_Home_allowed(self) -> bool:
-        return self._check("Home")
+        return self.check("Home")
 
     @command(doc_in="Clear a latched axis fault on the controller.")
     def Reset(self) -> None:
-        self._run("Motor.Reset", self._logic("Motor.Reset").reset)
+        self.run("Reset", self.comp("Reset").reset)
 
     def is_Reset_allowed(self) -> bool:
-        return self._check("Reset")
+        return self.check("Reset")
 
     @command(
         dtype_in=float,
@@ -318,21 +279,11 @@ class Motor(BeamlineDevice):
         "which is memorized; the motor does not move).",
     )
     def SetPosition(self, position: float) -> None:
-        offset = self._run(
-            "Motor.SetPosition", self._logic("Motor.SetPosition").set_position, position
-        )
-        self._memorize("Offset", offset)
+        offset = self.run("SetPosition", self.comp("SetPosition").set_position, position)
+        self.memorize("Offset", offset)
 
     def is_SetPosition_allowed(self) -> bool:
-        return self._check("SetPosition")
-
-    def _memorize(self, attr: str, value: float) -> None:
-        """Store a memorized attribute's value the way Tango does for a client write."""
-        try:
-            db = tango.Util.instance().get_database()
-            db.put_device_attribute_property(self.get_name(), {attr: {"__value": [repr(value)]}})
-        except (tango.DevFailed, RuntimeError) as exc:
-            self.warn_stream(f"could not memorize {attr}={value}: {exc}")
+        return self.check("SetPosition")
 
 
 def main(args=None) -> None:

@@ -648,3 +648,17 @@ async def serve(
 def run(config: SimConfig, listen: str = "127.0.0.1", state_file: Path | None = None) -> int:
     """Synchronous entry point around :func:`serve`."""
     return asyncio.run(serve(config, listen, state_file))
+
+
+# Shutter PLC, scaler and camera kinds (their modules do not import this one).
+from tango_devices.simulators import camera, plc, scaler  # noqa: E402
+
+CONTROLLER_KINDS.update(
+    plc=plc.PlcController, scaler=scaler.ScalerController, camera=camera.CameraController
+)
+
+
+# The EPICS IOC kind (ioc.py) registers itself last: it builds on this module's registries.
+from tango_devices.simulators import ioc as _ioc  # noqa: E402
+
+_ioc.register(CONTROLLER_KINDS, PORT_KINDS)

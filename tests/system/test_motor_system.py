@@ -331,4 +331,8 @@ def test_position_reads_come_from_the_polling_cache(beamline):
     assert any("Position" in s and "externally triggered" in s for s in status), status
     expected = m.DialPosition + m.Offset
     m.set_source(tango.DevSource.CACHE)
-    assert m.Position == pytest.approx(expected, abs=1e-6)
+    cached = m.read_attribute("Position")
+    assert cached.value == pytest.approx(expected, abs=1e-6), (
+        f"cache holds {cached.value} ({cached.quality}, {cached.time}) for {expected} "
+        f"(state {m.state()}: {m.status()})"
+    )

@@ -144,7 +144,10 @@ def test_simulation_override_unknown_controller(cfgdir):
 def test_render_applies_simulation_overrides():
     c = cfg.load(PROJECT_CONFIG)
     plain = c.render(None)
-    sim = c.render({"listen": "127.0.0.1", "controllers": {"smc1": {"kind": "smc", "port": 45678}}})
+    ports = {"smc1": 45678, "plc1": 45679, "scaler1": 45680, "cam1": 45681, "ioc1": 45682}
+    sim = c.render(
+        {"listen": "127.0.0.1", "controllers": {n: {"port": p} for n, p in ports.items()}}
+    )
     path = ["servers", "Motor", "sample_x", "Motor", "bl01/mot/sample_x", "properties", "Port"]
 
     def get(d):
@@ -154,6 +157,10 @@ def test_render_applies_simulation_overrides():
 
     assert get(plain) == ["socket://smc1.bl01.lan:4001"]
     assert get(sim) == ["socket://127.0.0.1:45678"]
+    shutter = sim["servers"]["Shutter"]["fe"]["Shutter"]["bl01/shutter/fe"]["properties"]
+    assert shutter["Port"] == ["socket://127.0.0.1:45679"]
+    gauge = sim["servers"]["VacuumGauge"]["gauge1"]["VacuumGauge"]["bl01/vac/gauge1"]
+    assert gauge["properties"]["EpicsAddrList"] == ["127.0.0.1:45682"]
     # rendering never mutates the loaded configuration
     assert get(c.tango) == ["socket://smc1.bl01.lan:4001"]
 
@@ -162,5 +169,5 @@ def test_registry_matches_setup_console_scripts():
     from tango_devices.registry import SERVERS
 
     setup_py = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
-    for server, target in SERVERS.items():
-        assert f'"{server}": "{target.split(":")[0]}:main"' in setup_py
+    for server, (_cls, entry) in SERVERS.items():
+        assert f'"{server}": "{entry}"' in setup_py

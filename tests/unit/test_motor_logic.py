@@ -144,7 +144,7 @@ def logic():
 
 
 def test_connects_and_follows_hardware(logic):
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     assert logic.status.startswith("Ready (SMC-8 1.0, axis 3)")
     assert logic.dial_position().value == pytest.approx(1.5)
@@ -157,7 +157,7 @@ def test_connects_and_follows_hardware(logic):
 
 def test_link_lost_then_back(logic):
     logic.fake.link = False
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.FAULT, 2, "FAULT")
     assert "No link to the motion controller (socket://127.0.0.1:1, axis 3)" in logic.status
     assert "connection refused" in logic.status
@@ -168,7 +168,7 @@ def test_link_lost_then_back(logic):
 
 
 def test_garbage_is_a_fault_and_recovers(logic):
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     logic.fake.garbage = True
     wait_until(lambda: logic.state is State.FAULT, 2, "FAULT on garbage")
@@ -178,7 +178,7 @@ def test_garbage_is_a_fault_and_recovers(logic):
 
 
 def test_move_uses_offset_and_steps_and_reports_moving(logic):
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     logic.set_offset(10.0)
     assert logic.position().value == pytest.approx(11.5)
@@ -195,7 +195,7 @@ def test_move_uses_offset_and_steps_and_reports_moving(logic):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_move_rejects_non_finite(logic, bad):
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     with pytest.raises(MotorError, match="finite"):
         logic.move_to(bad)
@@ -204,7 +204,7 @@ def test_move_rejects_non_finite(logic, bad):
 
 def test_move_refused_in_fault_sends_nothing(logic):
     logic.fake.link = False
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.FAULT, 2, "FAULT")
     with pytest.raises(CommandRefused) as info:
         logic.move_to(1.0)
@@ -216,7 +216,7 @@ def test_move_refused_in_fault_sends_nothing(logic):
 
 def test_limit_switch_allows_moving_away_only(logic):
     logic.fake.word |= LIM_POS
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ALARM, 2, "ALARM")
     with pytest.raises(MotorError, match="high \\(positive\\) limit switch is active"):
         logic.move_to(2.0)
@@ -225,7 +225,7 @@ def test_limit_switch_allows_moving_away_only(logic):
 
 
 def test_power_off_behind_our_back_then_on(logic):
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     logic.fake.word &= ~POWER
     logic.fake.word |= 0  # powered off behind our back: the next poll shows OFF
@@ -238,7 +238,7 @@ def test_power_off_behind_our_back_then_on(logic):
 
 
 def test_set_position_changes_offset_only(logic):
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     offset = logic.set_position(100.0)
     assert offset == pytest.approx(98.5)
@@ -248,7 +248,7 @@ def test_set_position_changes_offset_only(logic):
 
 
 def test_velocity_and_acceleration_conversions(logic):
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     logic.set_velocity(2.5)
     assert logic.fake.calls[-1] == ("VEL", 2500)
@@ -266,7 +266,7 @@ def test_velocity_and_acceleration_conversions(logic):
 def test_hardware_fault_and_reset(logic):
     logic.fake.word |= FAULT
     logic.fake.fault_text = "amplifier overtemperature"
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.FAULT, 2, "FAULT")
     assert "amplifier overtemperature" in logic.status
     assert "run Reset (or On)" in logic.status
@@ -286,9 +286,14 @@ def test_bad_configuration_is_reported():
 def test_value_is_published_before_the_state_changes(logic):
     """A client that sees the motor back ON must read the final position."""
     seen = []
-    logic.add_value_listener(lambda r: seen.append(("value", r.value, r.quality, logic.state)))
+
+    def on_value():
+        r = logic.position()
+        seen.append(("value", r.value, r.quality, logic.state))
+
+    logic.add_value_listener(on_value)
     logic.machine.add_listener(lambda old, new, status: seen.append(("state", new)))
-    logic.start()
+    logic.start_polling()
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     logic.move_to(3.0)
     logic.fake.finish_move()
@@ -313,7 +318,7 @@ def test_thread_context_wraps_the_poll_thread():
     m = MotorLogic(
         MotorConfig(url="socket://x:1", axis=1), driver_factory=FakeDriver, thread_context=Ctx
     )
-    m.start()
+    m.start_polling()
     try:
         assert entered.wait(2)
     finally:

@@ -330,7 +330,7 @@ def test_valid_config_builds_the_controllers():
     spec = config.controllers["mc1"]
     assert (spec.kind, spec.port) == ("smc", 9101)
     assert spec.controller.handle_line("1:?POS") == "1:?POS 2000"
-    assert set(CONTROLLER_KINDS) == {"smc"}
+    assert {"smc", "plc", "scaler", "camera", "epics_ioc"} <= set(CONTROLLER_KINDS)
 
 
 def test_auto_ports_zeroes_every_port():
@@ -378,7 +378,7 @@ def test_missing_axis_key_is_named():
     [
         (
             lambda c: c["controllers"]["mc1"].update(kind="plc9000"),
-            "controllers.mc1.kind: must be one of smc",
+            "controllers.mc1.kind: must be one of camera, epics_ioc, plc, scaler, smc",
         ),
         (
             lambda c: c["controllers"]["mc1"].update(port=70000),

@@ -1,0 +1,242 @@
+"""Detector: a 2D camera (Tango layer only).
+
+The image is an image attribute; a data-ready event announces each new frame
+(at most MaxEventRate per second, the newest frame wins) and the region of
+interest statistics (RoiSum, CentroidX, CentroidY) are pushed as change
+events at the same bounded rate.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tango
+from tango import AttrWriteType, DevState
+from tango.server import attribute, command, device_property
+
+from tango_devices.common.device_base import BeamlineDevice, run_server
+from tango_devices.detector.detector_logic import AcquisitionMode, DetectorConfig, DetectorLogic
+
+MAX_SIZE = 4096
+
+
+class Detector(BeamlineDevice):
+    """A 2D camera: Snap, Start, Stop; the image, a frame counter, ROI statistics."""
+
+    Port = device_property(
+        dtype=str, mandatory=True, doc="pyserial URL of the camera, e.g. socket://cam1.bl01:9104"
+    )
+    Timeout = device_property(dtype=float, default_value=1.0, doc="Per-request timeout (s)")
+    PollPeriod = device_property(dtype=float, default_value=0.1, doc="Poll period when idle (s)")
+    ReconnectPeriod = device_property(
+        dtype=float, default_value=1.0, doc="Retry period while the camera is unreachable (s)"
+    )
+    MaxEventRate = device_property(
+        dtype=float, default_value=20.0, doc="Most data-ready and ROI events per second"
+    )
+    SavedRoi = device_property(
+        dtype=(int,),
+        default_value=[],
+        doc="Region of interest [x, y, width, height], saved by every write of Roi",
+    )
+
+    def init_device(self) -> None:
+        super().init_device()
+        self.set_state(DevState.INIT)
+        self._last_event = 0.0
+        self._last_counter = -1
+        self.set_data_ready_event("Image", True)
+        for name in ("FrameCounter", "RoiSum", "CentroidX", "CentroidY"):
+            self.set_change_event(name, True, False)
+        config = DetectorConfig(
+            url=self.Port,
+            timeout=self.Timeout,
+            poll_period=self.PollPeriod,
+            reconnect_period=self.ReconnectPeriod,
+        )
+
+        def make() -> DetectorLogic:
+            logic = DetectorLogic(config, thread_context=tango.EnsureOmniThread)
+            if len(self.SavedRoi) == 4:
+                logic.restore_roi(self.SavedRoi)
+            logic.add_value_listener(self._publish)
+            return logic
+
+        self.start_component(make, wait=min(1.0, 2 * self.Timeout))
+
+    def delete_device(self) -> None:
+        self.stop_component()
+
+    def _publish(self) -> None:
+        """A new frame (or a new ROI): events at a bounded rate, newest frame wins."""
+        with tango.AutoTangoMonitor(self):
+            logic = self.component
+            now = time.monotonic()
+            counter = logic.frame_counter
+            final = not logic.acquiring
+            if not final and now - self._last_event < 1.0 / max(self.MaxEventRate, 0.1):
+                return
+            self._last_event = now
+            if counter != self._last_counter:
+                self._last_counter = counter
+                try:
+                    self.push_data_ready_event("Image", counter)
+                except tango.DevFailed as exc:
+                    self.debug_stream(f"data-ready event not sent: {exc.args[0].desc}")
+                self.push("FrameCounter", counter)
+            stats = logic.stats
+            if stats is not None:
+                self.push("RoiSum", stats.total)
+                self.push("CentroidX", stats.centroid_x)
+                self.push("CentroidY", stats.centroid_y)
+
+    # ------------------------------------------------------------ attributes
+    @attribute(
+        dtype=((np.uint16,),),
+        max_dim_x=MAX_SIZE,
+        max_dim_y=MAX_SIZE,
+        description="The newest frame (uint16). A data-ready event announces each new one.",
+    )
+    def Image(self):
+        return self.value_or_fail(self.comp("read_Image").image, "Image")
+
+    @attribute(dtype=int, description="Counter of the newest frame (as counted by the camera).")
+    def FrameCounter(self) -> int:
+        return self.comp("read_FrameCounter").frame_counter
+
+    @attribute(
+        dtype=float,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        unit="s",
+        format="%8.4f",
+        min_value="0.0001",
+        max_value="60",
+        description="Exposure time of each frame. Memorized.",
+    )
+    def ExposureTime(self) -> float:
+        return self.comp("read_ExposureTime").exposure
+
+    @ExposureTime.write
+    def ExposureTime(self, value: float) -> None:
+        self.run("write_ExposureTime", self.comp("write_ExposureTime").set_exposure, value)
+
+    def is_ExposureTime_allowed(self, req_type) -> bool:
+        return self.check_write(req_type, "write_ExposureTime")
+
+    @attribute(
+        dtype=AcquisitionMode,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        description="What Start does: SINGLE frame, MULTIPLE (NumberOfFrames) or CONTINUOUS "
+        "until Stop. Memorized.",
+    )
+    def AcquisitionMode(self) -> AcquisitionMode:
+        return self.comp("read_AcquisitionMode").mode
+
+    @AcquisitionMode.write
+    def AcquisitionMode(self, value: int) -> None:
+        self.run("write_AcquisitionMode", self.comp("write_AcquisitionMode").set_mode, value)
+
+    def is_AcquisitionMode_allowed(self, req_type) -> bool:
+        return self.check_write(req_type, "write_AcquisitionMode")
+
+    @attribute(
+        dtype=int,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        min_value="1",
+        description="Frames per Start in MULTIPLE mode. Memorized.",
+    )
+    def NumberOfFrames(self) -> int:
+        return self.comp("read_NumberOfFrames").frames
+
+    @NumberOfFrames.write
+    def NumberOfFrames(self, value: int) -> None:
+        self.run("write_NumberOfFrames", self.comp("write_NumberOfFrames").set_frames, value)
+
+    def is_NumberOfFrames_allowed(self, req_type) -> bool:
+        return self.check_write(req_type, "write_NumberOfFrames")
+
+    @attribute(
+        dtype=(int,),
+        max_dim_x=4,
+        access=AttrWriteType.READ_WRITE,
+        description="Region of interest [x, y, width, height] in pixels (saved in the database).",
+    )
+    def Roi(self):
+        return list(self.value_or_fail(self.comp("read_Roi").roi, "Roi"))
+
+    @Roi.write
+    def Roi(self, value) -> None:
+        self.run("write_Roi", self.comp("write_Roi").set_roi, value)
+        try:
+            tango.Util.instance().get_database().put_device_property(
+                self.get_name(), {"SavedRoi": [str(int(v)) for v in value]}
+            )
+        except (tango.DevFailed, RuntimeError) as exc:
+            self.warn_stream(f"could not save the ROI: {exc}")
+
+    def is_Roi_allowed(self, req_type) -> bool:
+        return self.check_write(req_type, "write_Roi")
+
+    def _stats(self, name: str):
+        return self.value_or_fail(self.comp(f"read_{name}").stats, name)
+
+    @attribute(dtype=float, format="%.6g", unit="counts", description="Sum of the ROI pixels.")
+    def RoiSum(self) -> float:
+        return self._stats("RoiSum").total
+
+    @attribute(
+        dtype=float, format="%8.2f", unit="px", description="Intensity centroid x in the ROI."
+    )
+    def CentroidX(self) -> float:
+        return self._stats("CentroidX").centroid_x
+
+    @attribute(
+        dtype=float, format="%8.2f", unit="px", description="Intensity centroid y in the ROI."
+    )
+    def CentroidY(self) -> float:
+        return self._stats("CentroidY").centroid_y
+
+    @attribute(dtype=int, unit="px", description="Image width.")
+    def Width(self) -> int:
+        return self.value_or_fail(self.comp("read_Width").size, "Width")[0]
+
+    @attribute(dtype=int, unit="px", description="Image height.")
+    def Height(self) -> int:
+        return self.value_or_fail(self.comp("read_Height").size, "Height")[1]
+
+    # -------------------------------------------------------------- commands
+    @command(doc_in="Acquire one frame with the current exposure, whatever the mode.")
+    def Snap(self) -> None:
+        self.run("Snap", self.comp("Snap").snap)
+
+    def is_Snap_allowed(self) -> bool:
+        return self.check("Snap")
+
+    @command(doc_in="Start acquiring in the current AcquisitionMode.")
+    def Start(self) -> None:
+        self.run("Start", self.comp("Start").start)
+
+    def is_Start_allowed(self) -> bool:
+        return self.check("Start")
+
+    @command(doc_in="Stop acquiring.")
+    def Stop(self) -> None:
+        self.run("Stop", self.comp("Stop").stop)
+
+    def is_Stop_allowed(self) -> bool:
+        return self.check("Stop")
+
+
+def main(args=None) -> None:
+    run_server((Detector,), args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The Detector (2D camera) family's one transition table."""
+
+from __future__ import annotations
+
+from tango_devices.common.component import COMM_LOST
+from tango_devices.common.statemachine import State, StateTable
+
+ON, RUNNING, FAULT, INIT = State.ON, State.RUNNING, State.FAULT, State.INIT
+DETECTOR_STATES = (INIT, ON, RUNNING, FAULT)
+
+ACQUIRING = "acquiring"
+IDLE = "idle"
+
+
+def _from_any(dest: State) -> dict[State, State]:
+    return {s: dest for s in DETECTOR_STATES}
+
+
+DETECTOR_TABLE = StateTable(
+    name="Detector",
+    states=DETECTOR_STATES,
+    initial=INIT,
+    transitions={
+        COMM_LOST: _from_any(FAULT),
+        ACQUIRING: _from_any(RUNNING),
+        IDLE: _from_any(ON),
+    },
+    commands={
+        "Snap": {ON},
+        "Start": {ON},
+        "Stop": {RUNNING, ON},
+        # acquisition settings live in the device (memorized), sent at each start
+        "write_ExposureTime": {INIT, ON, FAULT},
+        "write_AcquisitionMode": {INIT, ON, FAULT},
+        "write_NumberOfFrames": {INIT, ON, FAULT},
+        # the ROI is evaluated by the device on every frame: change it any time
+        "write_Roi": {INIT, ON, RUNNING, FAULT},
+    },
+)

@@ -1,0 +1,163 @@
+"""Scaler: a counter/timer with named channels (Tango layer only).
+
+One read-only attribute per channel, generated from the ``Channels`` property
+(no copy-pasted attribute blocks); counts are pushed as change events while
+counting (at most 10 per second) and at the end of the count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import tango
+from tango import AttrWriteType, DevState
+from tango.server import attribute, command, device_property
+
+from tango_devices.common.device_base import BeamlineDevice, run_server
+from tango_devices.scaler.scaler_logic import ScalerConfig, ScalerLogic
+
+EVENT_PERIOD = 0.1  # s, while counting
+
+
+class Scaler(BeamlineDevice):
+    """Counter/timer: Start counts every channel for PresetTime seconds."""
+
+    Port = device_property(
+        dtype=str, mandatory=True, doc="pyserial URL of the scaler, e.g. socket://scaler.bl01:9103"
+    )
+    Channels = device_property(
+        dtype=(str,),
+        default_value=["i0", "diode"],
+        doc="Channel names in hardware order (channel 1, 2, ...); one attribute each",
+    )
+    Timeout = device_property(dtype=float, default_value=0.5, doc="Per-request timeout (s)")
+    PollPeriod = device_property(dtype=float, default_value=0.2, doc="Poll period when idle (s)")
+    ReconnectPeriod = device_property(
+        dtype=float, default_value=1.0, doc="Retry period while the scaler is unreachable (s)"
+    )
+
+    def init_device(self) -> None:
+        super().init_device()
+        self.set_state(DevState.INIT)
+        self._last_event = 0.0
+        self._running = False
+        for name in ("ElapsedTime", "Counts"):
+            self.set_change_event(name, True, False)
+        config = ScalerConfig(
+            url=self.Port,
+            channels=tuple(self.Channels),
+            timeout=self.Timeout,
+            poll_period=self.PollPeriod,
+            reconnect_period=self.ReconnectPeriod,
+        )
+
+        def make() -> ScalerLogic:
+            logic = ScalerLogic(config, thread_context=tango.EnsureOmniThread)
+            logic.add_value_listener(self._publish)
+            return logic
+
+        self.start_component(make, wait=min(1.0, 2 * self.Timeout))
+
+    def initialize_dynamic_attributes(self) -> None:
+        for index, name in enumerate(self.Channels, start=1):
+            attr = attribute(
+                name=name,
+                dtype=tango.DevLong64,
+                fget=self._read_channel,
+                description=f"Counts of channel {index} ({name}) in the last or current count.",
+                format="%d",
+                unit="counts",
+            )
+            self.add_attribute(attr)
+            self.set_change_event(name, True, False)
+
+    def delete_device(self) -> None:
+        self.stop_component()
+
+    def _publish(self) -> None:
+        with tango.AutoTangoMonitor(self):
+            logic = self.component
+            counts = logic.counts()
+            if counts is None:
+                return
+            now = time.monotonic()
+            running = logic.counting
+            # throttle while counting; always publish the final counts
+            if running and self._running and now - self._last_event < EVENT_PERIOD:
+                return
+            self._last_event, self._running = now, running
+            for name, value in counts.items():
+                self.push(name, value)
+            self.push("Counts", list(counts.values()))
+            self.push("ElapsedTime", logic.elapsed)
+
+    def _read_channel(self, attr) -> int:
+        counts = self.value_or_fail(self.comp("read_channel").counts(), attr.get_name())
+        return counts[attr.get_name()]
+
+    @attribute(
+        dtype=float,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        unit="s",
+        format="%8.3f",
+        min_value="0.001",
+        max_value="3600",
+        description="Counting time of Start, in seconds. Memorized.",
+    )
+    def PresetTime(self) -> float:
+        return self.comp("read_PresetTime").preset
+
+    @PresetTime.write
+    def PresetTime(self, value: float) -> None:
+        self.run("write_PresetTime", self.comp("write_PresetTime").set_preset, value)
+
+    def is_PresetTime_allowed(self, req_type) -> bool:
+        return self.check_write(req_type, "write_PresetTime")
+
+    @attribute(dtype=float, unit="s", format="%8.3f", description="Time counted so far.")
+    def ElapsedTime(self) -> float:
+        return self.comp("read_ElapsedTime").elapsed
+
+    @attribute(
+        dtype=(tango.DevLong64,),
+        max_dim_x=64,
+        description="Counts of every channel, in the order of the Channels property.",
+    )
+    def Counts(self):
+        counts = self.value_or_fail(self.comp("read_Counts").counts(), "Counts")
+        return list(counts.values())
+
+    @attribute(dtype=(str,), max_dim_x=64, description="The channel names, in hardware order.")
+    def ChannelNames(self):
+        return list(self.Channels)
+
+    @command(doc_in="Clear the counts and count for PresetTime seconds.")
+    def Start(self) -> None:
+        self.run("Start", self.comp("Start").start)
+
+    def is_Start_allowed(self) -> bool:
+        return self.check("Start")
+
+    @command(doc_in="Stop counting now (the counts so far are kept).")
+    def Stop(self) -> None:
+        self.run("Stop", self.comp("Stop").stop)
+
+    def is_Stop_allowed(self) -> bool:
+        return self.check("Stop")
+
+    @command(doc_in="Clear the counts.")
+    def Clear(self) -> None:
+        self.run("Clear", self.comp("Clear").clear)
+
+    def is_Clear_allowed(self) -> bool:
+        return self.check("Clear")
+
+
+def main(args=None) -> None:
+    run_server((Scaler,), args=args)
+
+
+if __name__ == "__main__":
+    main()
