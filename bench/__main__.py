@@ -2,9 +2,14 @@
 
 import sys
 
-from bench import bench_reads, bench_startup
+from bench import bench_detector, bench_reads, bench_scaler, bench_startup
 
-BENCHMARKS = {"reads": bench_reads.run, "startup": bench_startup.run}
+BENCHMARKS = {
+    "reads": bench_reads.run,
+    "startup": bench_startup.run,
+    "detector": bench_detector.run,
+    "scaler": bench_scaler.run,
+}
 
 
 def main() -> int:

@@ -263,9 +263,15 @@ class Component:
         self.machine.check(command, reason)
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a driver call; turn driver failures into ``error_class`` naming ``what``."""
+        """Run a driver call; turn driver failures into ``error_class`` naming ``what``.
+
+        Wakes the poll thread: what the command changed (a move, a count, an
+        acquisition) is then followed at the busy poll rate at once, not after
+        the rest of an idle period."""
         try:
-            return fn(*args)
+            result = fn(*args)
+            self._wake.set()
+            return result
         except ControllerRejected as exc:
             raise self.error_class(
                 f"{what} refused by {self.hardware}: {exc.text} (error {exc.code})"

@@ -372,3 +372,48 @@ def test_vacuum_interlock_chain(beamline, dev):
     dev.shutter.Close()
     wait_state(dev.shutter, S.CLOSE)
     assert math.isfinite(dev.gauge.Pressure)
+
+
+def test_camera_wrong_state_wrong_type_and_link_drop(beamline, dev):
+    dev.cam.ExposureTime = 0.01
+    dev.cam.AcquisitionMode = 2
+    dev.cam.Start()
+    try:
+        assert dev.cam.state() == S.RUNNING
+        for action in (dev.cam.Start, dev.cam.Snap, lambda: setattr(dev.cam, "ExposureTime", 0.02)):
+            with pytest.raises(tango.DevFailed, match="not allowed in state RUNNING"):
+                action()
+    finally:
+        dev.cam.Stop()
+        dev.cam.AcquisitionMode = 0
+    wait_state(dev.cam, S.ON)
+    with pytest.raises((tango.DevFailed, TypeError, ValueError)):
+        dev.cam.write_attribute("ExposureTime", "short")
+    assert dev.cam.ExposureTime == pytest.approx(0.01)
+    beamline.sim({"op": "fault", "controller": "cam1", "kind": "drop"})
+    try:
+        wait_state(dev.cam, S.FAULT)
+        assert "No link to the camera" in dev.cam.status()
+        with pytest.raises(tango.DevFailed, match="Snap is not allowed in state FAULT"):
+            dev.cam.Snap()
+    finally:
+        beamline.sim({"op": "clear", "controller": "cam1"})
+    wait_state(dev.cam, S.ON)
+    dev.cam.Snap()
+    wait_state(dev.cam, S.ON)
+
+
+def test_valve_stuck_is_a_fault_and_gauge_leak_alarm_text(beamline, dev):
+    beamline.sim({"op": "fault", "controller": "ioc1", "kind": "valve_stuck"})
+    try:
+        dev.valve.Close()
+        wait_state(dev.valve, S.FAULT)
+        assert "did not reach its end position" in dev.valve.status()
+        with pytest.raises(tango.DevFailed, match="Open is not allowed in state FAULT"):
+            dev.valve.Open()
+    finally:
+        beamline.sim({"op": "clear", "controller": "ioc1"})
+    wait_until(lambda: dev.valve.state() in (S.OPEN, S.CLOSE), 15, "the valve out of FAULT")
+    if dev.valve.state() == S.CLOSE:
+        dev.valve.Open()
+    wait_state(dev.valve, S.OPEN)
