@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import tango
 from tango import AttrQuality, DevState
-from tango.server import Device
+from tango.server import Device, command
 
 from tango_devices.common.component import Component, ComponentError
 from tango_devices.common.statemachine import CommandRefused, State, StateMachine
@@ -205,6 +205,21 @@ class BeamlineDevice(Device):
             self.push_change_event(attr, value, time.time(), quality)
         except tango.DevFailed as exc:
             self.debug_stream(f"could not push {attr}: {exc.args[0].desc}")
+
+
+def component_command(name: str, method: str, doc: str):
+    """A Tango command ``name`` that runs the component's ``method`` and is
+    allowed in the states the family's table allows for ``name``."""
+
+    def run_command(self):
+        self.run(name, getattr(self.comp(name), method))
+
+    def is_allowed(self) -> bool:
+        return self.check(name)
+
+    run_command.__name__ = run_command.__qualname__ = name
+    is_allowed.__name__ = f"is_{name}_allowed"
+    return command(run_command, doc_in=doc, fisallowed=is_allowed)
 
 
 def run_server(classes, args=None) -> None:

@@ -68,6 +68,12 @@ class Transition:
     dest: State
 
 
+def from_any(states: Iterable[State], dest: State) -> dict[State, State]:
+    """A transition accepted in every state (observation triggers: the
+    hardware is the truth, whatever the device believed before)."""
+    return {s: dest for s in states}
+
+
 class StateTable:
     """The declarative part: transitions and command permissions of one family.
 

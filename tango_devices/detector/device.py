@@ -13,9 +13,9 @@ import time
 import numpy as np
 import tango
 from tango import AttrWriteType, DevState
-from tango.server import attribute, command, device_property
+from tango.server import attribute, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, run_server
+from tango_devices.common.device_base import BeamlineDevice, component_command, run_server
 from tango_devices.detector.detector_logic import AcquisitionMode, DetectorConfig, DetectorLogic
 
 MAX_SIZE = 4096
@@ -212,26 +212,13 @@ class Detector(BeamlineDevice):
         return self.value_or_fail(self.comp("read_Height").size, "Height")[1]
 
     # -------------------------------------------------------------- commands
-    @command(doc_in="Acquire one frame with the current exposure, whatever the mode.")
-    def Snap(self) -> None:
-        self.run("Snap", self.comp("Snap").snap)
+    Snap = component_command(
+        "Snap", "snap", "Acquire one frame with the current exposure, whatever the mode."
+    )
 
-    def is_Snap_allowed(self) -> bool:
-        return self.check("Snap")
+    Start = component_command("Start", "start", "Start acquiring in the current AcquisitionMode.")
 
-    @command(doc_in="Start acquiring in the current AcquisitionMode.")
-    def Start(self) -> None:
-        self.run("Start", self.comp("Start").start)
-
-    def is_Start_allowed(self) -> bool:
-        return self.check("Start")
-
-    @command(doc_in="Stop acquiring.")
-    def Stop(self) -> None:
-        self.run("Stop", self.comp("Stop").stop)
-
-    def is_Stop_allowed(self) -> bool:
-        return self.check("Stop")
+    Stop = component_command("Stop", "stop", "Stop acquiring.")
 
 
 def main(args=None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tango_devices.common.component import COMM_LOST
-from tango_devices.common.statemachine import State, StateTable
+from tango_devices.common.statemachine import State, StateTable, from_any
 
 ON, RUNNING, FAULT, INIT = State.ON, State.RUNNING, State.FAULT, State.INIT
 DETECTOR_STATES = (INIT, ON, RUNNING, FAULT)
@@ -12,18 +12,14 @@ ACQUIRING = "acquiring"
 IDLE = "idle"
 
 
-def _from_any(dest: State) -> dict[State, State]:
-    return {s: dest for s in DETECTOR_STATES}
-
-
 DETECTOR_TABLE = StateTable(
     name="Detector",
     states=DETECTOR_STATES,
     initial=INIT,
     transitions={
-        COMM_LOST: _from_any(FAULT),
-        ACQUIRING: _from_any(RUNNING),
-        IDLE: _from_any(ON),
+        COMM_LOST: from_any(DETECTOR_STATES, FAULT),
+        ACQUIRING: from_any(DETECTOR_STATES, RUNNING),
+        IDLE: from_any(DETECTOR_STATES, ON),
     },
     commands={
         "Snap": {ON},

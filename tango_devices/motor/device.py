@@ -22,7 +22,7 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, command, device_property
 
-from tango_devices.common.device_base import QUALITY, BeamlineDevice, run_server
+from tango_devices.common.device_base import QUALITY, BeamlineDevice, component_command, run_server
 from tango_devices.motor.motor_logic import MotorConfig, MotorLogic, Quality
 
 POSITION_EVENT_PERIOD = 0.1  # s, while moving
@@ -238,26 +238,11 @@ class Motor(BeamlineDevice):
         return reading.value, time.time(), QUALITY[reading.quality.value]
 
     # -------------------------------------------------------------- commands
-    @command(doc_in="Power the axis (clears a latched fault first).")
-    def On(self) -> None:
-        self.run("On", self.comp("On").power_on)
+    On = component_command("On", "power_on", "Power the axis (clears a latched fault first).")
 
-    def is_On_allowed(self) -> bool:
-        return self.check("On")
+    Off = component_command("Off", "power_off", "Switch the amplifier off.")
 
-    @command(doc_in="Switch the amplifier off.")
-    def Off(self) -> None:
-        self.run("Off", self.comp("Off").power_off)
-
-    def is_Off_allowed(self) -> bool:
-        return self.check("Off")
-
-    @command(doc_in="Decelerating stop of a move or home search.")
-    def Stop(self) -> None:
-        self.run("Stop", self.comp("Stop").stop)
-
-    def is_Stop_allowed(self) -> bool:
-        return self.check("Stop")
+    Stop = component_command("Stop", "stop", "Decelerating stop of a move or home search.")
 
     @command(doc_in="Search the home switch (direction from the HomeDirection property).")
     def Home(self) -> None:
@@ -266,12 +251,7 @@ class Motor(BeamlineDevice):
     def is_Home_allowed(self) -> bool:
         return self.check("Home")
 
-    @command(doc_in="Clear a latched axis fault on the controller.")
-    def Reset(self) -> None:
-        self.run("Reset", self.comp("Reset").reset)
-
-    def is_Reset_allowed(self) -> bool:
-        return self.check("Reset")
+    Reset = component_command("Reset", "reset", "Clear a latched axis fault on the controller.")
 
     @command(
         dtype_in=float,

@@ -11,7 +11,7 @@ and attribute writes in the wrong state.
 
 from __future__ import annotations
 
-from tango_devices.common.statemachine import State, StateTable
+from tango_devices.common.statemachine import State, StateTable, from_any
 
 ON, OFF, MOVING, ALARM, FAULT, DISABLE, INIT = (
     State.ON,
@@ -36,23 +36,19 @@ IDLE = "idle"
 REINIT = "reinit"
 
 
-def _from_any(dest: State) -> dict[State, State]:
-    return {s: dest for s in MOTOR_STATES}
-
-
 MOTOR_TABLE = StateTable(
     name="Motor",
     states=MOTOR_STATES,
     initial=INIT,
     transitions={
-        COMM_LOST: _from_any(FAULT),
-        HW_FAULT: _from_any(FAULT),
-        INTERLOCKED: _from_any(DISABLE),
-        POWERED_OFF: _from_any(OFF),
-        MOVING_OBSERVED: _from_any(MOVING),
-        AT_LIMIT: _from_any(ALARM),
-        IDLE: _from_any(ON),
-        REINIT: _from_any(INIT),
+        COMM_LOST: from_any(MOTOR_STATES, FAULT),
+        HW_FAULT: from_any(MOTOR_STATES, FAULT),
+        INTERLOCKED: from_any(MOTOR_STATES, DISABLE),
+        POWERED_OFF: from_any(MOTOR_STATES, OFF),
+        MOVING_OBSERVED: from_any(MOTOR_STATES, MOVING),
+        AT_LIMIT: from_any(MOTOR_STATES, ALARM),
+        IDLE: from_any(MOTOR_STATES, ON),
+        REINIT: from_any(MOTOR_STATES, INIT),
     },
     commands={
         "On": {OFF, ON, ALARM, FAULT},

@@ -11,9 +11,9 @@ import time
 
 import tango
 from tango import AttrWriteType, DevState
-from tango.server import attribute, command, device_property
+from tango.server import attribute, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, run_server
+from tango_devices.common.device_base import BeamlineDevice, component_command, run_server
 from tango_devices.scaler.scaler_logic import ScalerConfig, ScalerLogic
 
 EVENT_PERIOD = 0.1  # s, while counting
@@ -133,26 +133,13 @@ class Scaler(BeamlineDevice):
     def ChannelNames(self):
         return list(self.Channels)
 
-    @command(doc_in="Clear the counts and count for PresetTime seconds.")
-    def Start(self) -> None:
-        self.run("Start", self.comp("Start").start)
+    Start = component_command(
+        "Start", "start", "Clear the counts and count for PresetTime seconds."
+    )
 
-    def is_Start_allowed(self) -> bool:
-        return self.check("Start")
+    Stop = component_command("Stop", "stop", "Stop counting now (the counts so far are kept).")
 
-    @command(doc_in="Stop counting now (the counts so far are kept).")
-    def Stop(self) -> None:
-        self.run("Stop", self.comp("Stop").stop)
-
-    def is_Stop_allowed(self) -> bool:
-        return self.check("Stop")
-
-    @command(doc_in="Clear the counts.")
-    def Clear(self) -> None:
-        self.run("Clear", self.comp("Clear").clear)
-
-    def is_Clear_allowed(self) -> bool:
-        return self.check("Clear")
+    Clear = component_command("Clear", "clear", "Clear the counts.")
 
 
 def main(args=None) -> None:

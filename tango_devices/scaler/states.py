@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tango_devices.common.component import COMM_LOST
-from tango_devices.common.statemachine import State, StateTable
+from tango_devices.common.statemachine import State, StateTable, from_any
 
 ON, RUNNING, FAULT, INIT = State.ON, State.RUNNING, State.FAULT, State.INIT
 SCALER_STATES = (INIT, ON, RUNNING, FAULT)
@@ -13,19 +13,15 @@ IDLE = "idle"
 MISCONFIGURED = "misconfigured"
 
 
-def _from_any(dest: State) -> dict[State, State]:
-    return {s: dest for s in SCALER_STATES}
-
-
 SCALER_TABLE = StateTable(
     name="Scaler",
     states=SCALER_STATES,
     initial=INIT,
     transitions={
-        COMM_LOST: _from_any(FAULT),
-        MISCONFIGURED: _from_any(FAULT),
-        COUNTING: _from_any(RUNNING),
-        IDLE: _from_any(ON),
+        COMM_LOST: from_any(SCALER_STATES, FAULT),
+        MISCONFIGURED: from_any(SCALER_STATES, FAULT),
+        COUNTING: from_any(SCALER_STATES, RUNNING),
+        IDLE: from_any(SCALER_STATES, ON),
     },
     commands={
         "Start": {ON},

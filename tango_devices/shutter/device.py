@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tango
 from tango import DevState
-from tango.server import attribute, command, device_property
+from tango.server import attribute, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, run_server
+from tango_devices.common.device_base import BeamlineDevice, component_command, run_server
 from tango_devices.shutter.shutter_logic import ShutterConfig, ShutterLogic
 
 
@@ -61,26 +61,13 @@ class Shutter(BeamlineDevice):
     def InterlockReason(self) -> str:
         return self.comp("read_InterlockReason").interlock_text
 
-    @command(doc_in="Open the shutter (refused while an interlock is active).")
-    def Open(self) -> None:
-        self.run("Open", self.comp("Open").open)
+    Open = component_command(
+        "Open", "open", "Open the shutter (refused while an interlock is active)."
+    )
 
-    def is_Open_allowed(self) -> bool:
-        return self.check("Open")
+    Close = component_command("Close", "close", "Close the shutter.")
 
-    @command(doc_in="Close the shutter.")
-    def Close(self) -> None:
-        self.run("Close", self.comp("Close").close)
-
-    def is_Close_allowed(self) -> bool:
-        return self.check("Close")
-
-    @command(doc_in="Clear a latched shutter fault in the PLC.")
-    def Reset(self) -> None:
-        self.run("Reset", self.comp("Reset").reset)
-
-    def is_Reset_allowed(self) -> bool:
-        return self.check("Reset")
+    Reset = component_command("Reset", "reset", "Clear a latched shutter fault in the PLC.")
 
 
 def main(args=None) -> None:

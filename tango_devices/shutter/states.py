@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tango_devices.common.component import COMM_LOST
-from tango_devices.common.statemachine import State, StateTable
+from tango_devices.common.statemachine import State, StateTable, from_any
 
 OPEN, CLOSE, MOVING, DISABLE, FAULT, INIT = (
     State.OPEN,
@@ -22,21 +22,17 @@ OPENED = "opened"
 CLOSED = "closed"
 
 
-def _from_any(dest: State) -> dict[State, State]:
-    return {s: dest for s in SHUTTER_STATES}
-
-
 SHUTTER_TABLE = StateTable(
     name="Shutter",
     states=SHUTTER_STATES,
     initial=INIT,
     transitions={
-        COMM_LOST: _from_any(FAULT),
-        HW_FAULT: _from_any(FAULT),
-        INTERLOCKED: _from_any(DISABLE),
-        MOVING_OBSERVED: _from_any(MOVING),
-        OPENED: _from_any(OPEN),
-        CLOSED: _from_any(CLOSE),
+        COMM_LOST: from_any(SHUTTER_STATES, FAULT),
+        HW_FAULT: from_any(SHUTTER_STATES, FAULT),
+        INTERLOCKED: from_any(SHUTTER_STATES, DISABLE),
+        MOVING_OBSERVED: from_any(SHUTTER_STATES, MOVING),
+        OPENED: from_any(SHUTTER_STATES, OPEN),
+        CLOSED: from_any(SHUTTER_STATES, CLOSE),
     },
     commands={
         "Open": {CLOSE, OPEN},

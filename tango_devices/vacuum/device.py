@@ -9,9 +9,9 @@ import time
 
 import tango
 from tango import DevState
-from tango.server import attribute, command, device_property
+from tango.server import attribute, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, run_server
+from tango_devices.common.device_base import BeamlineDevice, component_command, run_server
 from tango_devices.vacuum.vacuum_logic import EpicsConfig, GaugeLogic, ValveLogic
 
 
@@ -104,19 +104,9 @@ class Valve(_EpicsDevice):
             wait=self.Timeout + 0.5,
         )
 
-    @command(doc_in="Open the valve.")
-    def Open(self) -> None:
-        self.run("Open", self.comp("Open").open)
+    Open = component_command("Open", "open", "Open the valve.")
 
-    def is_Open_allowed(self) -> bool:
-        return self.check("Open")
-
-    @command(doc_in="Close the valve.")
-    def Close(self) -> None:
-        self.run("Close", self.comp("Close").close)
-
-    def is_Close_allowed(self) -> bool:
-        return self.check("Close")
+    Close = component_command("Close", "close", "Close the valve.")
 
 
 def _number(text: str) -> float | None:

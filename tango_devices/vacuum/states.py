@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tango_devices.common.component import COMM_LOST
-from tango_devices.common.statemachine import State, StateTable
+from tango_devices.common.statemachine import State, StateTable, from_any
 
 ON, ALARM, FAULT, INIT = State.ON, State.ALARM, State.FAULT, State.INIT
 OPEN, CLOSE, MOVING = State.OPEN, State.CLOSE, State.MOVING
@@ -20,19 +20,15 @@ OPENED = "opened"
 CLOSED = "closed"
 
 
-def _from_any(states, dest: State) -> dict[State, State]:
-    return {s: dest for s in states}
-
-
 GAUGE_TABLE = StateTable(
     name="VacuumGauge",
     states=GAUGE_STATES,
     initial=INIT,
     transitions={
-        COMM_LOST: _from_any(GAUGE_STATES, FAULT),
-        INVALID: _from_any(GAUGE_STATES, FAULT),
-        ABOVE_ALARM: _from_any(GAUGE_STATES, ALARM),
-        NORMAL: _from_any(GAUGE_STATES, ON),
+        COMM_LOST: from_any(GAUGE_STATES, FAULT),
+        INVALID: from_any(GAUGE_STATES, FAULT),
+        ABOVE_ALARM: from_any(GAUGE_STATES, ALARM),
+        NORMAL: from_any(GAUGE_STATES, ON),
     },
     commands={},
 )
@@ -42,11 +38,11 @@ VALVE_TABLE = StateTable(
     states=VALVE_STATES,
     initial=INIT,
     transitions={
-        COMM_LOST: _from_any(VALVE_STATES, FAULT),
-        STUCK: _from_any(VALVE_STATES, FAULT),
-        MOVING_OBSERVED: _from_any(VALVE_STATES, MOVING),
-        OPENED: _from_any(VALVE_STATES, OPEN),
-        CLOSED: _from_any(VALVE_STATES, CLOSE),
+        COMM_LOST: from_any(VALVE_STATES, FAULT),
+        STUCK: from_any(VALVE_STATES, FAULT),
+        MOVING_OBSERVED: from_any(VALVE_STATES, MOVING),
+        OPENED: from_any(VALVE_STATES, OPEN),
+        CLOSED: from_any(VALVE_STATES, CLOSE),
     },
     commands={
         "Open": {CLOSE, OPEN},
