@@ -14,6 +14,7 @@ TANGO_SERVERS = {
     "Detector": "tango_devices.detector.device:main",
     "VacuumGauge": "tango_devices.vacuum.device:gauge_main",
     "Valve": "tango_devices.vacuum.device:valve_main",
+    "Supervisor": "tango_devices.supervisor.device:main",
 }
 
 setup(

@@ -24,7 +24,8 @@ from beamline import orchestrator as orch
 from beamline import procs, tangodb
 from beamline.runtime import RunContext
 
-console = Console(highlight=False, soft_wrap=True)
+# Off a terminal (pipes, CI logs) rich would squeeze tables into 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_STYLE = {
@@ -269,24 +270,46 @@ def status(ctx: RunContext, as_json: bool) -> None:
     if sim["pid"]:
         ctrls = ", ".join(f"{n}:{c['port']}" for n, c in sim["controllers"].items())
         console.print(f"virtual hardware: pid {sim['pid']} ({ctrls})")
+    sup = data.get("supervisor") or {}
+    if sup:
+        console.print(f"supervisor: {_state(sup.get('state'))} {sup.get('summary', '')}")
+    else:
+        console.print(
+            "supervisor: [yellow]not answering[/yellow] (crashed servers are not restarted)"
+        )
     table = Table(show_edge=False, header_style="bold")
-    for col in ("level", "server", "host", "Starter", "pid", "device", "state"):
+    for col in (
+        "level",
+        "server",
+        "host",
+        "Starter",
+        "pid",
+        "restarts",
+        "device",
+        "state",
+        "last failure",
+    ):
         table.add_column(col)
     for s in data["servers"]:
+        sv = s.get("supervision") or {}
+        restarts = str(sv.get("restarts", "-")) if sv else "-"
+        cause = sv.get("last_cause", "") if sv else ""
+        if sv.get("last_recovery") is not None:
+            cause += f" (back after {sv['last_recovery']:.2f} s)"
         for i, d in enumerate(s["devices"] or [{"device": "", "state": None}]):
             first = i == 0
+            starter_state = _state(s["starter_state"]) if s["starter_state"] else "-"
+            pids = ",".join(map(str, s["pids"])) if s["pids"] else "-"
             table.add_row(
                 str(s["level"]) if first else "",
                 s["server"] if first else "",
                 s["host"] if first else "",
-                _state(s["starter_state"])
-                if first and s["starter_state"]
-                else ("" if not first else "-"),
-                ",".join(map(str, s["pids"]))
-                if first and s["pids"]
-                else ("" if not first else "-"),
+                starter_state if first else "",
+                pids if first else "",
+                restarts if first else "",
                 d["device"],
                 _state(d["state"]) if d["device"] else "",
+                cause if first else "",
             )
     console.print(table)
 
@@ -321,17 +344,20 @@ def _server_name(ctx: RunContext, name: str) -> str:
 @click.option("--timeout", default=30.0, show_default=True)
 @click.pass_obj
 def start(ctx: RunContext, name: str, timeout: float) -> None:
-    """Start one server (or the server of a device) through the Starter."""
+    """Start one server (or the server of a device); the supervisor watches it again."""
     server = _server_name(ctx, name)
     starter, th = _starter_for(ctx)
     config = cfg.load(ctx.config_dir)
-    try:
-        started = starter.start_server(
-            server, lambda: bool(procs.server_pids(ctx.run_dir, [server]))
-        )
-    except orch.StarterError as exc:
-        fail(str(exc))
-    if not started:
+    supervisor = orch.supervisor_for(th, server)
+    running = bool(procs.server_pids(ctx.run_dir, [server]))
+    if supervisor is not None:
+        supervisor.StartServer(server)  # also after a crash loop: counts start again
+    elif not running:
+        try:
+            starter.start_server(server, lambda: bool(procs.server_pids(ctx.run_dir, [server])))
+        except orch.StarterError as exc:
+            fail(str(exc))
+    if running:
         console.print(f"{server} is already running")
     checks = orch._wait_devices(th, config.devices_of(server), timeout, lambda n: None)
     bad = [c for c in checks if c.state is None]
@@ -347,20 +373,24 @@ def start(ctx: RunContext, name: str, timeout: float) -> None:
 @click.option("--timeout", default=5.0, show_default=True)
 @click.pass_obj
 def stop(ctx: RunContext, name: str, timeout: float) -> None:
-    """Stop one server on purpose (it is not restarted until `beamline start`)."""
+    """Stop one server on purpose: the supervisor does not restart it until `beamline start`."""
     server = _server_name(ctx, name)
-    starter, _ = _starter_for(ctx)
+    starter, th = _starter_for(ctx)
     pids = procs.server_pids(ctx.run_dir, [server]).get(server.lower(), [])
+    supervisor = orch.supervisor_for(th, server)
+    if supervisor is not None:
+        supervisor.StopServer(server)  # marks it stopped on purpose, then DevStop
     if not pids:
         console.print(f"{server} is not running")
         return
-    try:
-        starter.dev_stop(server)
-    except orch.StarterError as exc:
-        # The Starter learns of a new process only at its next ping (2 s):
-        # stop it the way the Starter would, with SIGTERM.
-        console.print(f"{exc}; stopping it with SIGTERM")
-        procs.stop(pids, timeout=0)
+    if supervisor is None:
+        try:
+            starter.dev_stop(server)
+        except orch.StarterError as exc:
+            # The Starter learns of a new process only at its next ping (2 s):
+            # stop it the way the Starter would, with SIGTERM.
+            console.print(f"{exc}; stopping it with SIGTERM")
+            procs.stop(pids, timeout=0)
     left = procs.wait_gone(pids, timeout)
     if left:
         starter.hard_kill(server)

@@ -431,6 +431,13 @@ def down(ctx: RunContext, report: Reporter | None = None, timeout: float = 5.0) 
     )
     if extra:
         names_by_level[max(names_by_level, default=0) + 1] = extra
+    # The supervisors first: nothing may be restarted while the rest stops.
+    supervisors = [n for names in names_by_level.values() for n in names if is_supervisor(n)]
+    if supervisors:
+        names_by_level = {
+            lvl: [n for n in names if not is_supervisor(n)] for lvl, names in names_by_level.items()
+        }
+        names_by_level[max(names_by_level, default=0) + 1] = supervisors
     for level in sorted(names_by_level, reverse=True):
         names = names_by_level[level]
         pids = procs.server_pids(ctx.run_dir, names)
@@ -485,6 +492,45 @@ def down(ctx: RunContext, report: Reporter | None = None, timeout: float = 5.0) 
     return result
 
 
+# ------------------------------------------------------------- supervisor
+MAIN_SUPERVISOR = "bl01/sys/supervisor"
+STANDBY_SUPERVISOR = "bl01/sys/supervisor-standby"
+
+
+def is_supervisor(server: str) -> bool:
+    return server.split("/", 1)[0] == "Supervisor"
+
+
+def supervisor_for(tango_host: str, server: str):
+    """The supervisor that watches ``server`` (the standby watches the main
+    one), if it answers; else None."""
+    import tango
+
+    device = STANDBY_SUPERVISOR if server.lower() == "supervisor/supervisor" else MAIN_SUPERVISOR
+    try:
+        proxy = tango.DeviceProxy(f"tango://{tango_host}/{device}")
+        proxy.set_timeout_millis(3000)
+        if server.lower() not in {s.lower() for s in (proxy.Servers or ())}:
+            return None
+        return proxy
+    except tango.DevFailed:
+        return None
+
+
+def supervisor_report(tango_host: str) -> dict[str, Any]:
+    """The main supervisor's view: {"state", "summary", "servers": {name: row}}."""
+    import tango
+
+    try:
+        proxy = tango.DeviceProxy(f"tango://{tango_host}/{MAIN_SUPERVISOR}")
+        proxy.set_timeout_millis(2000)
+        report = json.loads(proxy.Report)
+        rows = {r["server"].lower(): r for r in report["servers"]}
+        return {"state": str(proxy.state()), "summary": proxy.Summary, "servers": rows}
+    except (tango.DevFailed, ValueError, KeyError):
+        return {}
+
+
 # ------------------------------------------------------------------ status
 def status(ctx: RunContext) -> dict[str, Any]:
     state = ctx.load_state()
@@ -520,6 +566,8 @@ def status(ctx: RunContext) -> dict[str, Any]:
                 starter_view = starter.servers()
             except Exception as exc:  # noqa: BLE001 - shown to the user
                 out["starter"]["error"] = str(exc)
+    supervision = supervisor_report(tango_host) if out["database"]["answers"] else {}
+    out["supervisor"] = {k: v for k, v in supervision.items() if k != "servers"}
     names = sorted(config.servers.values(), key=lambda s: (s.level, s.name))
     pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
     all_devices = [d for s in names for d in config.devices_of(s.name)]
@@ -548,6 +596,7 @@ def status(ctx: RunContext) -> dict[str, Any]:
                 "controlled": s.controlled,
                 "starter_state": view.state if view else None,
                 "pids": pids.get(s.name.lower(), []),
+                "supervision": supervision.get("servers", {}).get(s.name.lower()),
                 "devices": devs,
                 "log": str(ctx.server_log(s.name)),
             }

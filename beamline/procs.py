@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-RUN_DIR_ENV = "BEAMLINE_RUN_DIR"
+from tango_devices.common.lifecycle import RUN_DIR_ENV, server_name_from_cmdline
 
 
 @dataclass(frozen=True)
@@ -59,26 +59,6 @@ def alive(pid: int | None) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def server_name_from_cmdline(args: list[str]) -> str | None:
-    """The Tango server a command line runs, matched the way the Starter does.
-
-    ``/usr/lib/tango/Starter vm`` -> ``Starter/vm``; ``.venv/bin/python
-    .venv/bin/Motor slit_h`` -> ``Motor/slit_h``.
-    """
-    if not args:
-        return None
-    exe = os.path.basename(args[0])
-    rest = args[1:]
-    if exe.startswith("python") and rest:
-        exe = os.path.basename(rest[0])
-        if exe.endswith(".py"):
-            exe = exe[:-3]
-        rest = rest[1:]
-    if not rest or rest[0].startswith("-"):
-        return None
-    return f"{exe}/{rest[0]}"
 
 
 def _environ(proc: psutil.Process) -> dict[str, str]:

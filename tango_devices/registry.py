@@ -20,6 +20,10 @@ SERVERS: dict[str, tuple[str, str]] = {
         "tango_devices.vacuum.device:gauge_main",
     ),
     "Valve": ("tango_devices.vacuum.device:Valve", "tango_devices.vacuum.device:valve_main"),
+    "Supervisor": (
+        "tango_devices.supervisor.device:Supervisor",
+        "tango_devices.supervisor.device:main",
+    ),
 }
 
 

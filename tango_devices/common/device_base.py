@@ -22,6 +22,7 @@ import tango
 from tango import AttrQuality, DevState
 from tango.server import Device, command
 
+from tango_devices.common import lifecycle
 from tango_devices.common.component import Component, ComponentError
 from tango_devices.common.statemachine import CommandRefused, State, StateMachine
 
@@ -128,6 +129,20 @@ class BeamlineDevice(Device):
     # ------------------------------------------------ component plumbing
     component: Component | None = None
 
+    def init_device(self) -> None:
+        super().init_device()
+        lifecycle.clear_exit_marker(_server_name())
+        if lifecycle.test_hooks_enabled() and not getattr(self, "_hooks_added", False):
+            self._hooks_added = True
+            self.add_command(command(f=_test_crash, dtype_in=str, doc_in=_test_crash.__doc__))
+            self.add_command(command(f=_test_hang, dtype_in=float, doc_in=_test_hang.__doc__))
+
+    def delete_device(self) -> None:
+        """Shutdown (DevStop, SIGTERM) or Init: stop the component; a shutdown
+        leaves a clean-exit marker (an Init removes it again in init_device)."""
+        lifecycle.mark_clean_exit(_server_name())
+        self.stop_component()
+
     def start_component(self, make: Callable[[], Component], wait: float = 1.0) -> bool:
         """Create the component logic, mirror its state, start polling.
 
@@ -222,8 +237,45 @@ def component_command(name: str, method: str, doc: str):
     return command(run_command, doc_in=doc, fisallowed=is_allowed)
 
 
+def _server_name() -> str:
+    try:
+        return tango.Util.instance().get_ds_name()
+    except (tango.DevFailed, RuntimeError):
+        return ""
+
+
+def _test_crash(*args) -> None:
+    """Test hook (BEAMLINE_TEST_HOOKS=1 only): 'segfault' dereferences NULL, 'exit' exits(3)."""
+    import ctypes
+    import os
+
+    how = args[-1]  # (self, argin) or (argin,), depending on how PyTango binds it
+
+    if how == "segfault":
+        ctypes.string_at(0)
+    elif how == "exit":
+        os._exit(3)
+    else:
+        throw("TEST_HOOK", f"TestCrash takes 'segfault' or 'exit', not {how!r}", "TestCrash")
+
+
+def _test_hang(*args) -> None:
+    """Test hook (BEAMLINE_TEST_HOOKS=1 only): block this device's thread (and its
+    monitor) for that many seconds, like a driver stuck in a call."""
+    time.sleep(float(args[-1]))
+
+
+_test_crash.__name__ = "TestCrash"
+_test_hang.__name__ = "TestHang"
+
+
 def run_server(classes, args=None) -> None:
     """Entry point of a device server executable named after its server."""
+    argv = list(args or sys.argv)
+    server = f"{argv[0].rsplit('/', 1)[-1]}/{argv[1] if len(argv) > 1 else ''}"
+    if lifecycle.crash_at_init_requested(server):
+        print(f"test hook: crash at init of {server}", file=sys.stderr, flush=True)
+        sys.exit(4)
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     logging.basicConfig(

@@ -35,11 +35,6 @@ class Detector(BeamlineDevice):
     MaxEventRate = device_property(
         dtype=float, default_value=20.0, doc="Most data-ready and ROI events per second"
     )
-    SavedRoi = device_property(
-        dtype=(int,),
-        default_value=[],
-        doc="Region of interest [x, y, width, height], saved by every write of Roi",
-    )
 
     def init_device(self) -> None:
         super().init_device()
@@ -58,15 +53,22 @@ class Detector(BeamlineDevice):
 
         def make() -> DetectorLogic:
             logic = DetectorLogic(config, thread_context=tango.EnsureOmniThread)
-            if len(self.SavedRoi) == 4:
-                logic.restore_roi(self.SavedRoi)
+            saved = self._saved_roi()
+            if len(saved) == 4:
+                logic.restore_roi(saved)
             logic.add_value_listener(self._publish)
             return logic
 
         self.start_component(make, wait=min(1.0, 2 * self.Timeout))
 
-    def delete_device(self) -> None:
-        self.stop_component()
+    def _saved_roi(self) -> list[int]:
+        """The ROI saved by the last Roi write (device property "_Roi": runtime
+        state, not configuration; dsconfig leaves "_" properties alone)."""
+        try:
+            db = tango.Util.instance().get_database()
+            return [int(v) for v in db.get_device_property(self.get_name(), ["_Roi"])["_Roi"]]
+        except (tango.DevFailed, RuntimeError, ValueError):
+            return []
 
     def _publish(self) -> None:
         """A new frame (or a new ROI): events at a bounded rate, newest frame wins."""
@@ -176,7 +178,7 @@ class Detector(BeamlineDevice):
         self.run("write_Roi", self.comp("write_Roi").set_roi, value)
         try:
             tango.Util.instance().get_database().put_device_property(
-                self.get_name(), {"SavedRoi": [str(int(v)) for v in value]}
+                self.get_name(), {"_Roi": [str(int(v)) for v in value]}
             )
         except (tango.DevFailed, RuntimeError) as exc:
             self.warn_stream(f"could not save the ROI: {exc}")

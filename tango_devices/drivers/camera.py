@@ -9,12 +9,16 @@ a frame whose header is malformed or whose payload is short is a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from tango_devices.drivers.line_client import LineClient, format_seconds, parse_int
+from tango_devices.drivers.line_client import (
+    LineClient,
+    format_seconds,
+    parse_int,
+    parse_seconds,
+)
 
 MODES = ("SINGLE", "MULTIPLE", "CONTINUOUS")
 MAX_FRAME_BYTES = 4096 * 4096 * 2  # a larger announced payload is garbage
@@ -71,13 +75,6 @@ def _parse_mode(result: str) -> str:
     return result
 
 
-def _parse_seconds(result: str) -> float:
-    value = float(result)
-    if not math.isfinite(value):
-        raise ValueError(f"not a finite number of seconds: {result!r}")
-    return value
-
-
 class CameraClient(LineClient):
     """One link to a camera; thread-safe.
 
@@ -100,7 +97,7 @@ class CameraClient(LineClient):
         self.command(f"EXPOSURE {format_seconds(seconds)}")
 
     def exposure(self) -> float:
-        return self.query("?EXPOSURE", _parse_seconds)
+        return self.query("?EXPOSURE", parse_seconds)
 
     def set_mode(self, mode: str) -> None:
         """``SINGLE``, ``MULTIPLE`` (``frames`` frames) or ``CONTINUOUS`` (until stop)."""

@@ -1,11 +1,11 @@
 """A reusable base for line-based ASCII controller clients over pyserial.
 
-The protocols it speaks (``docs/protocol-plc.md``, ``protocol-scaler.md``,
-``protocol-camera.md``; the SMC motion protocol is the same family) share
-their framing: a request is one ASCII line, the reply one line terminated by
-``\\r\\n`` that starts with an echo of the request's ``[address:]COMMAND``,
-then ``OK``, values, or ``ERROR <code> <text>``. A reply may be followed by a
-binary payload whose size the reply line announces (a camera frame).
+The protocols it speaks (``docs/protocol-motion.md``, ``protocol-plc.md``,
+``protocol-scaler.md``, ``protocol-camera.md``) share their framing: a
+request is one ASCII line, the reply one line terminated by ``\\r\\n`` that
+starts with an echo of the request's ``[address:]COMMAND``, then ``OK``,
+values, or ``ERROR <code> <text>``. A reply may be followed by a binary
+payload whose size the reply line announces (a camera frame).
 
 Works over any pyserial URL: a serial port (``/dev/ttyUSB0``), a terminal
 server (``socket://host:port``, ``rfc2217://host:port``) or a controller's
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import socket
 import threading
 import time
@@ -45,8 +46,10 @@ __all__ = [
     "expect_ok",
     "expected_echo",
     "format_seconds",
+    "none_or_text",
     "parse_int",
     "parse_reply",
+    "parse_seconds",
 ]
 
 TERMINATOR = b"\r\n"
@@ -117,6 +120,19 @@ def parse_int(text: str) -> int:
     if not text.lstrip("+-").isdigit():
         raise ValueError(f"not an integer: {text!r}")
     return int(text)
+
+
+def parse_seconds(text: str) -> float:
+    """A finite number of seconds (``ValueError`` otherwise)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number of seconds: {text!r}")
+    return value
+
+
+def none_or_text(result: str) -> str | None:
+    """A text that reads ``NONE`` when there is none (a fault, an interlock)."""
+    return None if result == "NONE" else result
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tango_devices.drivers.line_client import LineClient
+from tango_devices.drivers.line_client import LineClient, none_or_text
 
 STATES = ("OPEN", "CLOSED", "MOVING", "FAULT")
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -48,10 +48,6 @@ def _parse_state(result: str) -> tuple[str, bool]:
     return state, flag == "1"
 
 
-def _none_or_text(result: str) -> str | None:
-    return None if result == "NONE" else result
-
-
 class ShutterPlc(LineClient):
     """One link to a shutter PLC (all of its shutters); thread-safe.
 
@@ -68,16 +64,16 @@ class ShutterPlc(LineClient):
         """State and interlock of ``shutter`` (and the interlock's text when active)."""
         name = _shutter(shutter)
         state, interlock = self.query(f"{name}:?STATE", _parse_state)
-        text = self.query(f"{name}:?ILK", _none_or_text) if interlock else None
+        text = self.query(f"{name}:?ILK", none_or_text) if interlock else None
         return ShutterStatus(state, interlock, text)
 
     def read_interlock(self, shutter: str) -> str | None:
         """The text of the active interlock(s), None when there is none."""
-        return self.query(f"{_shutter(shutter)}:?ILK", _none_or_text)
+        return self.query(f"{_shutter(shutter)}:?ILK", none_or_text)
 
     def read_fault(self, shutter: str) -> str | None:
         """The text of the latched fault, None when there is none."""
-        return self.query(f"{_shutter(shutter)}:?FAULT", _none_or_text)
+        return self.query(f"{_shutter(shutter)}:?FAULT", none_or_text)
 
     def open(self, shutter: str) -> None:
         """Start opening ``shutter``; returns once the PLC accepted it."""

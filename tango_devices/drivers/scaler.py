@@ -10,7 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tango_devices.drivers.line_client import LineClient, format_seconds, parse_int
+from tango_devices.drivers.line_client import (
+    LineClient,
+    format_seconds,
+    parse_int,
+    parse_seconds,
+)
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,6 @@ def _parse_counts(result: str) -> list[int]:
     return counts
 
 
-def _parse_seconds(result: str) -> float:
-    value = float(result)
-    if not math.isfinite(value):
-        raise ValueError(f"not a finite number of seconds: {result!r}")
-    return value
-
-
 class ScalerClient(LineClient):
     """One link to a counter-timer; thread-safe.
 
@@ -65,7 +63,7 @@ class ScalerClient(LineClient):
 
     def preset(self) -> float:
         """The preset counting time, s."""
-        return self.query("?PRESET", _parse_seconds)
+        return self.query("?PRESET", parse_seconds)
 
     def start(self) -> None:
         """Clear the counts and count for the preset time."""

@@ -16,6 +16,7 @@ for a settled value; State events are pushed the moment the state changes.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import tango
@@ -26,6 +27,7 @@ from tango_devices.common.device_base import QUALITY, BeamlineDevice, component_
 from tango_devices.motor.motor_logic import MotorConfig, MotorLogic, Quality
 
 POSITION_EVENT_PERIOD = 0.1  # s, while moving
+CACHE_GRACE = 10.0  # s after start-up during which a failed cache fill is retried
 
 
 class Motor(BeamlineDevice):
@@ -69,6 +71,7 @@ class Motor(BeamlineDevice):
         self._last_event = 0.0
         self._cached = True
         self._server_ready = getattr(self, "_server_ready", False)
+        self._cache_grace = getattr(self, "_cache_grace", time.monotonic() + CACHE_GRACE)
         unit = self.get_device_attr().get_attr_by_name("Position").get_properties().unit
         config = MotorConfig(
             url=self.Port,
@@ -110,8 +113,10 @@ class Motor(BeamlineDevice):
                 try:
                     tango.Util.instance().fill_attr_polling_buffer(self, "Position", data)
                 except tango.DevFailed as exc:
-                    if not self._server_ready:
-                        return  # polling starts with the server: server_init_hook refills
+                    if not self._server_ready or time.monotonic() < self._cache_grace:
+                        # polling is configured while the server starts: try again soon
+                        threading.Timer(0.2, self.logic.republish).start()
+                        return
                     self._cached = False
                     self.warn_stream(
                         "Position is not polled externally, so reads are not served from the "
@@ -129,11 +134,9 @@ class Motor(BeamlineDevice):
     def server_init_hook(self) -> None:
         """The server is up and its polling configured: fill the cache now."""
         self._server_ready = True
+        self._cache_grace = time.monotonic() + CACHE_GRACE
         if self.component is not None:
             self.component.republish()
-
-    def delete_device(self) -> None:
-        self.stop_component()
 
     # ------------------------------------------------------------ attributes
     @attribute(

@@ -71,9 +71,6 @@ class Scaler(BeamlineDevice):
             self.add_attribute(attr)
             self.set_change_event(name, True, False)
 
-    def delete_device(self) -> None:
-        self.stop_component()
-
     def _publish(self) -> None:
         with tango.AutoTangoMonitor(self):
             logic = self.component

@@ -43,9 +43,6 @@ class Shutter(BeamlineDevice):
 
         self.start_component(make, wait=min(1.0, 2 * self.Timeout))
 
-    def delete_device(self) -> None:
-        self.stop_component()
-
     def _publish(self) -> None:
         with tango.AutoTangoMonitor(self):
             logic = self.component

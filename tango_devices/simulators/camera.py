@@ -23,18 +23,33 @@ millisecond at short exposures.
 from __future__ import annotations
 
 import math
-import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tango_devices.simulators.physics import BeamlinePhysics, Spot
+# Re-exported: the codes and line limit every protocol shares, under this module too.
+from tango_devices.simulators.common import E_BAD_ARGUMENT as E_BAD_ARGUMENT
+from tango_devices.simulators.common import E_UNKNOWN_COMMAND as E_UNKNOWN_COMMAND
+from tango_devices.simulators.common import MAX_LINE as MAX_LINE
+from tango_devices.simulators.common import (
+    Command,
+    CommandError,
+    PhysicsController,
+    WithoutFaults,
+    check_keys,
+    format_seconds,
+    is_int,
+    is_number,
+    no_args,
+    one_arg,
+    optional_seed,
+    seconds_arg,
+)
+from tango_devices.simulators.physics import Spot
 
 FIRMWARE_VERSION = "1.0"
-MAX_LINE = 128
 MIN_EXPOSURE = 1e-6
 MAX_FRAMES = 1_000_000
 SPOT_WINDOW = 6.0  # sigmas each side of the spot centre where spot counts are drawn
@@ -42,57 +57,13 @@ SCATTER_BELOW = 0.05  # mean dark counts per pixel below which dark counts are s
 
 MODES = ("SINGLE", "MULTIPLE", "CONTINUOUS")
 
-# Error codes (docs/protocol-camera.md).
-E_UNKNOWN_COMMAND = 1
-E_BAD_ARGUMENT = 2
+# Error codes (docs/protocol-camera.md; E_UNKNOWN_COMMAND = 1 and E_BAD_ARGUMENT = 2 are common).
 E_BUSY = 5
 E_NO_FRAME = 6
 
-_DECIMAL_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
-
-class CameraError(Exception):
+class CameraError(CommandError):
     """A request the camera refuses: becomes ``ERROR <code> <message>``."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"{message} (error {code})")
-        self.code = code
-        self.message = message
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed and not str(key).startswith("_"):
-            raise ValueError(
-                f"{where}{key}: unknown key; valid keys are {', '.join(allowed)} "
-                "(keys starting with '_' are comments)"
-            )
-
-
-def _no_args(args: list[str]) -> None:
-    if args:
-        raise CameraError(E_BAD_ARGUMENT, f"bad argument: takes no argument, got {' '.join(args)}")
-
-
-def _one_arg(args: list[str], what: str) -> str:
-    if len(args) != 1:
-        got = "nothing" if not args else " ".join(args)
-        raise CameraError(E_BAD_ARGUMENT, f"bad argument: expected {what}, got {got}")
-    return args[0]
-
-
-def format_seconds(seconds: float) -> str:
-    """Seconds as the protocol writes them: fixed point, at most 6 decimals."""
-    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
-    return text or "0"
 
 
 # --------------------------------------------------------------- configuration
@@ -112,29 +83,27 @@ class CameraConfig:
         """Validate the camera's configuration; ``ValueError`` names the key."""
         if not isinstance(data, Mapping):
             raise ValueError('must be an object such as {"width": 512, "height": 512}')
-        _check_keys("", data, cls.KEYS)
+        check_keys("", data, cls.KEYS)
         defaults = cls()
         width, height = data.get("width", defaults.width), data.get("height", defaults.height)
         for key, value in (("width", width), ("height", height)):
-            if not _is_int(value) or not 1 <= value <= 4096:
+            if not is_int(value) or not 1 <= value <= 4096:
                 raise ValueError(
                     f"{key}: must be an integer number of pixels 1..4096, got {value!r}"
                 )
         bits = data.get("bits", defaults.bits)
-        if not _is_int(bits) or not 8 <= bits <= 16:
+        if not is_int(bits) or not 8 <= bits <= 16:
             raise ValueError(f"bits: must be an integer 8..16 (pixels are uint16), got {bits!r}")
         readout = data.get("readout_time", defaults.readout_time)
-        if not _is_number(readout) or not 0 <= readout <= 10:
+        if not is_number(readout) or not 0 <= readout <= 10:
             raise ValueError(f"readout_time: must be a number of seconds 0..10, got {readout!r}")
         max_exposure = data.get("max_exposure", defaults.max_exposure)
-        if not _is_number(max_exposure) or not MIN_EXPOSURE <= max_exposure <= 3600:
+        if not is_number(max_exposure) or not MIN_EXPOSURE <= max_exposure <= 3600:
             raise ValueError(
                 f"max_exposure: must be a number of seconds {MIN_EXPOSURE:g}..3600, "
                 f"got {max_exposure!r}"
             )
-        seed = data.get("seed")
-        if seed is not None and (not _is_int(seed) or seed < 0):
-            raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
+        seed = optional_seed(data)
         return cls(width, height, bits, float(readout), float(max_exposure), seed)
 
 
@@ -204,7 +173,7 @@ class _Completed:
 
 
 # --------------------------------------------------------------------- camera
-class CameraController:
+class CameraController(WithoutFaults, PhysicsController):
     """A virtual camera speaking the protocol of ``docs/protocol-camera.md``.
 
     ``config``: ``{"width": 512, "height": 512, "bits": 16, "readout_time":
@@ -214,19 +183,9 @@ class CameraController:
     """
 
     kind = "camera"
-    fault_kinds: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        clock: Callable[[], float] = time.monotonic,
-        physics: BeamlinePhysics | None = None,
-    ):
-        self.name = name
+    def _configure(self, config: Mapping[str, Any]) -> None:
         self.config = CameraConfig.from_dict(config)
-        self._clock = clock
-        self.physics = physics if physics is not None else BeamlinePhysics()
         cfg = self.config
         self.renderer = FrameRenderer(
             cfg.width, cfg.height, cfg.bits, np.random.default_rng(cfg.seed)
@@ -241,19 +200,19 @@ class CameraController:
         self._goal: int | None = None  # frames to acquire; None: until STOP
         self._completed: _Completed | None = None
         self._rendered: tuple[int, bytes] | None = None  # (counter, FRAME? reply)
-        self._commands: dict[str, Callable[[list[str]], str | bytes]] = {
-            "?ID": self._cmd_id,
-            "?SIZE": self._cmd_size,
-            "EXPOSURE": self._cmd_exposure,
-            "?EXPOSURE": self._cmd_query_exposure,
-            "MODE": self._cmd_mode,
-            "?MODE": self._cmd_query_mode,
-            "FRAMES": self._cmd_frames,
-            "?FRAMES": self._cmd_query_frames,
-            "START": self._cmd_start,
-            "STOP": self._cmd_stop,
-            "?STATUS": self._cmd_status,
-            "FRAME?": self._cmd_frame,
+        self._commands: dict[str, Command] = {
+            "?ID": Command(self._cmd_id),
+            "?SIZE": Command(self._cmd_size),
+            "EXPOSURE": Command(self._cmd_exposure),
+            "?EXPOSURE": Command(self._cmd_query_exposure),
+            "MODE": Command(self._cmd_mode),
+            "?MODE": Command(self._cmd_query_mode),
+            "FRAMES": Command(self._cmd_frames),
+            "?FRAMES": Command(self._cmd_query_frames),
+            "START": Command(self._ok_action(self.start)),
+            "STOP": Command(self._ok_action(self.stop)),
+            "?STATUS": Command(self._cmd_status),
+            "FRAME?": Command(self._cmd_frame),
         }
 
     # ------------------------------------------------------------ acquisition
@@ -313,38 +272,6 @@ class CameraController:
             raise CameraError(E_BUSY, "busy: acquiring; STOP first")
 
     # ------------------------------------------------------------ public API
-    def handle_line(self, line: str) -> str | bytes:
-        """Answer one request line (without its terminator). Text replies have
-        no terminator; the ``FRAME?`` reply is ``bytes``, sent as they are. A
-        blank line gets no reply: returns ``""``."""
-        line = line.strip()
-        if not line:
-            return ""
-        command, *args = line.split()
-        command = command.upper()
-        try:
-            if len(line) > MAX_LINE:
-                raise CameraError(
-                    E_BAD_ARGUMENT, f"bad argument: line longer than {MAX_LINE} characters"
-                )
-            handler = self._commands.get(command)
-            if handler is None:
-                raise CameraError(E_UNKNOWN_COMMAND, "unknown command")
-            reply = handler(args)
-            return reply if isinstance(reply, bytes) else f"{command} {reply}"
-        except CameraError as exc:
-            return f"{command} ERROR {exc.code} {exc.message}"
-
-    def inject_fault(self, kind: str, request: Mapping[str, Any]) -> str:
-        """The camera has no fault of its own: only the link faults apply."""
-        raise ValueError(f"unknown fault kind {kind!r} for {self.name}: it has no fault kinds")
-
-    def clear_faults(self) -> None:
-        """Nothing to clear (no fault kinds of its own)."""
-
-    def active_faults(self) -> list[str]:
-        return []
-
     def status(self) -> dict[str, Any]:
         """Acquisition settings and state, for the control port."""
         self.update()
@@ -358,35 +285,26 @@ class CameraController:
 
     # --------------------------------------------------------------- commands
     def _cmd_id(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return f"CAM-{self.config.width}x{self.config.height} {FIRMWARE_VERSION}"
 
     def _cmd_size(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         cfg = self.config
         return f"{cfg.width} {cfg.height} {cfg.bits}"
 
     def _cmd_exposure(self, args: list[str]) -> str:
-        text = _one_arg(args, "seconds")
-        if not _DECIMAL_RE.fullmatch(text) or not math.isfinite(float(text)):
-            raise CameraError(E_BAD_ARGUMENT, f"bad argument: not a decimal number: {text}")
-        value = round(float(text), 6)
-        limit = self.config.max_exposure
-        if not MIN_EXPOSURE <= value <= limit:
-            raise CameraError(
-                E_BAD_ARGUMENT,
-                f"bad argument: exposure must be {MIN_EXPOSURE:g}..{limit:g} s, got {text}",
-            )
+        value = seconds_arg(args, "exposure", MIN_EXPOSURE, self.config.max_exposure)
         self._check_idle()
         self.exposure = value
         return "OK"
 
     def _cmd_query_exposure(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return format_seconds(self.exposure)
 
     def _cmd_mode(self, args: list[str]) -> str:
-        text = _one_arg(args, " or ".join(MODES)).upper()
+        text = one_arg(args, " or ".join(MODES)).upper()
         if text not in MODES:
             raise CameraError(
                 E_BAD_ARGUMENT, f"bad argument: mode must be {', '.join(MODES)}, got {text}"
@@ -396,11 +314,11 @@ class CameraController:
         return "OK"
 
     def _cmd_query_mode(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return self.mode
 
     def _cmd_frames(self, args: list[str]) -> str:
-        text = _one_arg(args, "a number of frames")
+        text = one_arg(args, "a number of frames")
         if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_FRAMES:
             raise CameraError(
                 E_BAD_ARGUMENT,
@@ -411,24 +329,14 @@ class CameraController:
         return "OK"
 
     def _cmd_query_frames(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return str(self.frames)
 
-    def _cmd_start(self, args: list[str]) -> str:
-        _no_args(args)
-        self.start(self._clock())
-        return "OK"
-
-    def _cmd_stop(self, args: list[str]) -> str:
-        _no_args(args)
-        self.stop(self._clock())
-        return "OK"
-
     def _cmd_status(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         self.update()
         return f"{'ACQUIRING' if self.acquiring else 'IDLE'} {self.counter}"
 
     def _cmd_frame(self, args: list[str]) -> bytes:
-        _no_args(args)
+        no_args(args)
         return self.frame_reply()

@@ -43,6 +43,13 @@ from caproto import Beacon as _Beacon
 from caproto.asyncio.server import Context as _CaprotoContext
 from caproto.asyncio.utils import _TransportWrapper
 
+from tango_devices.simulators.common import (
+    check_fault_kind,
+    check_keys,
+    check_name,
+    entries,
+    optional_bool,
+)
 from tango_devices.simulators.physics import BeamlinePhysics
 from tango_devices.simulators.smc import _move_profile, _Profile, _stop_profile
 
@@ -77,21 +84,11 @@ VALVE_STATES = ("CLOSED", "OPEN", "MOVING", "STUCK")
 MIN_ACCL = 0.001
 MAX_ACCL = 10.0
 
-_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 # EPICS record-name characters, without '.', which separates the field name
 _PV_RE = re.compile(r"[A-Za-z0-9_:;<>\[\]-]+")
 
 
 # ================================================================= configuration
-def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed and not str(key).startswith("_"):
-            raise ValueError(
-                f"{where}{key}: unknown key; valid keys are {', '.join(allowed)} "
-                "(keys starting with '_' are comments)"
-            )
-
-
 def _number(where: str, data: Mapping[str, Any], key: str, default: float | None = None) -> float:
     if key not in data:
         if default is None:
@@ -146,7 +143,7 @@ class GaugeConfig:
     def from_dict(cls, data: Any, where: str) -> GaugeConfig:
         """Validate; ``ValueError`` names the key with the ``where`` prefix."""
         data = _section(where, data)
-        _check_keys(where, data, cls.KEYS)
+        check_keys(where, data, cls.KEYS)
         cfg = cls(
             pv=_pv(where, data),
             base_pressure=_positive(where, data, "base_pressure"),
@@ -181,13 +178,11 @@ class ValveConfig:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ValveConfig:
         data = _section(where, data)
-        _check_keys(where, data, cls.KEYS)
+        check_keys(where, data, cls.KEYS)
         travel = _positive(where, data, "travel_time")
         if travel > 60:
             raise ValueError(f"{where}travel_time: must be at most 60 s, got {travel:g}")
-        is_open = data.get("open", False)
-        if not isinstance(is_open, bool):
-            raise ValueError(f"{where}open: must be true or false, got {is_open!r}")
+        is_open = optional_bool(where, data, "open", False)
         return cls(_pv(where, data), travel, is_open)
 
 
@@ -225,13 +220,11 @@ class MotorConfig:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> MotorConfig:
         data = _section(where, data)
-        _check_keys(where, data, cls.KEYS)
+        check_keys(where, data, cls.KEYS)
         egu = data.get("egu", "")
         if not isinstance(egu, str) or len(egu) > 15:
             raise ValueError(f"{where}egu: must be a unit of at most 15 characters, got {egu!r}")
-        powered = data.get("powered", True)
-        if not isinstance(powered, bool):
-            raise ValueError(f"{where}powered: must be true or false, got {powered!r}")
+        powered = optional_bool(where, data, "powered", True)
         cfg = cls(
             pv=_pv(where, data),
             egu=egu,
@@ -461,18 +454,11 @@ class MotorRecordModel:
         self._now = now
         while self._profile is not None:
             profile = self._profile
-            limit = self.config.high_switch if profile.direction > 0 else self.config.low_switch
-            events = []
-            if profile.end_position is not None:
-                events.append((profile.end_time, 0, "end", profile.end_position))
-            t_limit = profile.crossing_time(limit)
-            if t_limit is not None:
-                events.append((t_limit, 1, "limit", float(limit)))
-            events = [e for e in events if e[0] <= now]
-            if not events:
+            event = profile.first_event(now, self.config.low_switch, self.config.high_switch)
+            if event is None:
                 self.dial = profile.position(now)
                 return
-            when, _, what, where = min(events)
+            when, what, where = event
             self.dial = where
             self._profile = None
             if what == "limit":
@@ -646,7 +632,7 @@ class IocController:
         self._clock = clock
         if not isinstance(config, Mapping):
             raise ValueError("must be an object with 'prefix', 'gauges', 'valves', 'motors'")
-        _check_keys("", config, self.KEYS)
+        check_keys("", config, self.KEYS)
         prefix = config.get("prefix", "")
         if not isinstance(prefix, str) or (prefix and not _PV_RE.fullmatch(prefix)):
             raise ValueError(
@@ -680,13 +666,8 @@ class IocController:
                 f'{key}: must be an object mapping names to devices, e.g. {{"x1": {{...}}}}'
             )
         out = {}
-        for name, entry in section.items():
-            if str(name).startswith("_"):
-                continue
-            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-                raise ValueError(
-                    f"{key}.{name}: a name starts with a letter, then letters, digits, '_' or '-'"
-                )
+        for name, entry in entries(section):
+            check_name(f"{key}.{name}", name)
             out[name] = parse(entry, f"{key}.{name}.")
         return out
 
@@ -740,6 +721,7 @@ class IocController:
         selector the fault hits every device of that type.
         """
         now = self.update()
+        check_fault_kind(self.name, kind, self.fault_kinds)
         if kind == "vacuum_leak":
             gauges = self._pick(kind, request, "gauge", self.gauges)
             for gauge in gauges:
@@ -750,15 +732,10 @@ class IocController:
             for valve in valves:
                 valve.set_stuck(True, now)
             return f"valve stuck: {', '.join(v.key for v in valves)} ignore commands"
-        if kind == "motor_problem":
-            motors = self._pick(kind, request, "motor", self.motors)
-            for motor in motors:
-                motor.set_problem(True, now)
-            return f"motor problem (MSTA 0x200) on {', '.join(m.key for m in motors)}"
-        raise ValueError(
-            f"unknown fault kind {kind!r} for {self.name}: valid kinds are "
-            + ", ".join(self.fault_kinds)
-        )
+        motors = self._pick(kind, request, "motor", self.motors)  # motor_problem
+        for motor in motors:
+            motor.set_problem(True, now)
+        return f"motor problem (MSTA 0x200) on {', '.join(m.key for m in motors)}"
 
     def clear_faults(self) -> None:
         """End every leak (the gauges pump down), free the valves, clear the problems."""

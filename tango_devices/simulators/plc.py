@@ -18,58 +18,47 @@ a FAULT once a motion has not completed within twice the travel time.
 
 from __future__ import annotations
 
-import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tango_devices.simulators.physics import INPUTS, BeamlinePhysics
+# Re-exported: the codes and line limit every protocol shares, under this module too.
+from tango_devices.simulators.common import E_BAD_ARGUMENT as E_BAD_ARGUMENT
+from tango_devices.simulators.common import E_UNKNOWN_COMMAND as E_UNKNOWN_COMMAND
+from tango_devices.simulators.common import MAX_LINE as MAX_LINE
+from tango_devices.simulators.common import (
+    Command,
+    CommandError,
+    PhysicsController,
+    check_fault_kind,
+    check_keys,
+    check_name,
+    entries,
+    is_number,
+    no_args,
+    non_empty_string,
+    optional_bool,
+    printable,
+    seconds_between,
+)
+from tango_devices.simulators.physics import INPUTS
 
 FIRMWARE_VERSION = "1.0"
-MAX_LINE = 128
 MIN_TRAVEL_TIME = 0.001
 MAX_TRAVEL_TIME = 60.0
 WATCHDOG_FACTOR = 2.0  # a motion not done within this many travel times is a fault
 _ARRIVED = 1e-9  # travel fraction left that counts as arrived (clock rounding)
 
-# Error codes (docs/protocol-plc.md).
-E_UNKNOWN_COMMAND = 1
-E_BAD_ARGUMENT = 2
+# Error codes (docs/protocol-plc.md; E_UNKNOWN_COMMAND = 1 and E_BAD_ARGUMENT = 2 are common).
 E_NO_SUCH_SHUTTER = 3
 E_FAULT = 7
 E_INTERLOCK = 8
 
 OPEN, CLOSED, MOVING, FAULT = "OPEN", "CLOSED", "MOVING", "FAULT"
 
-_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
-
-class PlcError(Exception):
+class PlcError(CommandError):
     """A request the PLC refuses: becomes ``ERROR <code> <message>``."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"{message} (error {code})")
-        self.code = code
-        self.message = message
-
-
-def _printable(text: str) -> str:
-    """Keep a reply on one ASCII line whatever text was configured or injected."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed and not str(key).startswith("_"):
-            raise ValueError(
-                f"{where}{key}: unknown key; valid keys are {', '.join(allowed)} "
-                "(keys starting with '_' are comments)"
-            )
 
 
 # --------------------------------------------------------------- configuration
@@ -91,25 +80,22 @@ class InterlockConfig:
                 f"{where.rstrip('.')}: must be an object such as "
                 '{"name": "vacuum", "input": "pressure", "above": 1e-5, "text": "..."}'
             )
-        _check_keys(where, data, keys)
+        check_keys(where, data, keys)
         for key in ("name", "input", "above"):
             if key not in data:
                 raise ValueError(f"{where}{key}: missing (required)")
-        name = data["name"]
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}name: must be a non-empty string, got {name!r}")
+        name = non_empty_string(where, "name", data["name"])
         quantity = data["input"]
         if quantity not in INPUTS:
             raise ValueError(
                 f"{where}input: must be a physics quantity ({', '.join(INPUTS)}), got {quantity!r}"
             )
         above = data["above"]
-        if not _is_number(above):
+        if not is_number(above):
             raise ValueError(f"{where}above: must be a number, got {above!r}")
-        text = data.get("text", f"{name} interlock: {quantity} above {above:g}")
-        if not isinstance(text, str) or not text:
-            raise ValueError(f"{where}text: must be a non-empty string, got {text!r}")
-        return cls(name, quantity, float(above), _printable(text))
+        default_text = f"{name} interlock: {quantity} above {above:g}"
+        text = non_empty_string(where, "text", data.get("text", default_text))
+        return cls(name, quantity, float(above), printable(text))
 
 
 # --------------------------------------------------------------------- physics
@@ -193,18 +179,7 @@ class Shutter:
 
 
 # -------------------------------------------------------------------- protocol
-@dataclass(frozen=True)
-class _Command:
-    handler: Callable[..., str]
-    shutter: bool  # a shutter command (needs ``name:``) or a PLC command
-
-
-def _no_args(args: list[str]) -> None:
-    if args:
-        raise PlcError(E_BAD_ARGUMENT, f"bad argument: takes no argument, got {' '.join(args)}")
-
-
-class PlcController:
+class PlcController(PhysicsController):
     """A virtual shutter PLC speaking the ASCII protocol of ``docs/protocol-plc.md``.
 
     ``config``: ``{"shutters": {"fe": {"travel_time": 0.3, "open": false}},
@@ -216,33 +191,26 @@ class PlcController:
 
     kind = "plc"
     fault_kinds = ("interlock", "stuck")
+    addressed = True  # ``name:COMMAND``: a shutter command, or a PLC command without ``name:``
+    printable_errors = True
 
-    def __init__(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        clock: Callable[[], float] = time.monotonic,
-        physics: BeamlinePhysics | None = None,
-    ):
-        self.name = name
-        self._clock = clock
-        self.physics = physics if physics is not None else BeamlinePhysics()
+    def _configure(self, config: Mapping[str, Any]) -> None:
         if not isinstance(config, Mapping):
             raise ValueError("must be an object with a 'shutters' object")
-        _check_keys("", config, ("kind", "port", "shutters", "interlocks"))
-        self.shutters = self._build_shutters(config.get("shutters"), clock())
+        check_keys("", config, ("kind", "port", "shutters", "interlocks"))
+        self.shutters = self._build_shutters(config.get("shutters"), self._clock())
         self.interlocks = self._build_interlocks(config.get("interlocks", []))
         self.manual_interlock: str | None = None
         self._evaluating = False
-        self._commands: dict[str, _Command] = {
-            "?ID": _Command(self._cmd_id, shutter=False),
-            "?SHUTTERS": _Command(self._cmd_shutters, shutter=False),
-            "?STATE": _Command(self._cmd_state, shutter=True),
-            "?ILK": _Command(self._cmd_ilk, shutter=True),
-            "?FAULT": _Command(self._cmd_fault, shutter=True),
-            "OPEN": _Command(self._cmd_open, shutter=True),
-            "CLOSE": _Command(self._cmd_close, shutter=True),
-            "RESET": _Command(self._cmd_reset, shutter=True),
+        self._commands: dict[str, Command] = {
+            "?ID": Command(self._cmd_id),
+            "?SHUTTERS": Command(self._cmd_shutters),
+            "?STATE": Command(self._cmd_state, addressed=True),
+            "?ILK": Command(self._cmd_ilk, addressed=True),
+            "?FAULT": Command(self._cmd_fault, addressed=True),
+            "OPEN": Command(self._cmd_open, addressed=True),
+            "CLOSE": Command(self._cmd_close, addressed=True),
+            "RESET": Command(self._cmd_reset, addressed=True),
         }
         self._register_sources()
 
@@ -253,32 +221,21 @@ class PlcController:
                 'shutters: must be a non-empty object such as {"fe": {"travel_time": 0.3}}'
             )
         shutters = {}
-        for name, spec in config.items():
-            if str(name).startswith("_"):
-                continue
+        for name, spec in entries(config):
             where = f"shutters.{name}."
-            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-                raise ValueError(
-                    f"shutters.{name}: a name starts with a letter, then letters, digits, "
-                    "'_' or '-'"
-                )
+            check_name(f"shutters.{name}", name)
             if not isinstance(spec, Mapping):
                 raise ValueError(
                     f"shutters.{name}: must be an object such as {{'travel_time': 0.3}}"
                 )
-            _check_keys(where, spec, ("travel_time", "open"))
+            check_keys(where, spec, ("travel_time", "open"))
             if "travel_time" not in spec:
                 raise ValueError(f"{where}travel_time: missing (required, seconds)")
-            travel = spec["travel_time"]
-            if not _is_number(travel) or not MIN_TRAVEL_TIME <= travel <= MAX_TRAVEL_TIME:
-                raise ValueError(
-                    f"{where}travel_time: must be a number of seconds between "
-                    f"{MIN_TRAVEL_TIME:g} and {MAX_TRAVEL_TIME:g}, got {travel!r}"
-                )
-            is_open = spec.get("open", False)
-            if not isinstance(is_open, bool):
-                raise ValueError(f"{where}open: must be true or false, got {is_open!r}")
-            shutters[name] = Shutter(name, float(travel), is_open, now)
+            travel = seconds_between(
+                where, "travel_time", spec["travel_time"], MIN_TRAVEL_TIME, MAX_TRAVEL_TIME
+            )
+            is_open = optional_bool(where, spec, "open", False)
+            shutters[name] = Shutter(name, travel, is_open, now)
         if not shutters:
             raise ValueError("shutters: must define at least one shutter")
         return shutters
@@ -334,33 +291,6 @@ class PlcController:
                 texts.append(ilk.text)
         return texts
 
-    def handle_line(self, line: str) -> str:
-        """Answer one request line (without its terminator); the reply has no
-        terminator either. A blank line gets no reply: returns ``""``."""
-        line = line.strip()
-        if not line:
-            return ""
-        head, *args = line.split()
-        shutter_name, sep, command = head.rpartition(":")
-        command = command.upper()
-        echo = f"{shutter_name}{sep}{command}"
-        try:
-            if len(line) > MAX_LINE:
-                raise PlcError(
-                    E_BAD_ARGUMENT, f"bad argument: line longer than {MAX_LINE} characters"
-                )
-            spec = self._commands.get(command)
-            if spec is None:
-                raise PlcError(E_UNKNOWN_COMMAND, "unknown command")
-            now = self.update()
-            if spec.shutter:
-                return f"{echo} {spec.handler(self._shutter(shutter_name, sep), args, now)}"
-            if sep:
-                raise PlcError(E_NO_SUCH_SHUTTER, f"no such shutter: {command} is a PLC command")
-            return f"{echo} {spec.handler(args)}"
-        except PlcError as exc:
-            return f"{echo} ERROR {exc.code} {_printable(exc.message)}"
-
     def shutter(self, name: str) -> Shutter:
         """The shutter ``name``, updated to now; ``ValueError`` names the valid ones."""
         if name not in self.shutters:
@@ -378,16 +308,12 @@ class PlcController:
         ``stuck`` (``shutter``, optional with a single shutter): the shutter
         stops moving until ``clear``; a motion then ends in FAULT.
         """
-        if kind not in self.fault_kinds:
-            raise ValueError(
-                f"unknown fault kind {kind!r} for {self.name}: valid kinds are "
-                + ", ".join(self.fault_kinds)
-            )
+        check_fault_kind(self.name, kind, self.fault_kinds)
         if kind == "interlock":
             text = request.get("text", "manual interlock (injected)")
             if not isinstance(text, str) or not text:
                 raise ValueError(f"fault interlock: 'text' must be a string, got {text!r}")
-            self.manual_interlock = _printable(text)
+            self.manual_interlock = printable(text)
             self.update()
             return f"interlock active: {self.manual_interlock}"
         name = request.get("shutter")
@@ -438,39 +364,45 @@ class PlcController:
         }
 
     # --------------------------------------------------------------- commands
-    def _shutter(self, text: str, sep: str) -> Shutter:
+    def _advance(self) -> float:
+        return self.update()
+
+    def _target(self, address: str, sep: str) -> Shutter:
         if not sep:
             raise PlcError(
                 E_NO_SUCH_SHUTTER, "no such shutter: shutter name required (name:command)"
             )
-        if text not in self.shutters:
+        if address not in self.shutters:
             raise PlcError(
                 E_NO_SUCH_SHUTTER, f"no such shutter: valid shutters are {' '.join(self.shutters)}"
             )
-        return self.shutters[text]
+        return self.shutters[address]
+
+    def _unaddressable(self, command: str) -> PlcError:
+        return PlcError(E_NO_SUCH_SHUTTER, f"no such shutter: {command} is a PLC command")
 
     def _cmd_id(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return f"PLC-{len(self.shutters)} {FIRMWARE_VERSION}"
 
     def _cmd_shutters(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return " ".join(self.shutters)
 
     def _cmd_state(self, shutter: Shutter, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return f"{shutter.state} {1 if self.active_interlocks() else 0}"
 
     def _cmd_ilk(self, shutter: Shutter, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return "; ".join(self.active_interlocks()) or "NONE"
 
     def _cmd_fault(self, shutter: Shutter, args: list[str], now: float) -> str:
-        _no_args(args)
-        return "NONE" if shutter.fault_text is None else _printable(shutter.fault_text)
+        no_args(args)
+        return "NONE" if shutter.fault_text is None else printable(shutter.fault_text)
 
     def _cmd_open(self, shutter: Shutter, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         if shutter.fault_text is not None:
             raise PlcError(E_FAULT, f"shutter fault: {shutter.fault_text}; RESET first")
         active = self.active_interlocks()
@@ -480,11 +412,11 @@ class PlcController:
         return "OK"
 
     def _cmd_close(self, shutter: Shutter, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         shutter.command(False, now)
         return "OK"
 
     def _cmd_reset(self, shutter: Shutter, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         shutter.reset(now)
         return "OK"

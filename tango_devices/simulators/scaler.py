@@ -17,62 +17,42 @@ tests use a fake clock (they drive the sampling with requests).
 from __future__ import annotations
 
 import asyncio
-import math
-import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+# Re-exported: the codes and line limit every protocol shares, under this module too.
+from tango_devices.simulators.common import E_BAD_ARGUMENT as E_BAD_ARGUMENT
+from tango_devices.simulators.common import E_UNKNOWN_COMMAND as E_UNKNOWN_COMMAND
+from tango_devices.simulators.common import MAX_LINE as MAX_LINE
+from tango_devices.simulators.common import (
+    Command,
+    CommandError,
+    PhysicsController,
+    WithoutFaults,
+    check_keys,
+    format_seconds,
+    is_number,
+    no_args,
+    numbered,
+    optional_seed,
+    seconds_arg,
+)
 from tango_devices.simulators.physics import BeamlinePhysics
 
 FIRMWARE_VERSION = "1.0"
-MAX_LINE = 128
 MIN_PRESET = 0.001
 DEFAULT_MAX_PRESET = 3600.0
 SAMPLE_PERIOD = 0.01  # s, rate sampling while counting (inside an event loop)
 MAX_MEAN = 1e15  # beyond this mean the count is the mean itself (noise < 1e-7)
 
-# Error codes (docs/protocol-scaler.md).
-E_UNKNOWN_COMMAND = 1
-E_BAD_ARGUMENT = 2
+# Error codes (docs/protocol-scaler.md; E_UNKNOWN_COMMAND = 1 and E_BAD_ARGUMENT = 2 are common).
 E_BUSY = 5
 
-_DECIMAL_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
-
-class ScalerError(Exception):
+class ScalerError(CommandError):
     """A request the scaler refuses: becomes ``ERROR <code> <message>``."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"{message} (error {code})")
-        self.code = code
-        self.message = message
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed and not str(key).startswith("_"):
-            raise ValueError(
-                f"{where}{key}: unknown key; valid keys are {', '.join(allowed)} "
-                "(keys starting with '_' are comments)"
-            )
-
-
-def _no_args(args: list[str]) -> None:
-    if args:
-        raise ScalerError(E_BAD_ARGUMENT, f"bad argument: takes no argument, got {' '.join(args)}")
-
-
-def format_seconds(seconds: float) -> str:
-    """Seconds as the protocol writes them: fixed point, at most 6 decimals."""
-    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
-    return text or "0"
 
 
 def _signals() -> tuple[str, ...]:
@@ -80,7 +60,7 @@ def _signals() -> tuple[str, ...]:
     return tuple(BeamlinePhysics().rates())
 
 
-class ScalerController:
+class ScalerController(WithoutFaults, PhysicsController):
     """A virtual counter-timer speaking the protocol of ``docs/protocol-scaler.md``.
 
     ``config``: ``{"channels": {"1": "i0", "2": "diode"}, "max_preset": 3600}``
@@ -90,27 +70,14 @@ class ScalerController:
     """
 
     kind = "scaler"
-    fault_kinds: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        name: str,
-        config: Mapping[str, Any],
-        clock: Callable[[], float] = time.monotonic,
-        physics: BeamlinePhysics | None = None,
-    ):
-        self.name = name
-        self._clock = clock
-        self.physics = physics if physics is not None else BeamlinePhysics()
+    def _configure(self, config: Mapping[str, Any]) -> None:
         if not isinstance(config, Mapping):
             raise ValueError("must be an object with a 'channels' object")
-        _check_keys("", config, ("kind", "port", "channels", "max_preset", "seed"))
+        check_keys("", config, ("kind", "port", "channels", "max_preset", "seed"))
         self.signals = self._build_channels(config.get("channels"))
         self.max_preset = self._max_preset(config.get("max_preset", DEFAULT_MAX_PRESET))
-        seed = config.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(optional_seed(config))
         self.preset = 1.0
         self.counts = [0] * len(self.signals)
         self.counting = False
@@ -119,16 +86,16 @@ class ScalerController:
         self._sampled_at = 0.0
         self._rates = [0.0] * len(self.signals)
         self._tick: asyncio.TimerHandle | None = None
-        self._commands: dict[str, Callable[[list[str]], str]] = {
-            "?ID": self._cmd_id,
-            "?CHANNELS": self._cmd_channels,
-            "PRESET": self._cmd_preset,
-            "?PRESET": self._cmd_query_preset,
-            "START": self._cmd_start,
-            "STOP": self._cmd_stop,
-            "CLEAR": self._cmd_clear,
-            "?STATUS": self._cmd_status,
-            "?COUNTS": self._cmd_counts,
+        self._commands: dict[str, Command] = {
+            "?ID": Command(self._cmd_id),
+            "?CHANNELS": Command(self._cmd_channels),
+            "PRESET": Command(self._cmd_preset),
+            "?PRESET": Command(self._cmd_query_preset),
+            "START": Command(self._ok_action(self.start)),
+            "STOP": Command(self._ok_action(self.stop)),
+            "CLEAR": Command(self._ok_action(self.clear)),
+            "?STATUS": Command(self._cmd_status),
+            "?COUNTS": Command(self._cmd_counts),
         }
 
     @staticmethod
@@ -138,33 +105,18 @@ class ScalerController:
                 'channels: must be a non-empty object such as {"1": "i0", "2": "diode"}'
             )
         valid = _signals()
-        numbers = {}
-        for key, signal in config.items():
-            if str(key).startswith("_"):
-                continue
-            if (
-                not (
-                    isinstance(key, str)
-                    and key.isascii()
-                    and key.isdigit()
-                    and key == str(int(key))
-                )
-                or int(key) < 1
-            ):
-                raise ValueError(f"channels.{key}: channel numbers must be 1, 2, 3, ...")
+
+        def check_signal(key: str, signal: Any) -> None:
             if signal not in valid:
                 raise ValueError(
                     f"channels.{key}: must be a physics signal ({', '.join(valid)}), got {signal!r}"
                 )
-            numbers[int(key)] = signal
-        if sorted(numbers) != list(range(1, len(numbers) + 1)):
-            got = ", ".join(str(n) for n in sorted(numbers))
-            raise ValueError(f"channels: channels must be numbered 1..N without gaps, got {got}")
-        return [numbers[n] for n in sorted(numbers)]
+
+        return list(numbered("channels", config, "channel", check_signal).values())
 
     @staticmethod
     def _max_preset(value: Any) -> float:
-        if not _is_number(value) or not MIN_PRESET <= value <= 1e6:
+        if not is_number(value) or not MIN_PRESET <= value <= 1e6:
             raise ValueError(
                 f"max_preset: must be a number of seconds between {MIN_PRESET:g} and 1e6, "
                 f"got {value!r}"
@@ -254,36 +206,6 @@ class ScalerController:
             self._schedule_sampling()
 
     # ------------------------------------------------------------ public API
-    def handle_line(self, line: str) -> str:
-        """Answer one request line (without its terminator); the reply has no
-        terminator either. A blank line gets no reply: returns ``""``."""
-        line = line.strip()
-        if not line:
-            return ""
-        command, *args = line.split()
-        command = command.upper()
-        try:
-            if len(line) > MAX_LINE:
-                raise ScalerError(
-                    E_BAD_ARGUMENT, f"bad argument: line longer than {MAX_LINE} characters"
-                )
-            handler = self._commands.get(command)
-            if handler is None:
-                raise ScalerError(E_UNKNOWN_COMMAND, "unknown command")
-            return f"{command} {handler(args)}"
-        except ScalerError as exc:
-            return f"{command} ERROR {exc.code} {exc.message}"
-
-    def inject_fault(self, kind: str, request: Mapping[str, Any]) -> str:
-        """The scaler has no fault of its own: only the link faults apply."""
-        raise ValueError(f"unknown fault kind {kind!r} for {self.name}: it has no fault kinds")
-
-    def clear_faults(self) -> None:
-        """Nothing to clear (no fault kinds of its own)."""
-
-    def active_faults(self) -> list[str]:
-        return []
-
     def status(self) -> dict[str, Any]:
         """Counting state, elapsed time and counts per channel."""
         now = self.update()
@@ -299,26 +221,15 @@ class ScalerController:
 
     # --------------------------------------------------------------- commands
     def _cmd_id(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return f"SCALER-{len(self.signals)} {FIRMWARE_VERSION}"
 
     def _cmd_channels(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return str(len(self.signals))
 
     def _cmd_preset(self, args: list[str]) -> str:
-        if len(args) != 1:
-            got = "nothing" if not args else " ".join(args)
-            raise ScalerError(E_BAD_ARGUMENT, f"bad argument: expected seconds, got {got}")
-        text = args[0]
-        if not _DECIMAL_RE.fullmatch(text) or not math.isfinite(float(text)):
-            raise ScalerError(E_BAD_ARGUMENT, f"bad argument: not a decimal number: {text}")
-        value = round(float(text), 6)
-        if not MIN_PRESET <= value <= self.max_preset:
-            raise ScalerError(
-                E_BAD_ARGUMENT,
-                f"bad argument: preset must be {MIN_PRESET:g}..{self.max_preset:g} s, got {text}",
-            )
+        value = seconds_arg(args, "preset", MIN_PRESET, self.max_preset)
         self.update()
         if self.counting:
             raise ScalerError(E_BUSY, "busy: counting; STOP first")
@@ -326,30 +237,15 @@ class ScalerController:
         return "OK"
 
     def _cmd_query_preset(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return format_seconds(self.preset)
 
-    def _cmd_start(self, args: list[str]) -> str:
-        _no_args(args)
-        self.start(self._clock())
-        return "OK"
-
-    def _cmd_stop(self, args: list[str]) -> str:
-        _no_args(args)
-        self.stop(self._clock())
-        return "OK"
-
-    def _cmd_clear(self, args: list[str]) -> str:
-        _no_args(args)
-        self.clear(self._clock())
-        return "OK"
-
     def _cmd_status(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         now = self.update()
         return f"{'COUNTING' if self.counting else 'IDLE'} {self.elapsed(now):.6f}"
 
     def _cmd_counts(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         self.update()
         return " ".join(str(c) for c in self.counts)

@@ -26,8 +26,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tango_devices.simulators.common import (
+    E_BAD_ARGUMENT,
+    Command,
+    CommandError,
+    LineProtocol,
+    check_fault_kind,
+    check_keys,
+    decimal_arg,
+    is_int,
+    no_args,
+    non_empty_string,
+    numbered,
+    one_arg,
+    optional_bool,
+    printable,
+    seconds_between,
+)
+
+# Re-exported: the codes and line limit every protocol shares, under this module too.
+from tango_devices.simulators.common import E_UNKNOWN_COMMAND as E_UNKNOWN_COMMAND
+from tango_devices.simulators.common import MAX_LINE as MAX_LINE
+
 FIRMWARE_VERSION = "1.0"
-MAX_LINE = 128
 MAX_STEPS = 2_000_000_000
 MIN_ACCELERATION_TIME = 0.001
 MAX_ACCELERATION_TIME = 10.0
@@ -43,9 +64,7 @@ HOMED = 0x040
 INTERLOCK = 0x080
 HOMING = 0x100
 
-# Error codes.
-E_UNKNOWN_COMMAND = 1
-E_BAD_ARGUMENT = 2
+# Error codes (E_UNKNOWN_COMMAND = 1 and E_BAD_ARGUMENT = 2 are every protocol's).
 E_NO_SUCH_AXIS = 3
 E_NOT_POWERED = 4
 E_BUSY = 5
@@ -54,13 +73,8 @@ E_FAULT = 7
 E_INTERLOCK = 8
 
 
-class SmcError(Exception):
+class SmcError(CommandError):
     """A request the controller refuses: becomes ``ERROR <code> <message>``."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"{message} (error {code})")
-        self.code = code
-        self.message = message
 
 
 def _floor_round(x: float) -> int:
@@ -82,19 +96,6 @@ AXIS_KEYS = (
     "powered",
 )
 _OPTIONAL_AXIS_KEYS = ("label", "powered")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed and not str(key).startswith("_"):
-            raise ValueError(
-                f"{where}{key}: unknown key; valid keys are {', '.join(allowed)} "
-                "(keys starting with '_' are comments)"
-            )
 
 
 @dataclass(frozen=True)
@@ -122,36 +123,30 @@ class AxisConfig:
             raise ValueError(
                 f"{where.rstrip('.')}: must be an object with keys {', '.join(AXIS_KEYS)}"
             )
-        _check_keys(where, data, AXIS_KEYS)
+        check_keys(where, data, AXIS_KEYS)
         for key in AXIS_KEYS:
             if key not in data and key not in _OPTIONAL_AXIS_KEYS:
                 raise ValueError(f"{where}{key}: missing (required)")
 
         def integer(key: str, positive: bool = False) -> int:
             value = data[key]
-            if not _is_int(value) or (positive and value <= 0):
+            if not is_int(value) or (positive and value <= 0):
                 kind = "a positive integer" if positive else "an integer"
                 raise ValueError(f"{where}{key}: must be {kind}, got {value!r}")
             if abs(value) > MAX_STEPS:
                 raise ValueError(f"{where}{key}: must be within +-{MAX_STEPS}, got {value}")
             return value
 
-        label = data.get("label", f"axis {where.rstrip('.').rsplit('.', 1)[-1]}")
-        if not isinstance(label, str) or not label:
-            raise ValueError(f"{where}label: must be a non-empty string, got {label!r}")
-        powered = data.get("powered", True)
-        if not isinstance(powered, bool):
-            raise ValueError(f"{where}powered: must be true or false, got {powered!r}")
-        acct = data["acceleration_time"]
-        if (
-            not isinstance(acct, int | float)
-            or isinstance(acct, bool)
-            or not MIN_ACCELERATION_TIME <= acct <= MAX_ACCELERATION_TIME
-        ):
-            raise ValueError(
-                f"{where}acceleration_time: must be a number of seconds between "
-                f"{MIN_ACCELERATION_TIME:g} and {MAX_ACCELERATION_TIME:g}, got {acct!r}"
-            )
+        default_label = f"axis {where.rstrip('.').rsplit('.', 1)[-1]}"
+        label = non_empty_string(where, "label", data.get("label", default_label))
+        powered = optional_bool(where, data, "powered", True)
+        acct = seconds_between(
+            where,
+            "acceleration_time",
+            data["acceleration_time"],
+            MIN_ACCELERATION_TIME,
+            MAX_ACCELERATION_TIME,
+        )
         cfg = cls(
             label=label,
             position=integer("position"),
@@ -161,7 +156,7 @@ class AxisConfig:
             home_position=integer("home_position"),
             velocity=integer("velocity", positive=True),
             max_velocity=integer("max_velocity", positive=True),
-            acceleration_time=float(acct),
+            acceleration_time=acct,
             powered=powered,
         )
         if cfg.low_switch >= cfg.high_switch:
@@ -269,6 +264,32 @@ class _Profile:
         if self.end_position is not None and s * (x - self.end_position) <= 0:
             return self.end_time
         return None
+
+    def first_event(
+        self, now: float, low_switch: float, high_switch: float, home_switch: float | None = None
+    ) -> tuple[float, str, float] | None:
+        """What ends this motion by ``now``, if anything: ``(when, what, where)``.
+
+        ``what`` is ``"end"`` (the profile's own end, a move's target), ``"home"``
+        (a home search reaching ``home_switch``) or ``"limit"`` (the switch in
+        the direction of motion); at the same instant in that order.
+        """
+        limit = high_switch if self.direction > 0 else low_switch
+        events: list[tuple[float, int, str, float]] = []  # (time, priority, what, where)
+        if self.end_position is not None:
+            events.append((self.end_time, 0, "end", self.end_position))
+        if home_switch is not None and self.kind == "home":
+            t_home = self.crossing_time(home_switch)
+            if t_home is not None:
+                events.append((t_home, 1, "home", float(home_switch)))
+        t_limit = self.crossing_time(limit)
+        if t_limit is not None:
+            events.append((t_limit, 2, "limit", float(limit)))
+        events = [e for e in events if e[0] <= now]
+        if not events:
+            return None
+        when, _, what, where = min(events)
+        return when, what, where
 
 
 def _move_profile(t0: float, p0: float, target: float, velocity: float, acct: float) -> _Profile:
@@ -380,22 +401,11 @@ class SmcAxis:
         if profile is None:
             return
         cfg = self.config
-        limit = cfg.high_switch if profile.direction > 0 else cfg.low_switch
-        events: list[tuple[float, int, str, float]] = []  # (time, priority, what, where)
-        if profile.end_position is not None:
-            events.append((profile.end_time, 0, "end", profile.end_position))
-        if profile.kind == "home":
-            t_home = profile.crossing_time(cfg.home_switch)
-            if t_home is not None:
-                events.append((t_home, 1, "home", float(cfg.home_switch)))
-        t_limit = profile.crossing_time(limit)
-        if t_limit is not None:
-            events.append((t_limit, 2, "limit", float(limit)))
-        events = [e for e in events if e[0] <= now]
-        if not events:
+        event = profile.first_event(now, cfg.low_switch, cfg.high_switch, cfg.home_switch)
+        if event is None:
             self.mechanical = profile.position(now)
             return
-        _, _, what, where = min(events)
+        _, what, where = event
         self.mechanical = where
         self._profile = None
         if what == "home":
@@ -522,20 +532,8 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _printable(text: str) -> str:
-    """Keep a reply on one ASCII line whatever text was injected."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
-
-
-def _one_arg(args: list[str], what: str) -> str:
-    if len(args) != 1:
-        got = "nothing" if not args else " ".join(args)
-        raise SmcError(E_BAD_ARGUMENT, f"bad argument: expected {what}, got {got}")
-    return args[0]
-
-
 def _int_arg(args: list[str]) -> int:
-    text = _one_arg(args, "an integer number of steps")
+    text = one_arg(args, "an integer number of steps")
     if not _INT_RE.fullmatch(text):
         raise SmcError(E_BAD_ARGUMENT, f"bad argument: not an integer: {text}")
     value = int(text)
@@ -544,18 +542,7 @@ def _int_arg(args: list[str]) -> int:
     return value
 
 
-def _no_args(args: list[str]) -> None:
-    if args:
-        raise SmcError(E_BAD_ARGUMENT, f"bad argument: takes no argument, got {' '.join(args)}")
-
-
-@dataclass(frozen=True)
-class _Command:
-    handler: Callable[..., str]
-    axis: bool  # an axis command (needs ``n:``) or a controller command
-
-
-class SmcController:
+class SmcController(LineProtocol):
     """A virtual multi-axis SMC controller speaking the ASCII protocol.
 
     ``config`` is the controller's configuration mapping: ``{"axes": {"1":
@@ -566,6 +553,8 @@ class SmcController:
 
     kind = "smc"
     fault_kinds = ("axis_fault", "interlock")
+    addressed = True  # ``n:COMMAND``: an axis command, or a controller command without ``n:``
+    printable_errors = True
 
     def __init__(
         self, name: str, config: Mapping[str, Any], clock: Callable[[], float] = time.monotonic
@@ -573,90 +562,45 @@ class SmcController:
         self.name = name
         self._clock = clock
         self.axes = self._build_axes(config, clock())
-        self._commands: dict[str, _Command] = {
-            "?ID": _Command(self._cmd_id, axis=False),
-            "?AXES": _Command(self._cmd_axes, axis=False),
-            "?POS": _Command(self._cmd_query_pos, axis=True),
-            "?STATUS": _Command(self._cmd_query_status, axis=True),
-            "?PS": _Command(self._cmd_query_ps, axis=True),
-            "?VEL": _Command(self._cmd_query_vel, axis=True),
-            "VEL": _Command(self._cmd_vel, axis=True),
-            "?ACCT": _Command(self._cmd_query_acct, axis=True),
-            "ACCT": _Command(self._cmd_acct, axis=True),
-            "MOVE": _Command(self._cmd_move, axis=True),
-            "STOP": _Command(self._cmd_stop, axis=True),
-            "HOME": _Command(self._cmd_home, axis=True),
-            "POS": _Command(self._cmd_pos, axis=True),
-            "POWER": _Command(self._cmd_power, axis=True),
-            "?POWER": _Command(self._cmd_query_power, axis=True),
-            "?FAULT": _Command(self._cmd_query_fault, axis=True),
-            "RESET": _Command(self._cmd_reset, axis=True),
+        self._commands: dict[str, Command] = {
+            "?ID": Command(self._cmd_id),
+            "?AXES": Command(self._cmd_axes),
+            "?POS": Command(self._cmd_query_pos, addressed=True),
+            "?STATUS": Command(self._cmd_query_status, addressed=True),
+            "?PS": Command(self._cmd_query_ps, addressed=True),
+            "?VEL": Command(self._cmd_query_vel, addressed=True),
+            "VEL": Command(self._cmd_vel, addressed=True),
+            "?ACCT": Command(self._cmd_query_acct, addressed=True),
+            "ACCT": Command(self._cmd_acct, addressed=True),
+            "MOVE": Command(self._cmd_move, addressed=True),
+            "STOP": Command(self._cmd_stop, addressed=True),
+            "HOME": Command(self._cmd_home, addressed=True),
+            "POS": Command(self._cmd_pos, addressed=True),
+            "POWER": Command(self._cmd_power, addressed=True),
+            "?POWER": Command(self._cmd_query_power, addressed=True),
+            "?FAULT": Command(self._cmd_query_fault, addressed=True),
+            "RESET": Command(self._cmd_reset, addressed=True),
         }
 
     @staticmethod
     def _build_axes(config: Mapping[str, Any], now: float) -> dict[int, SmcAxis]:
         if not isinstance(config, Mapping):
             raise ValueError("must be an object with an 'axes' object")
-        _check_keys("", config, ("kind", "port", "axes"))
+        check_keys("", config, ("kind", "port", "axes"))
         axes_cfg = config.get("axes")
         if not isinstance(axes_cfg, Mapping) or not axes_cfg:
             raise ValueError(
                 "axes: must be a non-empty object mapping axis numbers ('1', '2', ...) to axes"
             )
-        numbers = []
-        for key in axes_cfg:
-            if str(key).startswith("_"):
-                continue
-            if not (
-                isinstance(key, str)
-                and key.isascii()
-                and key.isdigit()
-                and int(key) >= 1
-                and key == str(int(key))
-            ):
-                raise ValueError(f"axes.{key}: axis numbers must be 1, 2, 3, ...")
-            numbers.append(int(key))
-        if sorted(numbers) != list(range(1, len(numbers) + 1)):
-            got = ", ".join(str(n) for n in sorted(numbers))
-            raise ValueError(f"axes: axes must be numbered 1..N without gaps, got {got}")
         return {
-            n: SmcAxis(n, AxisConfig.from_dict(axes_cfg[str(n)], f"axes.{n}."), now)
-            for n in sorted(numbers)
+            n: SmcAxis(n, AxisConfig.from_dict(axis_cfg, f"axes.{n}."), now)
+            for n, axis_cfg in numbered("axes", axes_cfg, "axis").items()
         }
 
     # ------------------------------------------------------------ public API
-    def handle_line(self, line: str) -> str:
-        """Answer one request line (without its terminator); the reply has no
-        terminator either. A blank line gets no reply: returns ``""``."""
-        line = line.strip()
-        if not line:
-            return ""
-        head, *args = line.split()
-        axis_text, sep, command = head.rpartition(":")
-        command = command.upper()
-        echo = f"{self._axis_echo(axis_text)}{sep}{command}"
-        try:
-            if len(line) > MAX_LINE:
-                raise SmcError(
-                    E_BAD_ARGUMENT, f"bad argument: line longer than {MAX_LINE} characters"
-                )
-            spec = self._commands.get(command)
-            if spec is None:
-                raise SmcError(E_UNKNOWN_COMMAND, "unknown command")
-            now = self._clock()
-            for axis in self.axes.values():
-                axis.update(now)
-            if spec.axis:
-                return f"{echo} {spec.handler(self._axis(axis_text, sep), args, now)}"
-            if sep:
-                raise SmcError(E_NO_SUCH_AXIS, f"no such axis: {command} is a controller command")
-            return f"{echo} {spec.handler(args)}"
-        except SmcError as exc:
-            return f"{echo} ERROR {exc.code} {_printable(exc.message)}"
-
     def axis(self, number: int) -> SmcAxis:
         """The axis ``number``, updated to now; ``ValueError`` names the valid axes."""
-        if not _is_int(number) or number not in self.axes:
+        if not is_int(number) or number not in self.axes:
             raise ValueError(
                 f"controller {self.name} has no axis {number!r}: valid axes are 1..{len(self.axes)}"
             )
@@ -666,7 +610,7 @@ class SmcController:
 
     def inject_axis_fault(self, axis: int, text: str) -> None:
         """Latch a fault on ``axis`` (stops it); it stays until ``n:RESET``."""
-        self.axis(axis).latch_fault(_printable(text) or "injected fault", self._clock())
+        self.axis(axis).latch_fault(printable(text) or "injected fault", self._clock())
 
     def set_interlock(self, axis: int, on: bool) -> None:
         """Drive the external interlock input of ``axis``."""
@@ -677,11 +621,7 @@ class SmcController:
 
         ``ValueError`` names the problem and the valid choices.
         """
-        if kind not in self.fault_kinds:
-            raise ValueError(
-                f"unknown fault kind {kind!r} for {self.name}: valid kinds are "
-                + ", ".join(self.fault_kinds)
-            )
+        check_fault_kind(self.name, kind, self.fault_kinds)
         if "axis" not in request:
             raise ValueError(f"fault {kind} needs an 'axis': valid axes are 1..{len(self.axes)}")
         number = request["axis"]
@@ -726,40 +666,48 @@ class SmcController:
         return {"axes": axes}
 
     # ---------------------------------------------------------------- parsing
-    @staticmethod
-    def _axis_echo(text: str) -> str:
-        return str(int(text)) if _is_number(text) else text
+    def _echo_address(self, address: str) -> str:
+        return str(int(address)) if _is_number(address) else address
 
-    def _axis(self, text: str, sep: str) -> SmcAxis:
+    def _advance(self) -> float:
+        now = self._clock()
+        for axis in self.axes.values():
+            axis.update(now)
+        return now
+
+    def _target(self, address: str, sep: str) -> SmcAxis:
         if not sep:
             raise SmcError(E_NO_SUCH_AXIS, "no such axis: axis number required (n:command)")
-        if not _is_number(text) or int(text) not in self.axes:
+        if not _is_number(address) or int(address) not in self.axes:
             raise SmcError(E_NO_SUCH_AXIS, "no such axis")
-        return self.axes[int(text)]
+        return self.axes[int(address)]
+
+    def _unaddressable(self, command: str) -> SmcError:
+        return SmcError(E_NO_SUCH_AXIS, f"no such axis: {command} is a controller command")
 
     # --------------------------------------------------------------- commands
     def _cmd_id(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return f"SMC-{len(self.axes)} {FIRMWARE_VERSION}"
 
     def _cmd_axes(self, args: list[str]) -> str:
-        _no_args(args)
+        no_args(args)
         return str(len(self.axes))
 
     def _cmd_query_pos(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return str(axis.position)
 
     def _cmd_query_status(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return f"0x{axis.status_word:04X}"
 
     def _cmd_query_ps(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return f"{axis.position} 0x{axis.status_word:04X}"
 
     def _cmd_query_vel(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return str(axis.velocity)
 
     def _cmd_vel(self, axis: SmcAxis, args: list[str], now: float) -> str:
@@ -767,13 +715,11 @@ class SmcController:
         return "OK"
 
     def _cmd_query_acct(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return f"{axis.acceleration_time:g}"
 
     def _cmd_acct(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        text = _one_arg(args, "a number of seconds")
-        if not _DECIMAL_RE.fullmatch(text):
-            raise SmcError(E_BAD_ARGUMENT, f"bad argument: not a decimal number: {text}")
+        text = decimal_arg(args, "a number of seconds", _DECIMAL_RE)
         axis.set_acceleration_time(float(text))
         return "OK"
 
@@ -782,12 +728,12 @@ class SmcController:
         return "OK"
 
     def _cmd_stop(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         axis.stop(now)
         return "OK"
 
     def _cmd_home(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        text = _one_arg(args, "a direction, +1 or -1")
+        text = one_arg(args, "a direction, +1 or -1")
         if text not in ("+1", "1", "-1"):
             raise SmcError(E_BAD_ARGUMENT, f"bad argument: direction must be +1 or -1, got {text}")
         axis.home(-1 if text == "-1" else 1, now)
@@ -798,21 +744,21 @@ class SmcController:
         return "OK"
 
     def _cmd_power(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        text = _one_arg(args, "ON or OFF").upper()
+        text = one_arg(args, "ON or OFF").upper()
         if text not in ("ON", "OFF"):
             raise SmcError(E_BAD_ARGUMENT, f"bad argument: expected ON or OFF, got {text}")
         axis.set_power(text == "ON", now)
         return "OK"
 
     def _cmd_query_power(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         return "ON" if axis.powered else "OFF"
 
     def _cmd_query_fault(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
-        return "NONE" if axis.fault_text is None else _printable(axis.fault_text)
+        no_args(args)
+        return "NONE" if axis.fault_text is None else printable(axis.fault_text)
 
     def _cmd_reset(self, axis: SmcAxis, args: list[str], now: float) -> str:
-        _no_args(args)
+        no_args(args)
         axis.reset(now)
         return "OK"

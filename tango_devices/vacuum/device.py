@@ -38,9 +38,6 @@ class _EpicsDevice(BeamlineDevice):
             reconnect_period=self.ReconnectPeriod,
         )
 
-    def delete_device(self) -> None:
-        self.stop_component()
-
 
 class VacuumGauge(_EpicsDevice):
     """A vacuum gauge: Pressure in mbar; ALARM above the Pressure attribute's max_alarm."""

@@ -33,7 +33,7 @@ def test_status_shows_every_server_with_pid_and_starter_state(beamline):
     assert sorted(servers) == SERVERS
     for name, s in servers.items():
         assert len(s["pids"]) == 1, f"{name} should run exactly once: {s['pids']}"
-        assert s["level"] == 2 and s["controlled"] is True
+        assert s["level"] == CONFIG.servers[name.lower()].level and s["controlled"] is True
         assert [d["state"] for d in s["devices"]] != [None], f"{name} does not answer"
     # the pids are those of real processes running the server's command line
     from beamline import procs

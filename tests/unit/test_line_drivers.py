@@ -24,68 +24,14 @@ from tango_devices.drivers.line_client import (
 )
 from tango_devices.drivers.plc import ShutterPlc, ShutterStatus
 from tango_devices.drivers.scaler import ScalerClient, ScalerStatus
+from tests.unit.fake_serial import FakePort, install
 
 URL = "socket://ctl.example:9102"
 
 
-class FakePort:
-    """A pyserial-like port answering from a script: ``replies`` maps a request
-    line to the raw bytes put in the input buffer (or an exception to raise).
-    ``read`` returns what is buffered at once (nothing: a timeout)."""
-
-    def __init__(self, replies: dict[str, bytes | Exception]):
-        self.replies = replies
-        self.buffer = b""
-        self.written: list[str] = []
-        self.is_open = False
-        self.resets = 0
-        self.read_error: Exception | None = None
-
-    def open(self) -> None:
-        self.is_open = True
-
-    def close(self) -> None:
-        self.is_open = False
-
-    def reset_input_buffer(self) -> None:
-        self.resets += 1
-        self.buffer = b""
-
-    def write(self, data: bytes) -> int:
-        assert data.endswith(b"\r\n")
-        line = data[:-2].decode()
-        self.written.append(line)
-        reply = self.replies.get(line, b"")
-        if isinstance(reply, Exception):
-            raise reply
-        self.buffer += reply
-        return len(data)
-
-    def read_until(self, terminator: bytes = b"\n", size: int | None = None) -> bytes:
-        index = self.buffer.find(terminator)
-        end = len(self.buffer) if index < 0 else index + len(terminator)
-        if size is not None:
-            end = min(end, size)
-        data, self.buffer = self.buffer[:end], self.buffer[end:]
-        return data
-
-    def read(self, size: int = 1) -> bytes:
-        if self.read_error is not None and not self.buffer:
-            raise self.read_error
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-
 @pytest.fixture
 def port(monkeypatch):
-    fake = FakePort({"?ID": b"?ID TEST-1 1.0\r\n"})
-
-    def serial_for_url(url, timeout, do_not_open):
-        assert (url, do_not_open) == (URL, True)
-        return fake
-
-    monkeypatch.setattr(line_client.serial, "serial_for_url", serial_for_url)
-    return fake
+    return install(monkeypatch, FakePort({"?ID": b"?ID TEST-1 1.0\r\n"}), URL)
 
 
 def connected(cls, port, **kwargs):

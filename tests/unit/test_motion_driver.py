@@ -9,7 +9,7 @@ import errno
 import pytest
 import serial
 
-from tango_devices.drivers import motion_ascii
+from tango_devices.drivers.line_client import LineClient
 from tango_devices.drivers.motion_ascii import (
     AxisStatus,
     ControllerRejected,
@@ -20,6 +20,7 @@ from tango_devices.drivers.motion_ascii import (
     expected_echo,
     parse_reply,
 )
+from tests.unit.fake_serial import FakePort, install
 
 URL = "socket://smc.example:9101"
 
@@ -123,56 +124,9 @@ def test_axis_status_all_and_none():
 
 
 # ------------------------------------------------- MotionController, no network
-class FakePort:
-    """A pyserial-like port answering from a script: ``replies`` maps a request
-    line to the raw bytes put in the input buffer (or an exception to raise)."""
-
-    def __init__(self, replies: dict[str, bytes | Exception]):
-        self.replies = replies
-        self.buffer = b""
-        self.written: list[str] = []
-        self.is_open = False
-        self.resets = 0
-
-    def open(self) -> None:
-        self.is_open = True
-
-    def close(self) -> None:
-        self.is_open = False
-
-    def reset_input_buffer(self) -> None:
-        self.resets += 1
-        self.buffer = b""
-
-    def write(self, data: bytes) -> int:
-        assert data.endswith(b"\r\n")
-        line = data[:-2].decode()
-        self.written.append(line)
-        reply = self.replies.get(line, b"")
-        if isinstance(reply, Exception):
-            raise reply
-        self.buffer += reply
-        return len(data)
-
-    def read_until(self, terminator: bytes = b"\n") -> bytes:
-        if isinstance(self.replies.get("<read>"), Exception):
-            raise self.replies["<read>"]
-        index = self.buffer.find(terminator)
-        end = len(self.buffer) if index < 0 else index + len(terminator)
-        data, self.buffer = self.buffer[:end], self.buffer[end:]
-        return data
-
-
 @pytest.fixture
 def port(monkeypatch):
-    fake = FakePort({"?ID": b"?ID SMC-8 1.0\r\n"})
-
-    def serial_for_url(url, timeout, do_not_open):
-        assert (url, timeout, do_not_open) == (URL, 0.5, True)
-        return fake
-
-    monkeypatch.setattr(motion_ascii.serial, "serial_for_url", serial_for_url)
-    return fake
+    return install(monkeypatch, FakePort({"?ID": b"?ID SMC-8 1.0\r\n"}), URL, expect_timeout=0.5)
 
 
 @pytest.fixture
@@ -303,6 +257,19 @@ def test_action_with_a_value_instead_of_ok_is_a_protocol_error(ctl, port):
 def test_request_returns_the_result_part(ctl, port):
     port.replies["3:?vel"] = b"3:?VEL 1234\r\n"
     assert ctl.request("3:?vel") == "1234"
+
+
+def test_the_link_is_the_shared_line_client(ctl, port):
+    """Framing, checks and reconnects are LineClient's, as for the other drivers."""
+    assert isinstance(ctl, LineClient)
+    with pytest.raises(ValueError, match="request must be printable ASCII"):
+        ctl.request("")  # refused before sending: a blank line gets no reply
+    assert ctl.connected and port.written == ["?ID"]
+    port.replies["1:?POS"] = b"1:?POS " + b"9" * 5000  # no line end: garbage, not a slow reply
+    with pytest.raises(ProtocolError, match="no line end in 4096 bytes"):
+        ctl.read_position(1)
+    assert not ctl.connected
+    assert ctl.connect() == "SMC-8 1.0"
 
 
 def test_bad_arguments_are_refused_before_sending(ctl, port):

@@ -1,0 +1,365 @@
+"""Supervisor: heals the servers of its host (Tango layer).
+
+A thread observes every server several times a second (process list, pidfd
+wake-up on exit, State reads with a short timeout through
+:class:`TangoProber`) and lets :class:`Supervisor` decide. Two instances watch
+each other: ``bl01/sys/supervisor`` watches every server of the host, and a
+standby (property ``Supervise`` = the main one) restarts the main one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import tango
+from tango import DevState
+from tango.server import attribute, command, device_property
+
+from tango_devices.common.device_base import BeamlineDevice, run_server
+from tango_devices.common.statemachine import State, StateMachine, StateTable, from_any
+from tango_devices.supervisor.model import Policy, ServerState
+from tango_devices.supervisor.processes import ProcessWatcher
+from tango_devices.supervisor.supervisor_logic import Supervisor as SupervisorLogic
+from tango_devices.supervisor.tango_backends import (
+    Starter,
+    StarterLauncher,
+    TangoProber,
+    host_servers,
+)
+
+log = logging.getLogger(__name__)
+
+HEALTHY, GAVE_UP, BLIND = "healthy", "gave_up", "blind"
+SUPERVISOR_STATES = (State.INIT, State.ON, State.ALARM, State.FAULT)
+SUPERVISOR_TABLE = StateTable(
+    name="Supervisor",
+    states=SUPERVISOR_STATES,
+    initial=State.INIT,
+    transitions={
+        HEALTHY: from_any(SUPERVISOR_STATES, State.ON),
+        GAVE_UP: from_any(SUPERVISOR_STATES, State.ALARM),
+        BLIND: from_any(SUPERVISOR_STATES, State.FAULT),
+    },
+    commands={
+        "StopServer": {State.ON, State.ALARM},
+        "StartServer": {State.ON, State.ALARM},
+        "RestartServer": {State.ON, State.ALARM},
+    },
+)
+
+SPECTRUM = 256
+
+
+class Supervisor(BeamlineDevice):
+    """Restarts crashed servers at once, kills and restarts hung ones, backs
+    off and gives up on crash loops; never touches a server stopped on purpose."""
+
+    HangTimeout = device_property(dtype=float, default_value=3.0, doc="s without an answer = hung")
+    StartTimeout = device_property(dtype=float, default_value=20.0, doc="s for a restart to answer")
+    MaxFailures = device_property(dtype=int, default_value=5, doc="failures in the window: give up")
+    FailureWindow = device_property(dtype=float, default_value=60.0, doc="s: failure window")
+    BackoffBase = device_property(dtype=float, default_value=0.5, doc="s: 2nd failure delay")
+    BackoffMax = device_property(dtype=float, default_value=8.0, doc="s: longest delay")
+    ProbeTimeout = device_property(dtype=float, default_value=0.5, doc="s: State read timeout")
+    ProbePeriod = device_property(dtype=float, default_value=0.2, doc="s between State reads")
+    StepPeriod = device_property(dtype=float, default_value=0.1, doc="s between observations")
+    RefreshPeriod = device_property(
+        dtype=float, default_value=5.0, doc="s between server list reads"
+    )
+    Supervise = device_property(
+        dtype=(str,), default_value=[], doc="Only these servers (empty: every server of the host)"
+    )
+
+    def init_device(self) -> None:
+        BeamlineDevice.init_device(self)
+        self.set_state(DevState.INIT)
+        self.machine = StateMachine(SUPERVISOR_TABLE, "Starting: reading the servers of this host")
+        self.init_state_events(self.machine)
+        for name in self._published_attributes():
+            self.set_change_event(name, True, False)
+        self._lock = threading.Lock()
+        self._snapshot: list[dict] = []
+        self._announce: list[str] = []
+        self._last_restart = ""
+        self._dirty = True
+        self._own = tango.Util.instance().get_ds_name()
+        self._host = tango.Util.instance().get_host_name().split(".")[0]
+        self._starter = Starter(self._host)
+        self._watcher = ProcessWatcher()
+        self._prober = TangoProber(self.ProbeTimeout, self.ProbePeriod)
+        policy = Policy(
+            hang_timeout=self.HangTimeout,
+            start_timeout=self.StartTimeout,
+            window=self.FailureWindow,
+            max_failures=self.MaxFailures,
+            backoff_base=self.BackoffBase,
+            backoff_max=self.BackoffMax,
+        )
+        self.logic = SupervisorLogic(
+            self._watcher, self._prober, StarterLauncher(self._starter), policy
+        )
+        self.logic.on_change(lambda rec: self._mark_dirty())
+        self.logic.on_restart(self._on_restart)
+        self.logic.on_expected_change(self._persist_expected)
+        self._expected = self._load_expected()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def delete_device(self) -> None:
+        from tango_devices.common import lifecycle
+
+        lifecycle.mark_clean_exit(self._own)
+        self._stop.set()
+        self._thread.join(2.0)
+        self._prober.close()
+        self._watcher.close()
+
+    # ------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        with tango.EnsureOmniThread():
+            next_refresh = 0.0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_refresh:
+                    next_refresh = now + self.RefreshPeriod
+                    self._refresh()
+                if self.machine.state is not State.FAULT or self.logic.records:
+                    with self._lock:
+                        self.logic.step()
+                        wall = time.time()
+                        snapshot = [r.as_dict(wall) for r in self.logic.records.values()]
+                        failed = [
+                            r for r in self.logic.records.values() if r.state is ServerState.FAILED
+                        ]
+                        summary = self.logic.summary()
+                    self._snapshot = snapshot
+                    self._summary = summary
+                    self.machine.fire(
+                        GAVE_UP if failed else HEALTHY, summary or "No server to supervise."
+                    )
+                    self._publish()
+                self._watcher.wait(self.StepPeriod)
+
+    def _refresh(self) -> None:
+        try:
+            specs = host_servers(self._starter, self._own, self.Supervise)
+        except tango.DevFailed as exc:
+            self.machine.fire(
+                BLIND,
+                f"Cannot read the servers of host {self._host} from {self._starter.device}: "
+                f"{exc.args[0].desc.strip()}. Retrying every {self.RefreshPeriod:g} s.",
+            )
+            return
+        with self._lock:
+            known = {r.name.lower() for r in self.logic.records.values()}
+            if {s.name.lower() for s in specs} != known or not known:
+                self.logic.set_servers(specs, self._expected)
+                self._dirty = True
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+
+    def _on_restart(self, rec) -> None:
+        self._announce.append(
+            json.dumps(
+                {
+                    "server": rec.name,
+                    "devices": list(rec.spec.devices),
+                    "pid": rec.pid,
+                    "recovery_s": round(rec.last_recovery or 0.0, 3),
+                    "restarts": rec.restarts,
+                    "cause": rec.last_cause,
+                    "time": time.time(),
+                }
+            )
+        )
+        self._dirty = True
+
+    # The servers expected to run are kept in the device property "_Expected":
+    # runtime state, not configuration (dsconfig leaves "_" properties alone).
+    def _load_expected(self) -> list[str]:
+        try:
+            db = tango.Util.instance().get_database()
+            return list(db.get_device_property(self.get_name(), ["_Expected"])["_Expected"])
+        except (tango.DevFailed, RuntimeError):
+            return []
+
+    def _persist_expected(self, expected: set[str]) -> None:
+        self._expected = sorted(expected)
+        try:
+            db = tango.Util.instance().get_database()
+            db.put_device_property(self.get_name(), {"_Expected": self._expected})
+        except (tango.DevFailed, RuntimeError) as exc:
+            log.warning("could not save the expected servers: %s", exc)
+
+    def _publish(self) -> None:
+        if not self._dirty and not self._announce:
+            return
+        self._dirty = False
+        with tango.AutoTangoMonitor(self):
+            for name in self._published_attributes():
+                if name == "LastRestart":
+                    continue
+                self.push(name, getattr(self, f"_value_{name}")())
+            while self._announce:
+                self._last_restart = self._announce.pop(0)
+                self.push("LastRestart", self._last_restart)
+
+    @staticmethod
+    def _published_attributes() -> tuple[str, ...]:
+        return (
+            "Servers",
+            "ServerStates",
+            "ServerPids",
+            "ServerRestarts",
+            "ServerUptimes",
+            "LastFailureCauses",
+            "LastRecoveryTimes",
+            "Summary",
+            "Report",
+            "LastRestart",
+        )
+
+    # ---------------------------------------------------------- attributes
+    def _column(self, key: str, default=None):
+        return [row[key] if row[key] is not None else default for row in self._snapshot]
+
+    def _value_Servers(self):
+        return self._column("server")
+
+    def _value_ServerStates(self):
+        return self._column("state")
+
+    def _value_ServerPids(self):
+        return self._column("pid", 0)
+
+    def _value_ServerRestarts(self):
+        return self._column("restarts", 0)
+
+    def _value_ServerUptimes(self):
+        return self._column("uptime", 0.0)
+
+    def _value_LastFailureCauses(self):
+        return self._column("last_cause", "")
+
+    def _value_LastRecoveryTimes(self):
+        return [float("nan") if v is None else v for v in self._column("last_recovery")]
+
+    def _value_Summary(self):
+        return getattr(self, "_summary", "")
+
+    def _value_Report(self):
+        return json.dumps({"host": self._host, "servers": self._snapshot}, indent=1)
+
+    @attribute(dtype=(str,), max_dim_x=SPECTRUM, description="Supervised servers.")
+    def Servers(self):
+        return self._value_Servers()
+
+    @attribute(
+        dtype=(str,),
+        max_dim_x=SPECTRUM,
+        description="Per server: RUNNING, STARTING, RESTARTING, HUNG, BACKOFF, FAILED, "
+        "STOPPED or NOT_STARTED (same order as Servers).",
+    )
+    def ServerStates(self):
+        return self._value_ServerStates()
+
+    @attribute(dtype=(int,), max_dim_x=SPECTRUM, description="Per server: pid (0: none).")
+    def ServerPids(self):
+        return self._value_ServerPids()
+
+    @attribute(dtype=(int,), max_dim_x=SPECTRUM, description="Per server: restarts so far.")
+    def ServerRestarts(self):
+        return self._value_ServerRestarts()
+
+    @attribute(dtype=(float,), max_dim_x=SPECTRUM, unit="s", description="Per server: uptime.")
+    def ServerUptimes(self):
+        return self._value_ServerUptimes()
+
+    @attribute(
+        dtype=(str,),
+        max_dim_x=SPECTRUM,
+        description="Per server: cause of the last failure (exit code, signal, hang).",
+    )
+    def LastFailureCauses(self):
+        return self._value_LastFailureCauses()
+
+    @attribute(
+        dtype=(float,),
+        max_dim_x=SPECTRUM,
+        unit="s",
+        description="Per server: time from the last failure to its devices answering (NaN: none).",
+    )
+    def LastRecoveryTimes(self):
+        return self._value_LastRecoveryTimes()
+
+    @attribute(dtype=str, description="One line: servers per state, and what was given up.")
+    def Summary(self):
+        return self._value_Summary()
+
+    @attribute(dtype=str, description="Every server as JSON (what `beamline status` shows).")
+    def Report(self):
+        return self._value_Report()
+
+    @attribute(
+        dtype=str,
+        description="JSON announcement of the last restart (server, devices, recovery time). "
+        "Subscribers resubscribe to the devices' events when it changes.",
+    )
+    def LastRestart(self):
+        return self._last_restart
+
+    # ------------------------------------------------------------ commands
+    def _operator(self, name: str, action) -> None:
+        try:
+            with self._lock:
+                action(name)
+                wall = time.time()
+                self._snapshot = [r.as_dict(wall) for r in self.logic.records.values()]
+        except KeyError as exc:
+            tango.Except.throw_exception(
+                "SUPERVISOR_UNKNOWN_SERVER", str(exc.args[0]), "Supervisor"
+            )
+        except OSError as exc:
+            tango.Except.throw_exception("SUPERVISOR_ERROR", f"{name}: {exc}", "Supervisor")
+        self._dirty = True
+
+    @command(
+        dtype_in=str, doc_in="Stop a server on purpose: it is not restarted until StartServer."
+    )
+    def StopServer(self, name: str) -> None:
+        self._operator(name, self.logic.stop_server)
+
+    def is_StopServer_allowed(self) -> bool:
+        return self.check_machine("StopServer")
+
+    @command(dtype_in=str, doc_in="Start a server (also after a crash loop) and supervise it.")
+    def StartServer(self, name: str) -> None:
+        self._operator(name, self.logic.start_server)
+
+    def is_StartServer_allowed(self) -> bool:
+        return self.check_machine("StartServer")
+
+    @command(dtype_in=str, doc_in="Kill and restart a server now.")
+    def RestartServer(self, name: str) -> None:
+        self._operator(name, self.logic.restart_server)
+
+    def is_RestartServer_allowed(self) -> bool:
+        return self.check_machine("RestartServer")
+
+    def check_machine(self, what: str) -> bool:
+        if not self.machine.is_allowed(what):
+            tango.Except.throw_exception(
+                "API_CommandNotAllowed",
+                f"{what} is not allowed in state {self.machine.state} ({self.machine.status})",
+                f"Supervisor.{what}",
+            )
+        return True
+
+
+def main(args=None) -> None:
+    run_server((Supervisor,), args=args)

@@ -1,0 +1,203 @@
+"""Processes, the way the supervisor sees them (no tango import).
+
+- :class:`ProcessWatcher` finds each server's process by its command line, as
+  the Starter does (only this run directory's, when ``BEAMLINE_RUN_DIR`` is
+  set), and wakes the supervisor the moment a watched process exits (Linux
+  pidfd; polling elsewhere).
+- :class:`ProcessLauncher` starts a server's command line detached exactly as
+  the Starter would (executable from StartDsPath, instance as argument, output
+  appended to the Starter's log file for the server), reaps what it started,
+  dumps stacks (SIGUSR1: every server registers faulthandler on it) and kills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+from tango_devices.common import lifecycle
+from tango_devices.supervisor.model import ServerSpec
+
+
+class ProcessWatcher:
+    def __init__(self, run_dir: str | None = None) -> None:
+        self.run_dir = run_dir if run_dir is not None else os.environ.get(lifecycle.RUN_DIR_ENV)
+        self._env_cache: dict[int, str | None] = {}
+        self._pidfds: dict[int, int] = {}
+
+    def _run_dir_of(self, proc: psutil.Process) -> str | None:
+        pid = proc.pid
+        if pid not in self._env_cache:
+            try:
+                self._env_cache[pid] = proc.environ().get(lifecycle.RUN_DIR_ENV)
+            except (psutil.Error, OSError):
+                self._env_cache[pid] = None
+        return self._env_cache[pid]
+
+    def scan(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        alive = set()
+        for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+            info = proc.info
+            if info["status"] == psutil.STATUS_ZOMBIE or not info["cmdline"]:
+                continue
+            server = lifecycle.server_name_from_cmdline(info["cmdline"])
+            if server is None:
+                continue
+            alive.add(info["pid"])
+            if self.run_dir and self._run_dir_of(proc) != self.run_dir:
+                continue
+            found.setdefault(server.lower(), []).append(info["pid"])
+        for pid in list(self._env_cache):
+            if pid not in alive:
+                del self._env_cache[pid]
+        self._watch({p for pids in found.values() for p in pids})
+        return found
+
+    def _watch(self, pids: set[int]) -> None:
+        if not hasattr(os, "pidfd_open"):
+            return
+        for pid in list(self._pidfds):
+            if pid not in pids:
+                os.close(self._pidfds.pop(pid))
+        for pid in pids - set(self._pidfds):
+            with contextlib.suppress(OSError):
+                self._pidfds[pid] = os.pidfd_open(pid)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout``; return early (True) when a watched process exits."""
+        fds = list(self._pidfds.values())
+        if not fds:
+            time.sleep(timeout)
+            return False
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except (OSError, ValueError):
+            time.sleep(timeout)
+            return False
+        return bool(ready)
+
+    def close(self) -> None:
+        self._watch(set())
+
+
+def process_state(pid: int) -> str:
+    """psutil status of a process, '' if it is gone."""
+    try:
+        return psutil.Process(pid).status()
+    except psutil.Error:
+        return ""
+
+
+class ProcessLauncher:
+    """Start, stop and inspect servers as the Starter would."""
+
+    def __init__(
+        self,
+        start_ds_path: Callable[[], Sequence[str]],
+        log_home: Callable[[], str],
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self._start_ds_path = start_ds_path
+        self._log_home = log_home
+        self.env = dict(env if env is not None else os.environ)
+        self._children: dict[int, subprocess.Popen] = {}
+
+    # ------------------------------------------------------------- paths
+    def executable(self, spec: ServerSpec) -> Path:
+        dirs = list(self._start_ds_path())
+        for directory in dirs:
+            candidate = Path(directory) / spec.executable
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
+        raise FileNotFoundError(
+            f"no executable {spec.executable} in StartDsPath ({', '.join(dirs) or 'empty'})"
+        )
+
+    def log_path(self, spec: ServerSpec) -> Path:
+        return Path(self._log_home()) / "ds.log" / spec.log_name
+
+    # ------------------------------------------------------------ launch
+    def launch(self, spec: ServerSpec) -> int:
+        exe = self.executable(spec)
+        log = self.log_path(spec)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.reap()
+        with open(log, "ab") as out:
+            out.write(
+                f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} restarted by the supervisor: "
+                f"{exe} {spec.instance}\n".encode()
+            )
+            out.flush()
+            proc = subprocess.Popen(
+                [str(exe), spec.instance],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._children[proc.pid] = proc
+        return proc.pid
+
+    def reap(self) -> None:
+        """Collect the exit status of children that ended (no zombies)."""
+        for proc in list(self._children.values()):
+            proc.poll()
+
+    def exit_code(self, pid: int) -> int | None:
+        proc = self._children.get(pid)
+        if proc is None:
+            return None
+        code = proc.poll()
+        if code is not None:
+            del self._children[pid]
+        return code
+
+    def clean_exit(self, spec: ServerSpec, pid: int | None) -> bool:
+        return lifecycle.was_clean_exit(spec.name, pid)
+
+    def log_tail(self, spec: ServerSpec, size: int = 8192) -> str:
+        try:
+            with open(self.log_path(spec), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - size))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def dump_stacks(self, spec: ServerSpec, pid: int) -> str:
+        if process_state(pid) == psutil.STATUS_STOPPED:
+            return "the process is stopped (SIGSTOP): no stack dump possible"
+        log = self.log_path(spec)
+        size = log.stat().st_size if log.exists() else 0
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return "the process was already gone"
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            if log.exists() and log.stat().st_size > size:
+                time.sleep(0.05)  # let faulthandler finish writing
+                return f"stacks of every thread written to {log}"
+            time.sleep(0.02)
+        return f"no stack dump appeared in {log} within 0.5 s"
+
+    def signal(self, pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def kill(self, spec: ServerSpec, pid: int) -> None:
+        self.signal(pid, signal.SIGKILL)
+
+    def stop(self, spec: ServerSpec, pid: int) -> None:
+        self.signal(pid, signal.SIGTERM)

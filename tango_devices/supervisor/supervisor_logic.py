@@ -1,0 +1,359 @@
+"""The supervisor's decisions, step by step (no tango import).
+
+Everything that touches the world is injected, so the rules are tested with
+fakes and a fake clock: a :class:`ProcessTable` (which server runs as which
+pid), a :class:`Prober` (when did each device last answer a State read), and a
+:class:`Launcher` (start, kill, stack dumps, logs, clean-exit markers).
+:meth:`Supervisor.step` is called several times a second by the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from tango_devices.supervisor.model import (
+    Policy,
+    ServerRecord,
+    ServerSpec,
+    ServerState,
+    cause_from_log,
+)
+
+log = logging.getLogger(__name__)
+
+S = ServerState
+
+
+class ProcessTable(Protocol):
+    def scan(self) -> dict[str, list[int]]:
+        """Live pids by lower-case server name (``"motor/sample_x"``)."""
+
+
+class Prober(Protocol):
+    def watch(self, devices: Iterable[str]) -> None:
+        """Probe these devices (State with a short timeout, several times a second)."""
+
+    def last_answer(self, device: str) -> float | None:
+        """Monotonic time of the device's last answer (None: never)."""
+
+    def reconnect(self, devices: Iterable[str]) -> None:
+        """Use new client connections for these devices (after a restart)."""
+
+
+class Launcher(Protocol):
+    def launch(self, spec: ServerSpec) -> int:
+        """Start the server's command line detached, as the Starter would; its pid."""
+
+    def exit_code(self, pid: int) -> int | None:
+        """Exit code of a process this launcher started (None: unknown or running)."""
+
+    def clean_exit(self, spec: ServerSpec, pid: int | None) -> bool:
+        """Did this process shut down cleanly (DevStop, SIGTERM, beamline stop)?"""
+
+    def log_tail(self, spec: ServerSpec) -> str: ...
+
+    def dump_stacks(self, spec: ServerSpec, pid: int) -> str:
+        """Ask the process to write its threads' stacks into its log; what happened."""
+
+    def kill(self, spec: ServerSpec, pid: int) -> None:
+        """Kill at once (the Starter's HardKillServer, else SIGKILL)."""
+
+    def stop(self, spec: ServerSpec, pid: int) -> None:
+        """Ask the server to exit (the Starter's DevStop, else SIGTERM)."""
+
+
+Listener = Callable[[ServerRecord], None]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        processes: ProcessTable,
+        prober: Prober,
+        launcher: Launcher,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.processes = processes
+        self.prober = prober
+        self.launcher = launcher
+        self.policy = policy or Policy()
+        self.clock = clock
+        self.wall = wall
+        self.records: dict[str, ServerRecord] = {}
+        self._changed: list[Listener] = []
+        self._restarted: list[Listener] = []
+        self._expected_changed: list[Callable[[set[str]], None]] = []
+        self._since: dict[str, float] = {}  # server -> monotonic time its pid was first seen
+        self._kill_deadline: dict[str, float] = {}
+
+    # ------------------------------------------------------------ set-up
+    def on_change(self, listener: Listener) -> None:
+        self._changed.append(listener)
+
+    def on_restart(self, listener: Listener) -> None:
+        """Called when a restarted server's devices answer again (announce it)."""
+        self._restarted.append(listener)
+
+    def on_expected_change(self, listener: Callable[[set[str]], None]) -> None:
+        """Called with the set of servers expected to run, to persist it."""
+        self._expected_changed.append(listener)
+
+    def set_servers(self, specs: Iterable[ServerSpec], expected: Iterable[str] = ()) -> None:
+        """The servers to supervise (kept records keep their history)."""
+        expected_lower = {e.lower() for e in expected}
+        new = {}
+        for spec in specs:
+            rec = self.records.get(spec.name.lower())
+            if rec is None:
+                rec = ServerRecord(spec, expected=spec.name.lower() in expected_lower)
+            else:
+                rec.spec = spec
+            new[spec.name.lower()] = rec
+        self.records = new
+        self.prober.watch(d for r in self.records.values() for d in r.spec.devices)
+
+    @property
+    def expected(self) -> set[str]:
+        return {r.name for r in self.records.values() if r.expected}
+
+    def record(self, name: str) -> ServerRecord:
+        rec = self.records.get(name.lower())
+        if rec is None:
+            known = ", ".join(sorted(r.name for r in self.records.values()))
+            raise KeyError(f"no supervised server {name!r}; known: {known}")
+        return rec
+
+    # --------------------------------------------------------------- steps
+    def step(self) -> None:
+        """Observe every server once and act."""
+        table = self.processes.scan()
+        now, wall = self.clock(), self.wall()
+        for rec in list(self.records.values()):
+            pids = sorted(table.get(rec.name.lower(), []))
+            pid = pids[0] if pids else None
+            before = (rec.state, rec.pid, rec.restarts, rec.last_cause)
+            try:
+                self._step_one(rec, pid, now, wall)
+            except Exception:  # one server's trouble must not stop the others
+                log.exception("supervising %s failed", rec.name)
+            if (rec.state, rec.pid, rec.restarts, rec.last_cause) != before:
+                self._notify(self._changed, rec)
+
+    def _step_one(self, rec: ServerRecord, pid: int | None, now: float, wall: float) -> None:
+        if rec.state in (S.STOPPED, S.FAILED, S.NOT_STARTED) and pid is None:
+            rec.pid = None
+            if rec.state is S.NOT_STARTED and rec.expected:
+                # expected but not running when we (re)started: it died while
+                # no supervisor was watching; restart it once
+                self._failure(rec, "not running when the supervisor started", now, wall)
+            return
+        if pid is None:
+            self._gone(rec, now, wall)
+        else:
+            self._alive(rec, pid, now, wall)
+
+    def _gone(self, rec: ServerRecord, now: float, wall: float) -> None:
+        if rec.state is S.BACKOFF:
+            if now >= (rec.next_restart_at or now):
+                self._launch(rec, now, wall)
+            return
+        dead = rec.pid
+        self._since.pop(rec.name, None)
+        if rec.state is S.HUNG:
+            self._kill_deadline.pop(rec.name, None)
+            rec.pid = None
+            self._decide(rec, now)
+            if rec.state is S.HUNG:  # no backoff, no giving up: restart now
+                self._launch(rec, now, wall)
+            return
+        if self.launcher.clean_exit(rec.spec, dead):
+            rec.state, rec.pid, rec.expected = S.STOPPED, None, False
+            rec.last_cause = "stopped on purpose (clean shutdown)"
+            self._expected_changed_now()
+            log.info("%s stopped on purpose: not restarted", rec.name)
+            return
+        exit_code = self.launcher.exit_code(dead) if dead else None
+        cause = cause_from_log(self.launcher.log_tail(rec.spec), exit_code)
+        self._failure(rec, cause, now, wall)
+
+    def _alive(self, rec: ServerRecord, pid: int, now: float, wall: float) -> None:
+        if pid != rec.pid:
+            self._since[rec.name] = now
+            if rec.state in (S.NOT_STARTED, S.STOPPED, S.FAILED, S.BACKOFF):
+                # started by someone else (beamline up, Astor, an operator): adopt it
+                rec.state = S.STARTING
+                rec.started_at = wall
+                if not rec.expected:
+                    rec.expected = True
+                    self._expected_changed_now()
+            rec.pid = pid
+        since = self._since.setdefault(rec.name, now)
+        if rec.state is S.HUNG:
+            if now >= self._kill_deadline.get(rec.name, now):
+                self.launcher.kill(rec.spec, pid)  # still there: kill again
+                self._kill_deadline[rec.name] = now + 1.0
+            return
+        if self._answering(rec, since, now):
+            recovering = rec.state in (S.STARTING, S.RESTARTING)
+            if recovering and rec.failure_detected_at is not None:
+                rec.last_recovery = now - rec.failure_detected_at
+                rec.failure_detected_at = None
+                rec.state = S.RUNNING
+                log.info("%s back after %.2f s", rec.name, rec.last_recovery)
+                self._notify(self._restarted, rec)
+                return
+            rec.state = S.RUNNING
+            rec.unanswered_since = None
+            return
+        silent_since = self._silent_since(rec, since)
+        if rec.state in (S.STARTING, S.RESTARTING):
+            if now - since > self.policy.start_timeout:
+                self._hang(
+                    rec,
+                    pid,
+                    now,
+                    wall,
+                    f"did not answer within {self.policy.start_timeout:g} s of starting",
+                )
+            return
+        if now - silent_since >= self.policy.hang_timeout:
+            self._hang(
+                rec, pid, now, wall, f"hang: no device answered for {now - silent_since:.1f} s"
+            )
+
+    def _answering(self, rec: ServerRecord, since: float, now: float) -> bool:
+        """Every device answered since this process appeared, and recently."""
+        fresh = now - max(1.0, self.policy.hang_timeout / 2)
+        for device in rec.spec.devices:
+            t = self.prober.last_answer(device)
+            if t is None or t < since or t < fresh:
+                return False
+        return bool(rec.spec.devices)
+
+    def _silent_since(self, rec: ServerRecord, since: float) -> float:
+        times = [self.prober.last_answer(d) for d in rec.spec.devices]
+        answered = [t for t in times if t is not None and t >= since]
+        return min(answered) if len(answered) == len(times) and answered else since
+
+    # ------------------------------------------------------------ actions
+    def _hang(self, rec: ServerRecord, pid: int, now: float, wall: float, cause: str) -> None:
+        dump = self.launcher.dump_stacks(rec.spec, pid)
+        rec.last_cause = f"{cause}; {dump}"
+        rec.last_failure_at = wall
+        rec.failures.append(now)
+        rec.failure_detected_at = rec.failure_detected_at or now
+        rec.state = S.HUNG
+        log.warning("%s: %s: killing it", rec.name, rec.last_cause)
+        self.launcher.kill(rec.spec, pid)
+        self._kill_deadline[rec.name] = now + 1.0
+
+    def _failure(self, rec: ServerRecord, cause: str, now: float, wall: float) -> None:
+        rec.failures.append(now)
+        rec.last_cause = cause
+        rec.last_failure_at = wall
+        rec.failure_detected_at = rec.failure_detected_at or now
+        rec.pid = None
+        log.warning("%s failed: %s", rec.name, cause)
+        self._decide(rec, now)
+        if rec.state not in (S.FAILED, S.BACKOFF):
+            self._launch(rec, now, wall)
+
+    def _decide(self, rec: ServerRecord, now: float) -> None:
+        """Give up, back off, or leave the state for an immediate restart."""
+        n = rec.failures_in_window(now, self.policy.window)
+        if n >= self.policy.max_failures:
+            rec.state = S.FAILED
+            rec.last_cause = (
+                f"gave up after {n} failures in {self.policy.window:g} s; last: {rec.last_cause}. "
+                "Fix the cause, then StartServer (or beamline start)"
+            )
+            rec.failure_detected_at = None
+            log.error("%s: %s", rec.name, rec.last_cause)
+            return
+        delay = self.policy.backoff(n)
+        if delay > 0:
+            rec.state = S.BACKOFF
+            rec.next_restart_at = now + delay
+
+    def _launch(self, rec: ServerRecord, now: float, wall: float) -> None:
+        self.prober.reconnect(rec.spec.devices)
+        try:
+            pid = self.launcher.launch(rec.spec)
+        except OSError as exc:
+            rec.last_cause = f"cannot start it: {exc}"
+            rec.failures.append(now)
+            rec.state = S.BACKOFF
+            rec.next_restart_at = now + self.policy.backoff_max
+            return
+        rec.pid = pid
+        rec.state = S.RESTARTING
+        rec.restarts += 1
+        rec.launched_at = now
+        rec.started_at = wall
+        rec.next_restart_at = None
+        self._since[rec.name] = now
+        log.info("%s restarted as pid %d (restart %d)", rec.name, pid, rec.restarts)
+
+    # -------------------------------------------------------- operator
+    def stop_server(self, name: str) -> None:
+        """Stop on purpose: never restarted until :meth:`start_server`."""
+        rec = self.record(name)
+        rec.state, rec.expected = S.STOPPED, False
+        rec.last_cause = "stopped on purpose"
+        self._expected_changed_now()
+        if rec.pid is not None:
+            self.launcher.stop(rec.spec, rec.pid)
+        self._notify(self._changed, rec)
+
+    def start_server(self, name: str) -> None:
+        """Start (or retry after a crash loop) a server and supervise it again."""
+        rec = self.record(name)
+        rec.expected = True
+        rec.failures.clear()
+        self._expected_changed_now()
+        if rec.pid is None:
+            now = self.clock()
+            rec.failure_detected_at = None
+            self._launch(rec, now, self.wall())
+        self._notify(self._changed, rec)
+
+    def restart_server(self, name: str) -> None:
+        """Kill and restart now (counts as a restart, not as a failure)."""
+        rec = self.record(name)
+        if rec.pid is not None:
+            rec.state = S.HUNG
+            rec.last_cause = "restarted on request"
+            rec.failure_detected_at = self.clock()
+            self.launcher.kill(rec.spec, rec.pid)
+            self._kill_deadline[rec.name] = self.clock() + 1.0
+        else:
+            self.start_server(name)
+
+    # ------------------------------------------------------------ helpers
+    def _expected_changed_now(self) -> None:
+        expected = self.expected
+        for listener in list(self._expected_changed):
+            listener(expected)
+
+    @staticmethod
+    def _notify(listeners, rec: ServerRecord) -> None:
+        for listener in list(listeners):
+            try:
+                listener(rec)
+            except Exception:
+                log.exception("supervisor listener failed")
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for rec in self.records.values():
+            counts[str(rec.state)] = counts.get(str(rec.state), 0) + 1
+        failed = [r for r in self.records.values() if r.state is S.FAILED]
+        text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        if failed:
+            text += ". Given up: " + "; ".join(f"{r.name}: {r.last_cause}" for r in failed)
+        return text

@@ -1,0 +1,174 @@
+"""The supervisor's Tango side: probing devices, the Starter, the database.
+
+- :class:`TangoProber`: one thread per device reads State with a short
+  timeout several times a second and records when it last answered.
+- :class:`StarterLauncher`: a ProcessLauncher that kills and stops through the
+  host's Starter (HardKillServer, DevStop), falling back to signals.
+- :func:`host_servers`: the servers of this host from the Starter (its
+  ``Servers`` attribute: controlled servers and their levels) and their devices
+  from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+import tango
+
+from tango_devices.supervisor.model import ServerSpec
+from tango_devices.supervisor.processes import ProcessLauncher
+
+log = logging.getLogger(__name__)
+
+EXCLUDED_SERVERS = ("Starter/", "DataBaseds/", "PyDatabaseds/")
+
+
+class _Probe:
+    def __init__(self, device: str, timeout: float, period: float) -> None:
+        self.device = device
+        self.timeout_ms = int(timeout * 1000)
+        self.period = period
+        self.last_answer: float | None = None
+        self.fresh_proxy = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"probe-{device}", daemon=True)
+        self.thread.start()
+
+    def _proxy(self):
+        proxy = tango.DeviceProxy(self.device)
+        proxy.set_timeout_millis(self.timeout_ms)
+        return proxy
+
+    def _run(self) -> None:
+        with tango.EnsureOmniThread():
+            proxy = None
+            while not self.stop.is_set():
+                if self.fresh_proxy.is_set():
+                    self.fresh_proxy.clear()
+                    proxy = None
+                try:
+                    if proxy is None:
+                        proxy = self._proxy()
+                    proxy.state()
+                    self.last_answer = time.monotonic()
+                    self.stop.wait(self.period)
+                except tango.DevFailed:
+                    # a proxy that saw a failure reconnects at most once a
+                    # second: probe with a new one, at once
+                    proxy = None
+                    self.stop.wait(min(self.period, 0.05))
+
+
+class TangoProber:
+    """Device liveness, as a client sees it (State reads with a short timeout)."""
+
+    def __init__(self, timeout: float = 0.5, period: float = 0.2) -> None:
+        self.timeout = timeout
+        self.period = period
+        self._probes: dict[str, _Probe] = {}
+
+    def watch(self, devices: Iterable[str]) -> None:
+        wanted = {d.lower(): d for d in devices}
+        for key in list(self._probes):
+            if key not in wanted:
+                self._probes.pop(key).stop.set()
+        for key, device in wanted.items():
+            if key not in self._probes:
+                self._probes[key] = _Probe(device, self.timeout, self.period)
+
+    def last_answer(self, device: str) -> float | None:
+        probe = self._probes.get(device.lower())
+        return probe.last_answer if probe else None
+
+    def reconnect(self, devices: Iterable[str]) -> None:
+        for device in devices:
+            probe = self._probes.get(device.lower())
+            if probe:
+                probe.fresh_proxy.set()
+
+    def close(self) -> None:
+        self.watch([])
+
+
+class Starter:
+    """The host's Tango Starter (``tango/admin/<host>``), with short timeouts."""
+
+    def __init__(self, host: str) -> None:
+        self.device = f"tango/admin/{host}"
+        self._proxy = None
+
+    def proxy(self):
+        if self._proxy is None:
+            self._proxy = tango.DeviceProxy(self.device)
+            self._proxy.set_timeout_millis(2000)
+        return self._proxy
+
+    def command(self, name: str, server: str) -> bool:
+        try:
+            self.proxy().command_inout(name, server)
+            return True
+        except tango.DevFailed as exc:
+            log.info("Starter %s(%s) refused: %s", name, server, exc.args[0].desc.strip())
+            self._proxy = None
+            return False
+
+    def servers(self) -> list[tuple[str, bool, int]]:
+        """(server, controlled, level) for every server the Starter lists."""
+        lines = self.proxy().read_attribute("Servers").value or ()
+        out = []
+        for line in lines:
+            parts = line.split("\t")
+            controlled = len(parts) > 2 and parts[2] == "1"
+            level = int(parts[3]) if len(parts) > 3 and parts[3].lstrip("-").isdigit() else 0
+            out.append((parts[0], controlled, level))
+        return out
+
+    def properties(self) -> tuple[list[str], str]:
+        """StartDsPath and LogFileHome, from the database."""
+        db = tango.Database()
+        props = db.get_device_property(self.device, ["StartDsPath", "LogFileHome"])
+        return list(props["StartDsPath"]), (list(props["LogFileHome"]) or ["/var/tmp"])[0]
+
+
+class StarterLauncher(ProcessLauncher):
+    """Launch like the Starter; kill and stop through it, signals as a fallback."""
+
+    def __init__(self, starter: Starter) -> None:
+        self.starter = starter
+        self._paths: tuple[list[str], str] | None = None
+        super().__init__(lambda: self._props()[0], lambda: self._props()[1])
+
+    def _props(self) -> tuple[list[str], str]:
+        if self._paths is None:
+            self._paths = self.starter.properties()
+        return self._paths
+
+    def kill(self, spec: ServerSpec, pid: int) -> None:
+        if not self.starter.command("HardKillServer", spec.name):
+            super().kill(spec, pid)
+
+    def stop(self, spec: ServerSpec, pid: int) -> None:
+        if not self.starter.command("DevStop", spec.name):
+            super().stop(spec, pid)
+
+
+def host_servers(starter: Starter, own: str, only: Iterable[str] = ()) -> list[ServerSpec]:
+    """The controlled servers of this host with their devices (not ``own``)."""
+    db = tango.Database()
+    only_lower = {o.lower() for o in only}
+    specs = []
+    for name, controlled, level in starter.servers():
+        if not controlled or name.lower() == own.lower() or name.startswith(EXCLUDED_SERVERS):
+            continue
+        if only_lower and name.lower() not in only_lower:
+            continue
+        classes = db.get_device_class_list(name)
+        devices = tuple(
+            dev for dev, cls in zip(classes[::2], classes[1::2], strict=False) if cls != "DServer"
+        )
+        if devices:
+            specs.append(ServerSpec(name, devices, level))
+    return specs

@@ -1,0 +1,292 @@
+"""Self-healing, proven by fault injection on the real beamline under the real
+Starter: for every server kind, SIGKILL, a real segmentation fault, SIGSTOP, a
+device thread that blocks, and a server that exits during start-up (crash
+loop). While each fault lasts, every other device keeps answering; afterwards
+the failed device is back with its settings, or, for a crash loop, the
+supervisor has given up in ALARM after a bounded number of restarts.
+
+The beamline runs with BEAMLINE_TEST_HOOKS=1 (test-only commands TestCrash
+and TestHang, and a crash-at-init flag file)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+import tango
+
+from tests.helpers import BeamlineRun, wait_until
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+S = tango.DevState
+
+# one server of every kind: (server, device, a memorized setting to check)
+KINDS = [
+    ("Motor/sample_y", "bl01/mot/sample_y", ("Offset", 0.25)),
+    ("Shutter/fe", "bl01/shutter/fe", None),
+    ("Scaler/scaler", "bl01/ct/scaler", ("PresetTime", 0.7)),
+    ("Detector/cam1", "bl01/det/cam1", ("ExposureTime", 0.03)),
+    ("VacuumGauge/gauge1", "bl01/vac/gauge1", None),
+    ("Valve/valve1", "bl01/vac/valve1", None),
+    ("Motor/mirror_pitch", "bl01/mot/mirror_pitch", ("Offset", -0.1)),
+]
+ALL_DEVICES = [d for _, d, _ in KINDS] + [
+    "bl01/mot/slit_h",
+    "bl01/mot/slit_v",
+    "bl01/mot/sample_x",
+    "bl01/mot/det_z",
+    "bl01/sys/supervisor",
+]
+
+
+@pytest.fixture(scope="module")
+def healing(tmp_path_factory):
+    run = BeamlineRun(tmp_path_factory.mktemp("healing"))
+    env = run.env()
+    env["BEAMLINE_TEST_HOOKS"] = "1"
+    try:
+        json.loads(
+            run.cli(
+                "up",
+                "--port",
+                str(run.port),
+                "--db-bind",
+                "127.0.0.1",
+                "--listen",
+                "127.0.0.1",
+                "--sim-auto-ports",
+                "--json",
+                env=env,
+            ).stdout
+        )
+    except Exception:
+        run.cli("down", check=False)
+        raise
+    os.environ["TANGO_HOST"] = run.tango_host
+    supervisor = run.proxy("bl01/sys/supervisor")
+    wait_until(
+        lambda: all(st == "RUNNING" for st in supervisor.ServerStates) and supervisor.Servers,
+        30,
+        "the supervisor to see every server running",
+    )
+    for _server, device, setting in KINDS:
+        if setting:
+            run.proxy(device).write_attribute(*setting)
+    yield run
+    os.environ.pop("TANGO_HOST", None)
+    run.down()
+    assert run.processes() == []
+
+
+class Sampler:
+    """Reads State of every other device while a fault lasts."""
+
+    def __init__(self, run, exclude):
+        self.devices = [d for d in ALL_DEVICES if d != exclude]
+        self.proxies = {d: run.proxy(d, timeout_ms=2000) for d in self.devices}
+        self.failures: list[str] = []
+        self.reads = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        with tango.EnsureOmniThread():
+            while not self.stop.is_set():
+                for device, proxy in self.proxies.items():
+                    try:
+                        proxy.state()
+                        self.reads += 1
+                    except tango.DevFailed as exc:
+                        self.failures.append(f"{device}: {exc.args[0].desc.strip()[:80]}")
+                self.stop.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+
+
+def row(run, server):
+    sup = run.proxy("bl01/sys/supervisor")
+    return next(r for r in json.loads(sup.Report)["servers"] if r["server"] == server)
+
+
+def pid_of(run, server):
+    return row(run, server)["pid"]
+
+
+def inject(run, server, device, how):
+    pid = pid_of(run, server)
+    assert pid, f"{server} has no pid"
+    if how == "sigkill":
+        os.kill(pid, signal.SIGKILL)
+    elif how == "sigstop":
+        os.kill(pid, signal.SIGSTOP)
+    elif how in ("segfault", "hang"):
+        proxy = run.proxy(device, timeout_ms=300)
+        name, arg = ("TestCrash", "segfault") if how == "segfault" else ("TestHang", 120.0)
+        with contextlib.suppress(tango.DevFailed):  # it died or blocked: that is the point
+            proxy.command_inout(name, arg)
+    return pid
+
+
+def back(run, server, device, old_pid, restarts_before, timeout=20.0):
+    def answered():
+        r = row(run, server)
+        if (
+            r["state"] != "RUNNING"
+            or r["pid"] in (old_pid, None)
+            or r["restarts"] <= restarts_before
+        ):
+            return None
+        proxy = run.proxy(device, timeout_ms=1000)
+        proxy.state()
+        return r
+
+    return wait_until(answered, timeout, f"{server} restarted and answering")
+
+
+EXPECTED_CAUSE = {
+    "sigkill": "process vanished without a message",
+    "segfault": "segmentation fault (SIGSEGV)",
+    "sigstop": "hang: no device answered",
+    "hang": "hang: no device answered",
+}
+
+
+@pytest.mark.parametrize("how", ["sigkill", "segfault", "sigstop", "hang"])
+@pytest.mark.parametrize("server,device,setting", KINDS, ids=[k[0] for k in KINDS])
+def test_fault_is_healed_and_nothing_else_is_disturbed(healing, server, device, setting, how):
+    restarts_before = row(healing, server)["restarts"]
+    with Sampler(healing, exclude=device) as sampler:
+        old_pid = inject(healing, server, device, how)
+        r = back(healing, server, device, old_pid, restarts_before)
+    assert sampler.failures == [], f"other devices failed during the fault: {sampler.failures[:5]}"
+    assert sampler.reads > 0
+    assert EXPECTED_CAUSE[how] in r["last_cause"]
+    if how == "hang":
+        assert "stacks of every thread written to" in r["last_cause"]
+        assert "_test_hang" in healing.cli("logs", server, "-n", "400").stdout
+    if how == "sigstop":
+        assert "SIGSTOP" in r["last_cause"]
+    assert (
+        not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
+    )
+    proxy = healing.proxy(device)
+    wait_until(lambda: proxy.state() not in (S.FAULT, S.INIT), 15, f"{device} out of FAULT/INIT")
+    if setting:
+        assert proxy.read_attribute(setting[0]).value == pytest.approx(setting[1])
+    status = healing.cli("status").stdout
+    assert server in status and EXPECTED_CAUSE[how].split(":")[0] in status
+
+
+def test_crash_loop_ends_in_alarm_after_a_bounded_number_of_restarts(healing):
+    server, device = "Shutter/fe", "bl01/shutter/fe"
+    flag = healing.run_dir / "test-hooks" / "crash-at-init" / "Shutter_fe"
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.touch()
+    supervisor = healing.proxy("bl01/sys/supervisor")
+    before = row(healing, server)["restarts"]
+    try:
+        with Sampler(healing, exclude=device) as sampler:
+            os.kill(pid_of(healing, server), signal.SIGKILL)
+            wait_until(
+                lambda: row(healing, server)["state"] == "FAILED", 40, "the supervisor to give up"
+            )
+        r = row(healing, server)
+        assert supervisor.state() == S.ALARM
+        assert server in supervisor.status() and "crash at init" in supervisor.status()
+        assert r["restarts"] - before <= 5
+        assert "gave up after 5 failures" in r["last_cause"]
+        assert sampler.failures == []
+        # it stays given up: no more restarts while the supervisor keeps observing
+        restarts = r["restarts"]
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert row(healing, server)["restarts"] == restarts
+            assert row(healing, server)["state"] == "FAILED"
+    finally:
+        flag.unlink()
+    healing.cli("start", server)
+    wait_until(lambda: supervisor.state() == S.ON, 15, "the supervisor back to ON")
+    assert row(healing, server)["state"] == "RUNNING"
+
+
+def test_a_server_stopped_on_purpose_is_not_restarted(healing):
+    server, device = "Motor/det_z", "bl01/mot/det_z"
+    healing.cli("stop", server)
+    wait_until(lambda: row(healing, server)["state"] == "STOPPED", 10, "STOPPED")
+    # the supervisor keeps observing several times a second: still stopped
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        assert row(healing, server)["pid"] is None
+    assert "stopped on purpose" in row(healing, server)["last_cause"]
+    healing.cli("start", server)
+    wait_until(lambda: row(healing, server)["state"] == "RUNNING", 15, "RUNNING again")
+    assert healing.proxy(device).state() == S.ON
+
+
+def test_the_supervisor_itself_is_restarted_and_restarts_nothing_twice(healing):
+    main = healing.proxy("bl01/sys/supervisor")
+    pids_before = dict(zip(main.Servers, main.ServerPids, strict=True))
+    standby = healing.proxy("bl01/sys/supervisor-standby")
+    old = dict(zip(standby.Servers, standby.ServerPids, strict=True))["Supervisor/supervisor"]
+    os.kill(old, signal.SIGKILL)
+
+    def main_back():
+        s = healing.proxy("bl01/sys/supervisor", timeout_ms=500)
+        s.state()
+        return s if s.Servers else None
+
+    fresh = wait_until(main_back, 15, "the supervisor back")
+    wait_until(lambda: all(st == "RUNNING" for st in fresh.ServerStates), 15, "its view rebuilt")
+    pids_after = dict(zip(fresh.Servers, fresh.ServerPids, strict=True))
+    pids_before.pop("Supervisor/standby", None)
+    pids_after.pop("Supervisor/standby", None)
+    assert pids_after == pids_before, "no server may be restarted because the supervisor was"
+    assert all(n == 0 for n in fresh.ServerRestarts)
+    assert "Supervisor/supervisor" in dict(
+        zip(standby.Servers, standby.ServerRestarts, strict=True)
+    )
+
+
+def test_events_resume_quickly_after_a_restart(healing):
+    from tango_devices.common.events import ResilientSubscription
+
+    received = []
+    sub = ResilientSubscription(
+        "bl01/mot/slit_h",
+        "State",
+        lambda ev: received.append((time.monotonic(), ev.err)),
+        tango_host=healing.tango_host,
+    )
+    try:
+        wait_until(lambda: received, 5, "the first event")
+        n = len(received)
+        os.kill(pid_of(healing, "Motor/slit_h"), signal.SIGKILL)
+
+        def answering():
+            p = tango.DeviceProxy(f"tango://{healing.tango_host}/bl01/mot/slit_h")
+            p.set_timeout_millis(300)
+            p.state()
+            return time.monotonic()
+
+        answered_at = wait_until(answering, 15, "the device answering a new client")
+        wait_until(
+            lambda: [t for t, err in received[n:] if not err], 5, "an event after the restart"
+        )
+        first = next(t for t, err in received[n:] if not err)
+        assert first - answered_at < 1.5, "events must resume within about a second"
+        assert sub.resubscriptions >= 1
+    finally:
+        sub.close()

@@ -1,0 +1,324 @@
+"""The supervisor's rules against a fake world and a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from tango_devices.supervisor.model import Policy, ServerSpec, ServerState, cause_from_log
+from tango_devices.supervisor.supervisor_logic import Supervisor
+
+S = ServerState
+MOTOR = ServerSpec("Motor/sample_x", ("bl01/mot/sample_x",))
+GAUGE = ServerSpec("VacuumGauge/gauge1", ("bl01/vac/gauge1",))
+
+
+class World:
+    """Processes, device answers, and everything the supervisor asks for."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.pids: dict[str, int] = {}
+        self.answers: dict[str, float] = {}
+        self.next_pid = 100
+        self.launched: list[str] = []
+        self.killed: list[str] = []
+        self.stopped: list[str] = []
+        self.dumped: list[str] = []
+        self.clean: set[int] = set()
+        self.logs: dict[str, str] = {}
+        self.reconnects: list[tuple[str, ...]] = []
+
+    # ProcessTable
+    def scan(self):
+        return {name.lower(): [pid] for name, pid in self.pids.items()}
+
+    # Prober
+    def watch(self, devices):
+        self.watched = list(devices)
+
+    def last_answer(self, device):
+        return self.answers.get(device)
+
+    def reconnect(self, devices):
+        self.reconnects.append(tuple(devices))
+
+    # Launcher
+    def launch(self, spec):
+        self.next_pid += 1
+        self.pids[spec.name] = self.next_pid
+        self.launched.append(spec.name)
+        return self.next_pid
+
+    def exit_code(self, pid):
+        return None
+
+    def clean_exit(self, spec, pid):
+        return pid in self.clean
+
+    def log_tail(self, spec):
+        return self.logs.get(spec.name, "")
+
+    def dump_stacks(self, spec, pid):
+        self.dumped.append(spec.name)
+        return f"stacks of pid {pid} written to its log"
+
+    def kill(self, spec, pid):
+        self.killed.append(spec.name)
+
+    def stop(self, spec, pid):
+        self.stopped.append(spec.name)
+
+    # helpers
+    def start(self, spec):
+        self.next_pid += 1
+        self.pids[spec.name] = self.next_pid
+
+    def die(self, spec):
+        return self.pids.pop(spec.name)
+
+    def answer(self, spec):
+        for d in spec.devices:
+            self.answers[d] = self.now
+
+    def tick(self, seconds=0.1):
+        self.now += seconds
+
+
+@pytest.fixture
+def world():
+    return World()
+
+
+def make(world, specs=(MOTOR, GAUGE), expected=(), policy=None):
+    sup = Supervisor(
+        world, world, world, policy or Policy(), clock=lambda: world.now, wall=lambda: world.now
+    )
+    sup.set_servers(specs, expected)
+    return sup
+
+
+def running(world, sup, spec):
+    world.start(spec)
+    sup.step()
+    world.tick()
+    world.answer(spec)
+    sup.step()
+    assert sup.record(spec.name).state is S.RUNNING
+
+
+def test_servers_never_started_are_left_alone(world):
+    sup = make(world)
+    for _ in range(5):
+        sup.step()
+        world.tick()
+    assert world.launched == []
+    assert sup.record("Motor/sample_x").state is S.NOT_STARTED
+    assert sup.expected == set()
+
+
+def test_a_server_seen_running_is_adopted_and_expected(world):
+    sup = make(world)
+    persisted = []
+    sup.on_expected_change(lambda e: persisted.append(sorted(e)))
+    world.start(MOTOR)
+    sup.step()
+    assert sup.record(MOTOR.name).state is S.STARTING
+    world.tick()
+    world.answer(MOTOR)
+    sup.step()
+    assert sup.record(MOTOR.name).state is S.RUNNING
+    assert persisted[-1] == ["Motor/sample_x"]
+
+
+def test_crash_restarts_at_once_and_announces_recovery(world):
+    sup = make(world)
+    running(world, sup, MOTOR)
+    announced = []
+    sup.on_restart(lambda r: announced.append((r.name, r.last_recovery)))
+    world.die(MOTOR)
+    world.logs[MOTOR.name] = "...\nFatal Python error: Segmentation fault\n"
+    world.tick()
+    sup.step()
+    rec = sup.record(MOTOR.name)
+    assert world.launched == [MOTOR.name]
+    assert rec.state is S.RESTARTING and rec.restarts == 1
+    assert rec.last_cause == "segmentation fault (SIGSEGV)"
+    assert world.reconnects[-1] == MOTOR.devices  # fresh client connections for the new process
+    # an answer from before the restart does not count
+    sup.step()
+    assert rec.state is S.RESTARTING and announced == []
+    world.tick(0.4)
+    world.answer(MOTOR)
+    sup.step()
+    assert rec.state is S.RUNNING
+    assert announced == [(MOTOR.name, pytest.approx(0.4))]
+
+
+def test_clean_exit_is_a_stop_on_purpose(world):
+    sup = make(world)
+    running(world, sup, MOTOR)
+    world.clean.add(world.die(MOTOR))
+    world.tick()
+    sup.step()
+    rec = sup.record(MOTOR.name)
+    assert rec.state is S.STOPPED and not rec.expected
+    assert world.launched == []
+    for _ in range(10):
+        world.tick()
+        sup.step()
+    assert world.launched == []
+
+
+def test_hang_dumps_stacks_kills_and_restarts(world):
+    policy = Policy(hang_timeout=3.0)
+    sup = make(world, policy=policy)
+    running(world, sup, MOTOR)
+    for _ in range(25):  # 2.5 s of silence: not yet
+        world.tick()
+        sup.step()
+    assert world.killed == []
+    for _ in range(6):
+        world.tick()
+        sup.step()
+    rec = sup.record(MOTOR.name)
+    assert world.dumped == [MOTOR.name] and world.killed == [MOTOR.name]
+    assert rec.state is S.HUNG
+    assert rec.last_cause.startswith("hang: no device answered for 3.")
+    assert "stacks of pid" in rec.last_cause
+    world.die(MOTOR)
+    world.tick()
+    sup.step()
+    assert world.launched == [MOTOR.name] and rec.state is S.RESTARTING
+
+
+def test_a_process_that_does_not_die_is_killed_again(world):
+    sup = make(world, policy=Policy(hang_timeout=1.0))
+    running(world, sup, MOTOR)
+    for _ in range(15):
+        world.tick()
+        sup.step()
+    assert world.killed == [MOTOR.name]
+    for _ in range(11):
+        world.tick()
+        sup.step()
+    assert world.killed == [MOTOR.name, MOTOR.name]
+
+
+def test_crash_loop_backs_off_then_gives_up(world):
+    policy = Policy(max_failures=5, window=60, backoff_base=0.5, backoff_max=8)
+    sup = make(world, policy=policy)
+    running(world, sup, MOTOR)
+    rec = sup.record(MOTOR.name)
+    world.logs[MOTOR.name] = "Exiting: Server exited with tango.DevFailed:\n  bad things\n"
+    launch_times = []
+    for _ in range(200):  # 20 s: the server dies as soon as it is started
+        if MOTOR.name in world.pids:
+            world.die(MOTOR)
+        before = len(world.launched)
+        sup.step()
+        if len(world.launched) > before:
+            launch_times.append(world.now)
+        world.tick()
+    gaps = [round(b - a, 1) for a, b in zip(launch_times, launch_times[1:], strict=False)]
+    # first restart at once, then 0.5, 1, 2 s backoff (plus a step), then given up
+    assert len(launch_times) == 4, launch_times
+    assert gaps == [
+        pytest.approx(0.6, abs=0.11),
+        pytest.approx(1.1, abs=0.11),
+        pytest.approx(2.1, abs=0.11),
+    ]
+    assert rec.state is S.FAILED
+    assert rec.last_cause.startswith(
+        "gave up after 5 failures in 60 s; last: exited during start-up"
+    )
+    assert "Motor/sample_x" in sup.summary() and "gave up" in sup.summary()
+
+
+def test_stop_and_start_on_request(world):
+    sup = make(world)
+    running(world, sup, MOTOR)
+    sup.stop_server(MOTOR.name)
+    assert world.stopped == [MOTOR.name]
+    world.die(MOTOR)  # exits without a clean marker: still not restarted
+    for _ in range(10):
+        world.tick()
+        sup.step()
+    assert world.launched == [] and sup.record(MOTOR.name).state is S.STOPPED
+    sup.start_server(MOTOR.name)
+    assert world.launched == [MOTOR.name]
+    assert MOTOR.name in sup.expected
+
+
+def test_a_new_supervisor_restarts_what_died_meanwhile_once(world):
+    world.start(GAUGE)  # still running
+    sup = make(world, expected=[MOTOR.name, GAUGE.name])  # Motor died while no supervisor ran
+    sup.step()
+    assert world.launched == [MOTOR.name]
+    assert sup.record(MOTOR.name).last_cause == "not running when the supervisor started"
+    assert sup.record(GAUGE.name).state is S.STARTING  # adopted, not restarted
+    for _ in range(5):
+        world.tick()
+        sup.step()
+    assert world.launched == [MOTOR.name]
+
+
+def test_start_timeout_kills_and_retries(world):
+    sup = make(world, policy=Policy(start_timeout=2.0))
+    running(world, sup, MOTOR)
+    world.die(MOTOR)
+    world.tick()
+    sup.step()  # restarted, but its devices never answer
+    for _ in range(25):
+        world.tick()
+        sup.step()
+    rec = sup.record(MOTOR.name)
+    assert world.killed == [MOTOR.name]
+    assert "did not answer within 2 s of starting" in rec.last_cause
+
+
+def test_unknown_server_names_the_known_ones(world):
+    sup = make(world)
+    with pytest.raises(KeyError, match="known: Motor/sample_x, VacuumGauge/gauge1"):
+        sup.stop_server("Motor/nope")
+
+
+VANISHED = "process vanished without a message (SIGKILL, the OOM killer, or a crash outside Python)"
+
+
+@pytest.mark.parametrize(
+    "tail,code,cause",
+    [
+        # a supervisor's own log quotes other servers' causes: not its own death
+        (
+            "INFO Shutter/fe failed: exited during start-up (test hook: crash at init)",
+            None,
+            VANISHED,
+        ),
+        # only the last run's output counts
+        (
+            "Fatal Python error: Segmentation fault\n==== 2026 restarted by the supervisor\nok",
+            None,
+            VANISHED,
+        ),
+        (
+            "x\nFatal Python error: Segmentation fault\n\nThread 0x1",
+            None,
+            "segmentation fault (SIGSEGV)",
+        ),
+        ("Fatal Python error: Aborted", None, "aborted (SIGABRT)"),
+        ("", -9, "killed by SIGKILL"),
+        ("", 3, "exited with code 3"),
+        (
+            "",
+            None,
+            VANISHED,
+        ),
+        (
+            "Exiting: Server exited with tango.DevFailed:\n  desc = no db",
+            None,
+            "exited during start-up: Server exited with tango.DevFailed desc = no db",
+        ),
+    ],
+)
+def test_cause_from_log(tail, code, cause):
+    assert cause_from_log(tail, code) == cause
