@@ -510,7 +510,8 @@ def supervisor_for(tango_host: str, server: str):
     try:
         proxy = tango.DeviceProxy(f"tango://{tango_host}/{device}")
         proxy.set_timeout_millis(3000)
-        if server.lower() not in {s.lower() for s in (proxy.Servers or ())}:
+        servers = proxy.read_attribute("Servers").value or ()
+        if server.lower() not in {s.lower() for s in servers}:
             return None
         return proxy
     except tango.DevFailed:
@@ -524,9 +525,10 @@ def supervisor_report(tango_host: str) -> dict[str, Any]:
     try:
         proxy = tango.DeviceProxy(f"tango://{tango_host}/{MAIN_SUPERVISOR}")
         proxy.set_timeout_millis(2000)
-        report = json.loads(proxy.Report)
+        report = json.loads(proxy.read_attribute("Report").value)
         rows = {r["server"].lower(): r for r in report["servers"]}
-        return {"state": str(proxy.state()), "summary": proxy.Summary, "servers": rows}
+        summary = proxy.read_attribute("Summary").value
+        return {"state": str(proxy.state()), "summary": summary, "servers": rows}
     except (tango.DevFailed, ValueError, KeyError):
         return {}
 

@@ -2,13 +2,14 @@
 
 import sys
 
-from bench import bench_detector, bench_reads, bench_scaler, bench_startup
+from bench import bench_detector, bench_healing, bench_reads, bench_scaler, bench_startup
 
 BENCHMARKS = {
     "reads": bench_reads.run,
     "startup": bench_startup.run,
     "detector": bench_detector.run,
     "scaler": bench_scaler.run,
+    "healing": bench_healing.run,
 }
 
 

@@ -30,8 +30,11 @@ class Bench:
         self.port = port
         self.tango_host = f"127.0.0.1:{port}"
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("TANGO_HOST", "BEAMLINE_RUN_DIR")}
+    def cli(
+        self, *args: str, check: bool = True, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        base = {k: v for k, v in os.environ.items() if k not in ("TANGO_HOST", "BEAMLINE_RUN_DIR")}
+        env = {**base, **(env or {})}
         proc = subprocess.run(
             [str(BIN / "beamline"), "--run-dir", str(self.run_dir), *args],
             env=env,
@@ -42,18 +45,9 @@ class Bench:
             raise RuntimeError(f"beamline {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def up(self) -> dict:
-        return json.loads(
-            self.cli(
-                "up",
-                "--port",
-                str(self.port),
-                "--db-bind",
-                "127.0.0.1",
-                "--sim-auto-ports",
-                "--json",
-            ).stdout
-        )
+    def up(self, **env: str) -> dict:
+        args = ["up", "--port", str(self.port), "--db-bind", "127.0.0.1", "--sim-auto-ports"]
+        return json.loads(self.cli(*args, "--json", env=env).stdout)
 
     def proxy(self, device: str):
         import tango
@@ -64,11 +58,11 @@ class Bench:
 
 
 @contextlib.contextmanager
-def beamline() -> Iterator[Bench]:
+def beamline(**env: str) -> Iterator[Bench]:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         bench = Bench(Path(tmp), free_port())
         try:
-            bench.up()
+            bench.up(**env)
             os.environ["TANGO_HOST"] = bench.tango_host
             yield bench
         finally:

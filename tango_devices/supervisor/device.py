@@ -63,6 +63,11 @@ class Supervisor(BeamlineDevice):
     FailureWindow = device_property(dtype=float, default_value=60.0, doc="s: failure window")
     BackoffBase = device_property(dtype=float, default_value=0.5, doc="s: 2nd failure delay")
     BackoffMax = device_property(dtype=float, default_value=8.0, doc="s: longest delay")
+    StableAfter = device_property(
+        dtype=float,
+        default_value=10.0,
+        doc="s answering after which earlier failures are forgotten",
+    )
     ProbeTimeout = device_property(dtype=float, default_value=0.5, doc="s: State read timeout")
     ProbePeriod = device_property(dtype=float, default_value=0.2, doc="s between State reads")
     StepPeriod = device_property(dtype=float, default_value=0.1, doc="s between observations")
@@ -97,6 +102,7 @@ class Supervisor(BeamlineDevice):
             max_failures=self.MaxFailures,
             backoff_base=self.BackoffBase,
             backoff_max=self.BackoffMax,
+            stable_after=self.StableAfter,
         )
         self.logic = SupervisorLogic(
             self._watcher, self._prober, StarterLauncher(self._starter), policy

@@ -58,6 +58,7 @@ class Policy:
     max_failures: int = 5  # in the window: then give up (FAILED, ALARM)
     backoff_base: float = 0.5  # s: the 2nd failure waits this, then doubling
     backoff_max: float = 8.0
+    stable_after: float = 10.0  # s answering: then earlier failures are forgotten
 
     def backoff(self, failures_in_window: int) -> float:
         """Delay before the next restart: none after a first failure."""
@@ -82,6 +83,7 @@ class ServerRecord:
     next_restart_at: float | None = None  # monotonic, while in BACKOFF
     launched_at: float | None = None  # monotonic, of our last launch
     unanswered_since: float | None = None  # monotonic: devices silent since
+    answering_since: float | None = None  # monotonic: devices answering since
 
     @property
     def name(self) -> str:

@@ -209,6 +209,10 @@ class Supervisor:
                 return
             rec.state = S.RUNNING
             rec.unanswered_since = None
+            if rec.answering_since is None:
+                rec.answering_since = now
+            elif rec.failures and now - rec.answering_since >= self.policy.stable_after:
+                rec.failures.clear()  # stable again: a later failure is not a crash loop
             return
         silent_since = self._silent_since(rec, since)
         if rec.state in (S.STARTING, S.RESTARTING):
@@ -242,6 +246,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ actions
     def _hang(self, rec: ServerRecord, pid: int, now: float, wall: float, cause: str) -> None:
+        rec.answering_since = None
         dump = self.launcher.dump_stacks(rec.spec, pid)
         rec.last_cause = f"{cause}; {dump}"
         rec.last_failure_at = wall
@@ -253,6 +258,7 @@ class Supervisor:
         self._kill_deadline[rec.name] = now + 1.0
 
     def _failure(self, rec: ServerRecord, cause: str, now: float, wall: float) -> None:
+        rec.answering_since = None
         rec.failures.append(now)
         rec.last_cause = cause
         rec.last_failure_at = wall

@@ -322,3 +322,23 @@ VANISHED = "process vanished without a message (SIGKILL, the OOM killer, or a cr
 )
 def test_cause_from_log(tail, code, cause):
     assert cause_from_log(tail, code) == cause
+
+
+def test_independent_failures_of_a_stable_server_are_not_a_crash_loop(world):
+    sup = make(world, policy=Policy(max_failures=3, window=60, stable_after=5.0))
+    running(world, sup, MOTOR)
+    rec = sup.record(MOTOR.name)
+    for _ in range(6):  # six kills within a minute, each after 6 s of good health
+        for _ in range(60):
+            world.tick()
+            world.answer(MOTOR)
+            sup.step()
+        world.die(MOTOR)
+        world.tick()
+        sup.step()
+        assert rec.state is S.RESTARTING, rec.last_cause
+        world.tick()
+        world.answer(MOTOR)
+        sup.step()
+    assert rec.restarts == 6 and rec.state is S.RUNNING
+    assert world.launched == [MOTOR.name] * 6
