@@ -190,9 +190,11 @@ def test_fault_is_healed_and_nothing_else_is_disturbed(healing, server, device, 
     assert server in status and EXPECTED_CAUSE[how].split(":")[0] in status
 
 
-def test_crash_loop_ends_in_alarm_after_a_bounded_number_of_restarts(healing):
-    server, device = "Shutter/fe", "bl01/shutter/fe"
-    flag = healing.run_dir / "test-hooks" / "crash-at-init" / "Shutter_fe"
+@pytest.mark.parametrize("server,device,setting", KINDS, ids=[k[0] for k in KINDS])
+def test_crash_loop_ends_in_alarm_after_a_bounded_number_of_restarts(
+    healing, server, device, setting
+):
+    flag = healing.run_dir / "test-hooks" / "crash-at-init" / server.replace("/", "_")
     flag.parent.mkdir(parents=True, exist_ok=True)
     flag.touch()
     supervisor = healing.proxy("bl01/sys/supervisor")
