@@ -38,6 +38,9 @@ setup(
         "psutil>=5.9",
         "pyepics>=3.5,<3.6",
         "caproto>=1.1,<1.4",
+        "h5py>=3.10",
+        "sardana==3.7.*",
+        "sardana-config==3.7.*",
     ],
     extras_require={
         "test": [
