@@ -220,8 +220,9 @@ def test_crash_loop_ends_in_alarm_after_a_bounded_number_of_restarts(
     finally:
         flag.unlink()
     healing.cli("start", server)
+    # StartServer after giving up: RESTARTING until the device answers, then RUNNING
+    wait_until(lambda: row(healing, server)["state"] == "RUNNING", 15, "RUNNING again")
     wait_until(lambda: supervisor.state() == S.ON, 15, "the supervisor back to ON")
-    assert row(healing, server)["state"] == "RUNNING"
 
 
 def test_a_server_stopped_on_purpose_is_not_restarted(healing):
