@@ -15,6 +15,7 @@ TANGO_SERVERS = {
     "VacuumGauge": "tango_devices.vacuum.device:gauge_main",
     "Valve": "tango_devices.vacuum.device:valve_main",
     "Supervisor": "tango_devices.supervisor.device:main",
+    "DataLogger": "tango_devices.logger.device:main",
 }
 
 setup(

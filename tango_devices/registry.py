@@ -24,6 +24,7 @@ SERVERS: dict[str, tuple[str, str]] = {
         "tango_devices.supervisor.device:Supervisor",
         "tango_devices.supervisor.device:main",
     ),
+    "DataLogger": ("tango_devices.logger.device:DataLogger", "tango_devices.logger.device:main"),
 }
 
 
