@@ -592,5 +592,11 @@ def logs(ctx: RunContext, name: str, lines: int, follow: bool) -> None:
                     time.sleep(0.2)
 
 
+# ---------------------------------------------------------------- history
+from beamline.history_cli import history  # noqa: E402
+
+main.add_command(history)
+
+
 if __name__ == "__main__":
     main()

@@ -152,6 +152,7 @@ class DeviceWatch:
         self.poll_names: list[str] = []
         self.connected = False
         self.connects = 0
+        self.connected_at: float | None = None
         self.last_error = "not connected yet"
         self._polled: dict[str, Any] = {}
         self._configs: dict[str, dict] = {}
@@ -202,6 +203,12 @@ class DeviceWatch:
 
     # ----------------------------------------------------------- connect
     def _connect(self) -> bool:
+        # Drop the old subscriptions first: cppTango keeps one event channel per
+        # device server and reuses it while any subscription to that server
+        # remains, so after a restart new subscriptions would stay on the dead
+        # channel (until its 10 s heartbeat) unless the old ones are gone.
+        self._unsubscribe(self.proxy, self.subscriptions)
+        self.proxy, self.subscriptions = None, []
         proxy = None
         subscribed: list[int] = []
         try:
@@ -241,14 +248,13 @@ class DeviceWatch:
             self.connected = False
             self.last_error = exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
             return False
-        old_proxy, old = self.proxy, self.subscriptions
         self.proxy, self.subscriptions = proxy, subscribed
         self.modes, self.poll_names = modes, poll
         self._polled = {}
         self.connected = True
         self.connects += 1
+        self.connected_at = time.time()
         self.last_error = ""
-        self._unsubscribe(old_proxy, old)
         return True
 
     def _subscribe_values(self, proxy, name: str, key: str, subscribed: list[int]) -> str | None:
@@ -357,6 +363,7 @@ class DeviceWatch:
             "device": self.device,
             "connected": self.connected,
             "connects": self.connects,
+            "connected_at": self.connected_at,
             "error": self.last_error,
             "attributes": dict(sorted(self.modes.items())),
         }

@@ -1,0 +1,404 @@
+"""The data logger on the real beamline: real Starter, real servers, real
+events. A move comes back from GetHistory exactly as the motor published it;
+a changed limit or offset shows in GetConfigurationAt exactly where it
+changed; a logger killed with SIGKILL in the middle of a write (a test hook,
+and a plain kill -9 from outside) leaves files that all open, with every
+event up to its last flush, and carries on after the supervisor restarts it,
+with the gap on record.
+
+The beamline runs with BEAMLINE_TEST_HOOKS=1 (TestKillMidWrite)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import psutil
+import pytest
+import tango
+
+from tango_devices.logger import seal
+from tango_devices.logger.configuration import diff
+from tango_devices.logger.reader import ArchiveReader
+from tango_devices.logger.store import list_files, open_for_read
+from tests.helpers import BeamlineRun, wait_until
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+S = tango.DevState
+LOGGER = "bl01/sys/logger"
+
+
+@pytest.fixture(scope="module")
+def bl(tmp_path_factory):
+    run = BeamlineRun(tmp_path_factory.mktemp("logger"))
+    env = run.env()
+    env["BEAMLINE_TEST_HOOKS"] = "1"
+    try:
+        run.cli(
+            "up",
+            "--port",
+            str(run.port),
+            "--db-bind",
+            "127.0.0.1",
+            "--listen",
+            "127.0.0.1",
+            "--sim-auto-ports",
+            "--json",
+            env=env,
+        )
+    except Exception:
+        run.cli("down", check=False)
+        raise
+    os.environ["TANGO_HOST"] = run.tango_host
+    logger = run.proxy(LOGGER, timeout_ms=15000)
+    wait_until(lambda: logger.state() == S.ON, 30, "the logger ON")
+    wait_until(
+        lambda: (
+            {"bl01/mot/sample_x", "bl01/mot/sample_y", "bl01/mot/det_z", "bl01/det/cam1"}
+            <= connected(logger)
+        ),
+        60,
+        "the logger subscribed to the motors and the camera",
+    )
+    yield run
+    os.environ.pop("TANGO_HOST", None)
+    run.down()
+    assert run.processes() == []
+
+
+def connected(logger) -> set[str]:
+    return {d["device"] for d in json.loads(logger.Report)["devices"] if d["connected"]}
+
+
+def history(logger, name, start, end="now", max_points=0) -> dict:
+    args = {"attribute": name, "start": start, "end": end, "max_points": max_points}
+    return json.loads(logger.GetHistory(json.dumps(args)))
+
+
+def config_at(logger, device, t) -> dict:
+    return json.loads(logger.GetConfigurationAt(json.dumps({"device": device, "time": t})))
+
+
+class Events:
+    """A client's own record of what a device published."""
+
+    def __init__(self, proxy, attr):
+        self.proxy = proxy
+        self.items: list[tuple[float, object, str]] = []
+        self.lock = threading.Lock()
+        self.id = proxy.subscribe_event(attr, tango.EventType.CHANGE_EVENT, self._cb)
+
+    def _cb(self, ev):
+        if ev.err:
+            return
+        v = ev.attr_value
+        with self.lock:
+            quality = str(v.quality).split(".")[-1].removeprefix("ATTR_")
+            self.items.append((v.time.totime(), v.value, quality))
+
+    def close(self):
+        self.proxy.unsubscribe_event(self.id)
+
+
+def wait_on(proxy, timeout=20.0):
+    wait_until(lambda: proxy.state() == S.ON, timeout, f"{proxy.dev_name()} ON ({proxy.status()})")
+
+
+def logger_pid(run) -> int:
+    for p in psutil.process_iter(["cmdline"]):
+        c = p.info["cmdline"] or []
+        if len(c) >= 3 and c[1].endswith("/DataLogger") and c[2] == "logger":
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get("BEAMLINE_RUN_DIR") == str(run.run_dir):
+                    return p.pid
+    raise AssertionError("no DataLogger process")
+
+
+# ------------------------------------------------------------- history
+def test_a_move_comes_back_from_get_history_as_the_motor_published_it(bl):
+    logger = bl.proxy(LOGGER, timeout_ms=15000)
+    motor = bl.proxy("bl01/mot/sample_x")
+    wait_on(motor)
+    seen = Events(motor, "Position")
+    try:
+        t0 = time.time()
+        motor.Position = 2.0
+        wait_until(lambda: motor.state() == S.MOVING or motor.Position == 2.0, 5, "a move")
+        wait_on(motor)
+        motor.Position = 0.5
+        wait_on(motor)
+        wait_until(lambda: seen.items and seen.items[-1][1] == pytest.approx(0.5), 5, "last event")
+        mine = [item for item in seen.items if item[0] >= t0]
+        out = wait_until(
+            lambda: (
+                (h := history(logger, "bl01/mot/sample_x/Position", t0))["count"] >= len(mine) and h
+            ),
+            10,
+            "the move in the archive",
+        )
+    finally:
+        seen.close()
+    archived = list(zip(out["times"], out["values"], out["qualities"], strict=True))
+    for t, value, quality in mine:  # every event the motor published, same time, value, quality
+        assert (t, pytest.approx(value), quality) in archived, (t, value, quality)
+    values = out["values"]
+    assert max(values) == pytest.approx(2.0) and values[-1] == pytest.approx(0.5)
+    assert "CHANGING" in out["qualities"] and out["qualities"][-1] == "VALID"
+    assert out["times"] == sorted(out["times"]) and out["unit"] == "mm"
+    # more points than asked: decimated, keeping the extremes
+    small = history(logger, "bl01/mot/sample_x/Position", t0, max_points=4)
+    assert small["decimated"] and small["returned"] <= 4 and small["count"] == out["count"]
+    assert max(small["values"]) == pytest.approx(2.0)
+
+
+def test_the_history_cli_asks_the_logger_and_reads_the_files(bl):
+    out = json.loads(
+        bl.cli("history", "get", "bl01/mot/sample_x/Position", "--start", "-1h", "--json").stdout
+    )
+    assert out["count"] >= 2 and out["values"][-1] == pytest.approx(0.5)
+    text = bl.cli("history", "get", "bl01/mot/sample_x/Position", "--start", "-1h").stdout
+    assert "bl01/mot/sample_x/Position [mm]" in text and "VALID" in text
+    offline = json.loads(
+        bl.cli(
+            "history",
+            "get",
+            "bl01/mot/sample_x/Position",
+            "--dir",
+            str(bl.run_dir / "archive"),
+            "--json",
+        ).stdout
+    )  # the same answer from the files (read as a SWMR reader while the logger writes)
+    assert offline["values"][-1] == pytest.approx(0.5)
+    config = bl.cli("history", "config", "bl01/mot/sample_x").stdout
+    assert "Position" in config and "Port" in config
+    bad = bl.cli("history", "get", "bl01/mot/sample_x/Nothing", check=False)
+    assert bad.returncode == 2 and "not archived" in bad.stderr
+
+
+# ------------------------------------------------------- configuration
+def test_a_changed_limit_differs_exactly_there(bl):
+    logger = bl.proxy(LOGGER, timeout_ms=15000)
+    motor = bl.proxy("bl01/mot/sample_y")
+    info = motor.get_attribute_config("Position")
+    old_max = info.max_value
+    before_t = time.time()
+    wait_until(
+        lambda: config_at(logger, "bl01/mot/sample_y", before_t)["attributes"]["Position"][
+            "config"
+        ],
+        10,
+        "sample_y's configuration in the archive",
+    )
+    info.max_value = "15"
+    motor.set_attribute_config(info)
+    try:
+
+        def changed():
+            now = time.time()
+            a = config_at(logger, "bl01/mot/sample_y", now)["attributes"]["Position"]
+            return (
+                a["config"]["max_value"] == "15" and a["properties"].get("max_value") == ["15"]
+            ) and now
+
+        after_t = wait_until(changed, 15, "the new limit and its database property archived")
+        before = config_at(logger, "bl01/mot/sample_y", before_t)
+        after = config_at(logger, "bl01/mot/sample_y", after_t)
+        assert diff(before, after) == {
+            "attributes.Position.config.max_value": {"before": old_max, "after": "15"},
+            "attributes.Position.properties.max_value": {"before": [old_max], "after": ["15"]},
+        }
+        # the CLI says the same
+        cli = json.loads(
+            bl.cli(
+                "history", "diff", "bl01/mot/sample_y", str(before_t), str(after_t), "--json"
+            ).stdout
+        )
+        assert set(cli) == {
+            "attributes.Position.config.max_value",
+            "attributes.Position.properties.max_value",
+        }
+    finally:
+        info.max_value = old_max
+        motor.set_attribute_config(info)
+
+
+def test_a_changed_offset_differs_exactly_there(bl):
+    logger = bl.proxy(LOGGER, timeout_ms=15000)
+    motor = bl.proxy("bl01/mot/det_z")
+    wait_on(motor)
+    old = motor.Offset
+    before_t = time.time()
+    wait_until(
+        lambda: (
+            config_at(logger, "bl01/mot/det_z", before_t)["attributes"]["Offset"]["value"]
+            == pytest.approx(old)
+        ),
+        10,
+        "det_z's offset in the archive",
+    )
+    motor.Offset = old + 0.25
+    try:
+
+        def changed():
+            now = time.time()
+            a = config_at(logger, "bl01/mot/det_z", now)["attributes"]
+            offset = a["Offset"]
+            memorized = offset["properties"].get("__value", ["nan"])[0]
+            return (
+                offset["value"] == pytest.approx(old + 0.25)
+                and float(memorized) == pytest.approx(old + 0.25)
+                and now
+            )
+
+        after_t = wait_until(changed, 15, "the new offset and its memorized value archived")
+        before = config_at(logger, "bl01/mot/det_z", before_t)
+        after = config_at(logger, "bl01/mot/det_z", after_t)
+        changes = diff(before, after)
+        assert set(changes) == {
+            "attributes.Offset.value",
+            "attributes.Offset.properties.__value",
+            "attributes.Position.value",
+        }, changes
+        position = changes["attributes.Position.value"]
+        assert position["after"] - position["before"] == pytest.approx(0.25)
+    finally:
+        motor.Offset = old
+
+
+# ------------------------------------------------------------ restarts
+def test_a_restarted_device_is_archived_again_at_once(bl):
+    logger = bl.proxy(LOGGER, timeout_ms=15000)
+    motor = bl.proxy("bl01/mot/sample_x")
+    pid = next(
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (c := p.info["cmdline"] or [])[1:3] and c[1].endswith("/Motor") and c[2] == "sample_x"
+    )
+    t_kill = time.time()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: motor.state() == S.ON, 20, "sample_x back (the supervisor restarts it)")
+    back = time.time()
+    motor.Position = 1.25
+    wait_on(motor)
+    out = wait_until(
+        lambda: (
+            (h := history(logger, "bl01/mot/sample_x/Position", t_kill))["values"]
+            and h["values"][-1] == pytest.approx(1.25)
+            and h
+        ),
+        10,
+        "the move after the restart in the archive",
+    )
+    latency = time.time() - back
+    assert latency < 8.0, f"events resumed only {latency:.1f} s after the device was back"
+    assert [t for t in out["times"] if t >= back]  # new events, not only the old subscription's
+
+
+# ------------------------------------------------------------- kill -9
+def _files_open(archive: Path) -> tuple[list[str], list[str]]:
+    """Every file opens with h5py: (plainly readable, readable as SWMR reader only)."""
+    plain, swmr = [], []
+    for path in list_files(archive):
+        try:
+            with h5py.File(path, "r") as f:
+                assert f.attrs["format"] == "bl01-logger/1"
+            plain.append(path.name)
+        except OSError:
+            assert not seal.is_sealed(path), f"{path.name} is sealed and does not open"
+            with open_for_read(path) as f:
+                assert f.attrs["format"] == "bl01-logger/1"
+            swmr.append(path.name)
+    return plain, swmr
+
+
+def _kill_and_check(bl, how: str) -> None:
+    logger = bl.proxy(LOGGER, timeout_ms=15000)
+    archive = bl.run_dir / "archive"
+    cam = bl.proxy("bl01/det/cam1")
+    cam.ExposureTime = 0.005
+    cam.AcquisitionMode = 2  # CONTINUOUS: a steady stream of events
+    frames = Events(cam, "FrameCounter")
+    pid = logger_pid(bl)
+    try:
+        cam.Start()
+        wait_until(lambda: len(frames.items) > 20, 10, "frame events")
+        t_request = time.time()
+        logger.Flush()  # everything received before this call is durable now
+        with frames.lock:
+            # (the first item is the value read at subscription, ours alone)
+            expected = [item for item in frames.items[1:] if item[0] < t_request - 0.05]
+        if how == "hook":
+            logger.TestKillMidWrite()  # SIGKILL half-way through the next write
+        else:
+            n = len(frames.items)  # events keep flowing, then a kill -9 from outside
+            wait_until(lambda: len(frames.items) > n + 5, 10, "more frame events")
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not psutil.pid_exists(pid), 10, "the logger killed")
+        t_kill = time.time()
+        # right away, whatever the supervisor is doing: every file opens
+        plain, swmr = _files_open(archive)
+        assert plain
+        # and holds every frame event up to the last flush
+        out = ArchiveReader(archive).history("bl01/det/cam1/FrameCounter", expected[0][0], t_kill)
+        archived = set(zip(out["times"], out["values"], strict=True))
+        missing = [(t, v) for t, v, _q in expected if (t, v) not in archived]
+        assert not missing, f"{len(missing)} flushed events missing, first {missing[:3]}"
+        # the supervisor restarts the logger; it seals the file and records the gap
+        wait_until(lambda: logger_pid(bl) != pid, 20, "the logger restarted")
+        fresh = bl.proxy(LOGGER, timeout_ms=15000)
+        wait_until(lambda: fresh.state() == S.ON, 20, "the restarted logger ON")
+        wait_until(lambda: not _files_open(archive)[1], 10, "every file sealed")
+        after = time.time()
+        wait_until(
+            lambda: history(fresh, "bl01/det/cam1/FrameCounter", after)["count"] > 0,
+            20,
+            "frame events archived again after the restart",
+        )
+        gaps = history(fresh, "bl01/det/cam1/FrameCounter", t_kill - 5, "now")["gaps"]
+        gap = [g for g in gaps if g["start"] <= t_kill <= g["end"]]
+        assert gap and "kill -9" in gap[0]["cause"], gaps
+        assert gap[0]["start"] >= t_request - 1.0  # the last flush, not earlier
+    finally:
+        frames.close()
+        with contextlib.suppress(tango.DevFailed):
+            cam.Stop()
+        wait_on(cam)
+        cam.AcquisitionMode = 0
+
+
+def test_killed_mid_write_every_file_opens_with_the_data_up_to_the_last_flush(bl):
+    _kill_and_check(bl, "hook")
+
+
+def test_kill_9_from_outside_every_file_opens_with_the_data_up_to_the_last_flush(bl):
+    _kill_and_check(bl, "kill")
+
+
+# ---------------------------------------------------------- statistics
+def test_statistics_are_published_with_change_events(bl):
+    logger = bl.proxy(LOGGER, timeout_ms=15000)
+    seen: list[int] = []
+    sid = logger.subscribe_event(
+        "EventsWritten",
+        tango.EventType.CHANGE_EVENT,
+        lambda ev: None if ev.err else seen.append(ev.attr_value.value),
+    )
+    try:
+        motor = bl.proxy("bl01/mot/slit_h")
+        motor.Position = motor.Position + 0.5
+        wait_until(lambda: len(seen) >= 3 and seen[-1] > seen[0], 15, "EventsWritten events")
+    finally:
+        logger.unsubscribe_event(sid)
+    assert logger.Backlog >= 0 and logger.EventsDropped == 0
+    assert 0 < logger.WriteLatency < 5.0
+    assert logger.ArchiveSize >= logger.CurrentFileSize > 0
+    assert logger.FileCount == len(list_files(bl.run_dir / "archive"))
+    assert logger.ErrorCount == 0, logger.LastError
+    assert logger.CurrentFile.startswith("archive-")
