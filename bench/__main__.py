@@ -2,7 +2,14 @@
 
 import sys
 
-from bench import bench_detector, bench_healing, bench_reads, bench_scaler, bench_startup
+from bench import (
+    bench_detector,
+    bench_healing,
+    bench_logger,
+    bench_reads,
+    bench_scaler,
+    bench_startup,
+)
 
 BENCHMARKS = {
     "reads": bench_reads.run,
@@ -10,6 +17,7 @@ BENCHMARKS = {
     "detector": bench_detector.run,
     "scaler": bench_scaler.run,
     "healing": bench_healing.run,
+    "logger": bench_logger.run,
 }
 
 

@@ -19,22 +19,29 @@ def minmax_indices(values: np.ndarray, max_points: int) -> np.ndarray:
     if max_points <= 0 or n <= max_points:
         return np.arange(n)
     if max_points < 2:
-        return np.array([int(np.nanargmax(values)) if np.isfinite(values).any() else 0])
+        finite = np.isfinite(values)
+        return np.array([int(np.nanargmax(values)) if finite.any() else 0])
     buckets = max_points // 2
-    edges = np.linspace(0, n, buckets + 1).astype(np.int64)
-    finite = np.where(np.isfinite(values), values, np.nan)
-    picks: list[int] = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        if hi <= lo:
-            continue
-        chunk = finite[lo:hi]
-        if np.isnan(chunk).all():
-            picks.append(int(lo))
-            continue
-        a = int(np.nanargmin(chunk)) + int(lo)
-        b = int(np.nanargmax(chunk)) + int(lo)
-        picks.extend(sorted({a, b}))
-    return np.asarray(picks[:max_points], dtype=np.int64)
+    starts = np.unique(np.linspace(0, n, buckets, endpoint=False).astype(np.int64))
+    sizes = np.diff(np.append(starts, n))
+    bucket = np.repeat(np.arange(len(starts)), sizes)
+    finite = np.isfinite(values)
+    low = np.where(finite, values, np.inf)
+    high = np.where(finite, values, -np.inf)
+    mins = np.minimum.reduceat(low, starts)
+    maxs = np.maximum.reduceat(high, starts)
+    # the first row of each bucket holding its min (its max); a bucket without
+    # any value keeps its first row
+    first_min = _first_per_bucket(np.flatnonzero((low == mins[bucket]) & finite), bucket)
+    first_max = _first_per_bucket(np.flatnonzero((high == maxs[bucket]) & finite), bucket)
+    empty = starts[~np.isfinite(mins)]
+    picks = np.unique(np.concatenate([first_min, first_max, empty]))
+    return picks[:max_points]
+
+
+def _first_per_bucket(rows: np.ndarray, bucket: np.ndarray) -> np.ndarray:
+    _, first = np.unique(bucket[rows], return_index=True)
+    return rows[first]
 
 
 def stride_indices(n: int, max_points: int) -> np.ndarray:

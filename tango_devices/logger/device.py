@@ -117,6 +117,11 @@ class DataLogger(BeamlineDevice):
     # ------------------------------------------------------------ life
     def init_device(self) -> None:
         BeamlineDevice.init_device(self)
+        # Queries over many files can take seconds: they must not hold the
+        # device's lock, or State reads (the supervisor's hang probe) would wait
+        # and the logger would be killed as hung. Everything a request touches
+        # is thread-safe (snapshots, the writer's lock).
+        tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
         self.set_state(DevState.INIT)
         self._stats = Stats()
         self._pushed: dict[str, object] = {}
@@ -247,10 +252,11 @@ class DataLogger(BeamlineDevice):
 
     # -------------------------------------------------------- commands
     def _query(self, name: str, fn):
-        if self.core is None:
+        core = self.core
+        if core is None:
             throw("LOGGER_NOT_CONFIGURED", self.get_status(), name)
         try:
-            return fn()
+            return fn(core)
         except (QueryError, ValueError, KeyError, TypeError) as exc:
             throw("LOGGER_QUERY_ERROR", str(exc), name)
         except OSError as exc:
@@ -276,7 +282,7 @@ class DataLogger(BeamlineDevice):
         "qualities, gaps, errors}",
     )
     def GetHistory(self, argin: str) -> str:
-        def run():
+        def run(core):
             args = self._args(argin)
             name = args.get("attribute") or args.get("name")
             if not name:
@@ -287,7 +293,7 @@ class DataLogger(BeamlineDevice):
             limit = self.MaxQueryPoints
             wanted = int(args.get("max_points", 1000))
             max_points = limit if wanted <= 0 else min(wanted, limit)
-            result = self.core.reader.history(name, start, end, max_points)
+            result = core.reader.history(name, start, end, max_points)
             return json.dumps(result, allow_nan=False, default=_json_default)
 
         return self._query("GetHistory", run)
@@ -301,13 +307,13 @@ class DataLogger(BeamlineDevice):
         "properties}}, properties, logger_gap}",
     )
     def GetConfigurationAt(self, argin: str) -> str:
-        def run():
+        def run(core):
             args = self._args(argin)
             device = args.get("device") or args.get("name")
             if not device:
                 raise QueryError('say which device: {"device": "domain/family/member"}')
             t = parse_time(args.get("time", "now"))
-            result = self.core.reader.configuration_at(device, t)
+            result = core.reader.configuration_at(device, t)
             return json.dumps(result, allow_nan=False, default=_json_default)
 
         return self._query("GetConfigurationAt", run)
@@ -321,8 +327,8 @@ class DataLogger(BeamlineDevice):
     def ListArchived(self, pattern: str) -> str:
         return self._query(
             "ListArchived",
-            lambda: json.dumps(
-                self.core.reader.list_attributes(pattern or "*"), default=_json_default
+            lambda core: json.dumps(
+                core.reader.list_attributes(pattern or "*"), default=_json_default
             ),
         )
 
