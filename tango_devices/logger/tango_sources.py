@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -179,7 +180,9 @@ class DeviceWatch:
     # -------------------------------------------------------------- loop
     def _run(self) -> None:
         with tango.EnsureOmniThread():
-            next_connect = next_poll = next_props = 0.0
+            next_connect = next_poll = 0.0
+            # spread the database reads of the devices over the period
+            next_props = time.monotonic() + random.uniform(0, self.settings.property_poll_period)
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self._reconnect.is_set() or (not self.connected and now >= next_connect):

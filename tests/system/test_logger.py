@@ -188,6 +188,11 @@ def test_a_changed_limit_differs_exactly_there(bl):
     motor = bl.proxy("bl01/mot/sample_y")
     info = motor.get_attribute_config("Position")
     old_max = info.max_value
+    wait_until(
+        lambda: config_at(logger, "bl01/mot/sample_y", time.time())["properties"],
+        15,
+        "sample_y's properties in the archive",
+    )
     before_t = time.time()
     wait_until(
         lambda: config_at(logger, "bl01/mot/sample_y", before_t)["attributes"]["Position"][
@@ -234,6 +239,11 @@ def test_a_changed_offset_differs_exactly_there(bl):
     motor = bl.proxy("bl01/mot/det_z")
     wait_on(motor)
     old = motor.Offset
+    wait_until(
+        lambda: config_at(logger, "bl01/mot/det_z", time.time())["properties"],
+        15,
+        "det_z's properties in the archive",
+    )
     before_t = time.time()
     wait_until(
         lambda: (
