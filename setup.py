@@ -40,7 +40,7 @@ setup(
         "pyepics>=3.5,<3.6",
         "caproto>=1.1,<1.4",
         "h5py>=3.10",
-        "sardana==3.7.*",
+        "sardana[spock]==3.7.*",
         "sardana-config==3.7.*",
     ],
     extras_require={

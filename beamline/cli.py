@@ -22,7 +22,7 @@ from rich.table import Table
 from beamline import config as cfg
 from beamline import orchestrator as orch
 from beamline import procs, tangodb
-from beamline.runtime import RunContext
+from beamline.runtime import RunContext, venv_bin
 
 # Off a terminal (pipes, CI logs) rich would squeeze tables into 80 columns.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -87,12 +87,33 @@ class RichReporter(orch.Reporter):
             self.progress.stop()
             self.progress = None
         bad = [c for c in checks if c.state is None]
-        states = ", ".join(f"{c.device.split('/')[-1]} {_state(c.state)}" for c in checks)
+        states = _states_summary(checks)
         mark = "[green]✓[/green]" if not bad else "[red]✗[/red]"
         console.print(
             f"{mark} level {level}: {len(checks) - len(bad)}/{len(checks)} devices answering "
             f"after {elapsed:.1f} s: {states}"
         )
+
+
+def _device_label(device: str) -> str:
+    """'bl01/mot/slit_h' -> 'slit_h'; Sardana elements 'motor/motctrl/1' -> 'motctrl/1'."""
+    parts = device.split("/")
+    return "/".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
+def _states_summary(checks, limit: int = 12) -> str:
+    if len(checks) <= limit:
+        return ", ".join(f"{_device_label(c.device)} {_state(c.state)}" for c in checks)
+    # many devices (a Sardana server): count the states, name only the unusual ones
+    counts: dict[str, int] = {}
+    odd = []
+    for c in checks:
+        name = str(c.state) if c.state is not None else "not answering"
+        counts[name] = counts.get(name, 0) + 1
+        if name not in ("ON", "OPEN", "CLOSE"):
+            odd.append(f"{_device_label(c.device)} {_state(c.state)}")
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return text + (f" ({', '.join(odd[:limit])})" if odd else "")
 
 
 class QuietReporter(orch.Reporter):
@@ -222,6 +243,8 @@ def _print_demo_help(ctx: RunContext, result: dict) -> None:
   .venv/bin/beamline sim fault smc1 drop    cut the motion controller's link
   .venv/bin/beamline sim clear smc1         ... and give it back: the motors recover by themselves
   .venv/bin/beamline logs Motor/sample_x    a server's log
+  .venv/bin/beamline spock                  Sardana's spock on the Door: try
+      shutter_open, then align_peak sample_x 0 3 21 0.1 (scans go to {ctx.run_dir}/scans)
   make down                                 stop everything (or: .venv/bin/beamline down)
 
 Logs and the database file are in {ctx.run_dir}."""
@@ -327,7 +350,7 @@ def _starter_for(ctx: RunContext):
 
 
 def _server_name(ctx: RunContext, name: str) -> str:
-    config = cfg.load(ctx.config_dir)
+    config = cfg.load(ctx.config_dir, ctx.run_dir)
     by_lower = {s.name.lower(): s.name for s in config.servers.values()}
     if name.lower() in by_lower:
         return by_lower[name.lower()]
@@ -347,7 +370,7 @@ def start(ctx: RunContext, name: str, timeout: float) -> None:
     """Start one server (or the server of a device); the supervisor watches it again."""
     server = _server_name(ctx, name)
     starter, th = _starter_for(ctx)
-    config = cfg.load(ctx.config_dir)
+    config = cfg.load(ctx.config_dir, ctx.run_dir)
     supervisor = orch.supervisor_for(th, server)
     running = bool(procs.server_pids(ctx.run_dir, [server]))
     if supervisor is not None:
@@ -411,7 +434,7 @@ def config() -> None:
 def config_check(ctx: RunContext) -> None:
     """Validate the configuration files; names the file and key of every error."""
     try:
-        c = cfg.load(ctx.config_dir)
+        c = cfg.load(ctx.config_dir, ctx.run_dir)
     except cfg.ConfigError as exc:
         err.print(f"[red]{len(exc.problems)} problem(s)[/red] in {ctx.config_dir}:")
         for p in exc.problems:
@@ -435,7 +458,7 @@ def _config_target(
     ctx: RunContext, tango_host: str | None
 ) -> tuple[cfg.BeamlineConfig, str, dict | None]:
     try:
-        c = cfg.load(ctx.config_dir)
+        c = cfg.load(ctx.config_dir, ctx.run_dir)
     except cfg.ConfigError as exc:
         fail(
             "configuration problems (run `beamline config check`):\n"
@@ -590,6 +613,35 @@ def logs(ctx: RunContext, name: str, lines: int, follow: bool) -> None:
                     click.echo(line, nl=False)
                 else:
                     time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ spock
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--door", help="Door device or alias (default: the Door in db_config/sardana)")
+@click.option("--profile", default="bl01", show_default=True, help="spock (IPython) profile")
+@click.argument("spock_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def spock(ctx: RunContext, door: str | None, profile: str, spock_args: tuple[str, ...]) -> None:
+    """Sardana's spock console on this beamline's Door (profile made on first use).
+
+    The profile lives in the run directory (RUN_DIR/ipython), so it never
+    touches ~/.ipython; extra arguments go to spock (e.g. --simple-prompt)."""
+    from beamline import spock_profile
+
+    state = ctx.load_state()
+    th = state.get("tango_host") or os.environ.get("TANGO_HOST")
+    if not th or not tangodb.answers(th):
+        fail("the beamline is not running (no database); run `beamline up` first")
+    os.environ["TANGO_HOST"] = th
+    config = cfg.load(ctx.config_dir, ctx.run_dir)
+    try:
+        door = door or spock_profile.default_door(config)
+        ipython_dir = spock_profile.ensure_profile(ctx.run_dir / "ipython", profile, door)
+    except spock_profile.SpockError as exc:
+        fail(str(exc))
+    os.environ["IPYTHONDIR"] = str(ipython_dir)
+    exe = str(venv_bin() / "spock")
+    os.execv(exe, [exe, f"--profile={profile}", *spock_args])
 
 
 # ---------------------------------------------------------------- history

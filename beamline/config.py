@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 LOCAL_HOST = "@local"
+SARDANA_EXECUTABLES = ("sardana", "pool", "macroserver")  # lower case
 MAX_LEVEL = 5  # the Starter's default NbStartupLevels
 DEVICE_NAME = re.compile(r"^[\w.@-]+/[\w.@-]+/[\w.@-]+$")
 
@@ -77,6 +78,7 @@ class DeviceEntry:
     name: str
     properties: dict[str, list[str]]
     file: str
+    origin: str = "tango"  # "tango" (tango/*.json) or "sardana" (sardana/*.yaml)
 
 
 @dataclass
@@ -87,6 +89,8 @@ class BeamlineConfig:
     devices: dict[str, DeviceEntry]
     simulation: dict[str, Any] | None
     warnings: list[Problem] = field(default_factory=list)
+    sardana_env: list[Any] = field(default_factory=list)  # sardana_yaml.SardanaEnv
+    run_dir: Path | None = None
 
     # ------------------------------------------------------------- queries
     def servers_by_level(self, host: str | None = None) -> dict[int, list[ServerInfo]]:
@@ -130,6 +134,8 @@ class BeamlineConfig:
         that needs ``polled_attr`` in the database before the server starts."""
         classes = known_device_classes()
         for entry in self.devices.values():
+            if entry.origin != "tango":
+                continue
             cls = classes.get(entry.device_class)
             attrs = getattr(cls, "EXTERNALLY_POLLED", ()) if cls else ()
             if not attrs:
@@ -177,8 +183,15 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def load(config_dir: Path | str | None = None) -> BeamlineConfig:
-    """Load and validate a configuration directory; raise ConfigError listing every problem."""
+def default_run_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "var"
+
+
+def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None) -> BeamlineConfig:
+    """Load and validate a configuration directory; raise ConfigError listing every problem.
+
+    ``run_dir`` is the run directory that ``${RUN_DIR}`` in sardana/*.yaml
+    stands for (default: var/ next to db_config/)."""
     import jsonschema
     from dsconfig.formatting import expand_config
 
@@ -211,56 +224,19 @@ def load(config_dir: Path | str | None = None) -> BeamlineConfig:
         data = expand_config(data)
         for err in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
             problems.append(Problem(rel, _key(err.absolute_path), _schema_message(err)))
-        for server, instances in data.get("servers", {}).items():
-            if not isinstance(instances, dict):
-                continue
-            for instance, classes in instances.items():
-                full = f"{server}/{instance}"
-                if full.lower() in server_files:
-                    problems.append(
-                        Problem(
-                            rel,
-                            f"servers.{server}.{instance}",
-                            f"server {full} is also defined in {server_files[full.lower()]}; "
-                            "define each server in one file",
-                        )
-                    )
-                    continue
-                server_files[full.lower()] = rel
-                merged["servers"].setdefault(server, {})[instance] = classes
-                if not isinstance(classes, dict):
-                    continue
-                for cls, devs in classes.items():
-                    if not isinstance(devs, dict):
-                        continue
-                    for dev, devdata in devs.items():
-                        key = f"servers.{server}.{instance}.{cls}.{dev}"
-                        if not DEVICE_NAME.match(dev):
-                            problems.append(
-                                Problem(
-                                    rel, key, "device names have three parts: domain/family/member"
-                                )
-                            )
-                            continue
-                        if dev.lower() in devices:
-                            other = devices[dev.lower()]
-                            problems.append(
-                                Problem(
-                                    rel,
-                                    key,
-                                    f"device {dev} is already defined in server {other.server} "
-                                    f"({other.file}); a device belongs to one server",
-                                )
-                            )
-                            continue
-                        props = devdata.get("properties", {}) if isinstance(devdata, dict) else {}
-                        devices[dev.lower()] = DeviceEntry(full, cls, dev, props, rel)
+        _merge_servers(data, rel, merged, server_files, devices, problems)
         for cls, cdata in data.get("classes", {}).items():
             if cls in merged["classes"]:
                 problems.append(
                     Problem(rel, f"classes.{cls}", "class properties defined in two files")
                 )
             merged["classes"][cls] = cdata
+
+    # -- sardana/*.yaml (optional)
+    run_path = Path(run_dir).resolve() if run_dir else default_run_dir()
+    before = len(problems)
+    sardana_env = _load_sardana(root, run_path, merged, server_files, devices, problems)
+    sardana_failed = len(problems) > before
 
     # -- starter.json
     servers: dict[str, ServerInfo] = {}
@@ -290,13 +266,16 @@ def load(config_dir: Path | str | None = None) -> BeamlineConfig:
                     )
                 )
         for full in sorted(seen):
-            if full not in server_files:
+            if full not in server_files and not (
+                sardana_failed and full.split("/")[0] in SARDANA_EXECUTABLES
+            ):
                 name = next(n for n in entries if n.lower() == full)
                 problems.append(
                     Problem(
                         "starter.json",
                         f"servers.{name}",
-                        "no such server in tango/*.json; remove the entry or define the server",
+                        "no such server in tango/*.json or sardana/*.yaml; remove the entry "
+                        "or define the server",
                     )
                 )
     elif starter is not None:
@@ -317,7 +296,90 @@ def load(config_dir: Path | str | None = None) -> BeamlineConfig:
 
     if problems:
         raise ConfigError(problems)
-    return BeamlineConfig(root, merged, servers, devices, simulation, warnings)
+    return BeamlineConfig(
+        root, merged, servers, devices, simulation, warnings, sardana_env, run_path
+    )
+
+
+def _load_sardana(root, run_dir, merged, server_files, devices, problems) -> list[Any]:
+    from beamline import sardana_yaml
+
+    sardana_dir = root / sardana_yaml.SARDANA_DIR
+    files = sorted(sardana_dir.glob("*.yaml")) if sardana_dir.is_dir() else []
+    environments = []
+    tango_devices = {k for k, d in devices.items() if d.origin == "tango"}
+    for path in files:
+        rel = str(path.relative_to(root))
+        doc = sardana_yaml.load_file(path, rel, run_dir, problems)
+        if doc is None:
+            continue
+        for key, names in doc.controller_devices.items():
+            for name in names:
+                if name.lower() not in tango_devices:
+                    problems.append(
+                        Problem(
+                            rel,
+                            key,
+                            f"{name} is not a device of tango/*.json; name a beamline device",
+                        )
+                    )
+        _merge_servers(doc.dsconfig, rel, merged, server_files, devices, problems, "sardana")
+        environments.extend(doc.environments)
+    return environments
+
+
+def _merge_servers(
+    data: dict[str, Any],
+    rel: str,
+    merged: dict[str, Any],
+    server_files: dict[str, str],
+    devices: dict[str, DeviceEntry],
+    problems: list[Problem],
+    origin: str = "tango",
+) -> None:
+    """Add the servers of one file to ``merged``; a server or device is defined once."""
+    for server, instances in data.get("servers", {}).items():
+        if not isinstance(instances, dict):
+            continue
+        for instance, classes in instances.items():
+            full = f"{server}/{instance}"
+            if full.lower() in server_files:
+                problems.append(
+                    Problem(
+                        rel,
+                        f"servers.{server}.{instance}",
+                        f"server {full} is also defined in {server_files[full.lower()]}; "
+                        "define each server in one file",
+                    )
+                )
+                continue
+            server_files[full.lower()] = rel
+            merged["servers"].setdefault(server, {})[instance] = classes
+            if not isinstance(classes, dict):
+                continue
+            for cls, devs in classes.items():
+                if not isinstance(devs, dict):
+                    continue
+                for dev, devdata in devs.items():
+                    key = f"servers.{server}.{instance}.{cls}.{dev}"
+                    if not DEVICE_NAME.match(dev):
+                        problems.append(
+                            Problem(rel, key, "device names have three parts: domain/family/member")
+                        )
+                        continue
+                    if dev.lower() in devices:
+                        other = devices[dev.lower()]
+                        problems.append(
+                            Problem(
+                                rel,
+                                key,
+                                f"device {dev} is already defined in server {other.server} "
+                                f"({other.file}); a device belongs to one server",
+                            )
+                        )
+                        continue
+                    props = devdata.get("properties", {}) if isinstance(devdata, dict) else {}
+                    devices[dev.lower()] = DeviceEntry(full, cls, dev, props, rel, origin)
 
 
 def _display(full_lower: str, merged: dict) -> str:
@@ -390,7 +452,7 @@ def _check_device_properties(devices, problems, warnings) -> None:
         warnings.append(Problem("tango/", "", f"cannot check device properties: {exc}"))
         return
     for entry in devices.values():
-        cls = classes.get(entry.device_class)
+        cls = classes.get(entry.device_class) if entry.origin == "tango" else None
         if cls is None:
             continue  # a class from elsewhere (Sardana, TangoTest, ...)
         server, instance = entry.server.split("/", 1)

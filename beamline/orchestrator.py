@@ -126,7 +126,7 @@ def _tango_host_for(bind: str, port: int) -> str:
 # ---------------------------------------------------------------------- up
 def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict[str, Any]:
     report = report or Reporter()
-    config = cfg.load(ctx.config_dir)
+    config = cfg.load(ctx.config_dir, ctx.run_dir)
     for w in config.warnings:
         report.warn(str(w))
     host = opts.host or cfg.short_hostname()
@@ -219,6 +219,8 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
             starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)}
         )
         report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
+
+    _fresh_supervisors(ctx, config, tango_host)
 
     # -- servers, level by level
     failures: list[DeviceCheck] = []
@@ -401,7 +403,7 @@ def down(ctx: RunContext, report: Reporter | None = None, timeout: float = 5.0) 
     state = ctx.load_state()
     tango_host = state.get("tango_host")
     try:
-        config = cfg.load(ctx.config_dir)
+        config = cfg.load(ctx.config_dir, ctx.run_dir)
         levels = config.servers_by_level(state.get("starter", {}).get("host"))
     except cfg.ConfigError:
         config, levels = None, {}
@@ -501,6 +503,19 @@ def is_supervisor(server: str) -> bool:
     return server.split("/", 1)[0] == "Supervisor"
 
 
+def _fresh_supervisors(ctx: RunContext, config: cfg.BeamlineConfig, tango_host: str) -> None:
+    """A supervisor remembers which servers are expected to run (``_Expected``)
+    to restart what died while it was down. `up` starting a stopped beamline
+    starts every server itself: a supervisor that is not running forgets, or
+    it would start them too, racing the Starter."""
+    sups = [d for d in config.devices.values() if d.device_class == "Supervisor"]
+    running = procs.server_pids(ctx.run_dir, [d.server for d in sups])
+    db = tangodb.database(tango_host)
+    for dev in sups:
+        if dev.server.lower() not in running:
+            db.delete_device_property(dev.name, ["_Expected"])
+
+
 def supervisor_for(tango_host: str, server: str):
     """The supervisor that watches ``server`` (the standby watches the main
     one), if it answers; else None."""
@@ -550,7 +565,7 @@ def status(ctx: RunContext) -> dict[str, Any]:
         "pid": sim.get("pid") if procs.alive(sim.get("pid")) else None,
         "controllers": (sim_state or {}).get("controllers", {}),
     }
-    config = cfg.load(ctx.config_dir)
+    config = cfg.load(ctx.config_dir, ctx.run_dir)
     st = state.get("starter", {})
     host = st.get("host") or cfg.short_hostname()
     starter_view: dict = {}

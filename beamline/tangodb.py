@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from beamline import procs
+from beamline import procs, sardana_yaml
 from beamline.config import BeamlineConfig, short_hostname
 from beamline.runtime import RunContext, venv_bin
 
@@ -149,6 +149,9 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     dsconfig_calls: list = field(default_factory=list)
     server_info: list = field(default_factory=list)  # tango.DbServerInfo to put
+    # MacroServer environments: (SardanaEnv, updates, live) with live=True
+    # when the MacroServer answers (written through it, else into its file)
+    environments: list = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -231,6 +234,22 @@ def plan(config: BeamlineConfig, tango_host: str, sim_state: dict | None = None)
                 if label == "controlled":
                     old, new = bool(old), bool(new)
                 result.changes.append(Change("update", f"server {info.name}", label, old, new))
+
+    # Sardana: the MacroServer environment (ScanDir, ScanFile, ActiveMntGrp, ...)
+    for env in config.sardana_env:
+        current = sardana_yaml.read_live_environment(env.macro_server)
+        live = current is not None
+        if current is None:
+            current = sardana_yaml.read_file_environment(env)
+        updates = sardana_yaml.environment_updates(env, current)
+        if not updates:
+            continue
+        result.environments.append((env, {k: new for k, (_, new) in updates.items()}, live))
+        for name, (old, new) in sorted(updates.items()):
+            action = "add" if name not in current else "update"
+            result.changes.append(
+                Change(action, f"environment of {env.macro_server}", name, old, new)
+            )
     return result
 
 
@@ -247,6 +266,13 @@ def apply(config: BeamlineConfig, tango_host: str, sim_state: dict | None = None
         getattr(db, method)(*args, **kwargs)
     for si in result.server_info:
         db.put_server_info(si)
+    for env in config.sardana_env:
+        sardana_yaml.ensure_directories(env)
+    for env, updates, live in result.environments:
+        if live:
+            sardana_yaml.write_live_environment(env.macro_server, updates)
+        else:
+            sardana_yaml.write_file_environment(env, updates)
     announce_hosts(config, tango_host)
     return result
 

@@ -7,6 +7,7 @@ from bench import (
     bench_healing,
     bench_logger,
     bench_reads,
+    bench_sardana,
     bench_scaler,
     bench_startup,
 )
@@ -18,6 +19,7 @@ BENCHMARKS = {
     "scaler": bench_scaler.run,
     "healing": bench_healing.run,
     "logger": bench_logger.run,
+    "sardana": bench_sardana.run,
 }
 
 

@@ -192,6 +192,8 @@ class Supervisor:
                     rec.expected = True
                     self._expected_changed_now()
             rec.pid = pid
+        if rec.state is S.STOPPED:
+            return  # stopped on purpose and still shutting down: let it exit
         since = self._since.setdefault(rec.name, now)
         if rec.state is S.HUNG:
             if now >= self._kill_deadline.get(rec.name, now):

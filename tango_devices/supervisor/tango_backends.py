@@ -155,6 +155,20 @@ class StarterLauncher(ProcessLauncher):
             super().stop(spec, pid)
 
 
+# Sardana element devices (Motor, CTExpChannel, ...) answer State by asking
+# their controller, i.e. the hardware devices: probing them would load the
+# hardware and report Sardana hung whenever a hardware server hangs. Sardana's
+# health is that of its core devices.
+SARDANA_CORE_CLASSES = ("Pool", "MacroServer", "Door")
+
+
+def probed_devices(pairs: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The devices to probe of one server, from (device, class) pairs."""
+    pairs = [(d, c) for d, c in pairs if c != "DServer"]
+    core = [d for d, c in pairs if c in SARDANA_CORE_CLASSES]
+    return tuple(core) if core else tuple(d for d, _ in pairs)
+
+
 def host_servers(starter: Starter, own: str, only: Iterable[str] = ()) -> list[ServerSpec]:
     """The controlled servers of this host with their devices (not ``own``)."""
     db = tango.Database()
@@ -166,9 +180,7 @@ def host_servers(starter: Starter, own: str, only: Iterable[str] = ()) -> list[S
         if only_lower and name.lower() not in only_lower:
             continue
         classes = db.get_device_class_list(name)
-        devices = tuple(
-            dev for dev, cls in zip(classes[::2], classes[1::2], strict=False) if cls != "DServer"
-        )
+        devices = probed_devices(zip(classes[::2], classes[1::2], strict=False))
         if devices:
             specs.append(ServerSpec(name, devices, level))
     return specs

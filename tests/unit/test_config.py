@@ -122,8 +122,8 @@ def test_starter_entries(cfgdir):
         [
             "starter.json: servers.Motor/sample_x.level: must be an integer from 1 to 5, not 9",
             "starter.json: servers.Motor/slit_v.controlled: must be true or false",
-            "starter.json: servers.Motor/ghost: no such server in tango/*.json; "
-            "remove the entry or define the server",
+            "starter.json: servers.Motor/ghost: no such server in tango/*.json or "
+            "sardana/*.yaml; remove the entry or define the server",
             "starter.json: servers: server Motor/det_z (defined in tango/motors.json) "
             'has no entry; add {"host": "@local", "level": 2, "controlled": true}',
         ]
@@ -171,3 +171,75 @@ def test_registry_matches_setup_console_scripts():
     setup_py = (Path(__file__).resolve().parents[2] / "setup.py").read_text()
     for server, (_cls, entry) in SERVERS.items():
         assert f'"{server}": "{entry}"' in setup_py
+
+
+# ------------------------------------------------------------ sardana/*.yaml
+def test_sardana_yaml_becomes_a_server_with_its_environment(tmp_path):
+    c = cfg.load(PROJECT_CONFIG, run_dir=tmp_path)
+    server = c.servers["sardana/bl01"]
+    assert server.level > max(s.level for s in c.servers.values() if s.executable == "Motor")
+    door = c.devices["bl01/sardana/door"]
+    assert door.server == "Sardana/bl01" and door.origin == "sardana"
+    assert c.devices["bl01/mot/slit_h"].origin == "tango"
+    (env,) = c.sardana_env
+    assert env.macro_server == "bl01/sardana/macroserver"
+    assert env.variables["ScanDir"] == str(tmp_path / "scans")
+    assert env.env_db.startswith(str(tmp_path))
+    pool = c.tango["servers"]["Sardana"]["bl01"]["Pool"]["bl01/sardana/pool"]
+    (pool_path,) = pool["properties"]["PoolPath"]
+    assert Path(pool_path, "BeamlineMotorCtrl.py").exists()
+
+
+def _edit_yaml(cfgdir, old, new):
+    path = cfgdir / "sardana/bl01.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_sardana_controller_naming_an_unknown_device(cfgdir):
+    _edit_yaml(cfgdir, "Device: bl01/ct/scaler", "Device: bl01/ct/scalr")
+    assert problems(cfgdir) == [
+        "sardana/bl01.yaml: pools.pool_bl01.controllers.ctctrl.properties.Device: "
+        "bl01/ct/scalr is not a device of tango/*.json; name a beamline device"
+    ]
+
+
+def test_sardana_invalid_yaml_names_the_line(cfgdir):
+    _edit_yaml(cfgdir, "        type: Motor\n", "        type: [Motor\n")
+    (p,) = problems(cfgdir)
+    assert p.startswith("sardana/bl01.yaml: line ") and "invalid YAML" in p
+
+
+def test_sardana_unknown_placeholder(cfgdir):
+    _edit_yaml(cfgdir, "${RUN_DIR}/scans", "${RUNDIR}/scans")
+    assert problems(cfgdir) == [
+        "sardana/bl01.yaml: unknown placeholder ${RUNDIR}; use ${PROJECT} or ${RUN_DIR}"
+    ]
+
+
+def test_sardana_model_error_names_the_key(cfgdir):
+    _edit_yaml(cfgdir, "        type: Motor\n", "        type: Motr\n")
+    found = problems(cfgdir)
+    assert found and all(p.startswith("sardana/bl01.yaml: ") for p in found)
+    assert any(
+        p.startswith("sardana/bl01.yaml: pools.pool_bl01.controllers.motctrl: ") and "Motr" in p
+        for p in found
+    ), found
+
+
+def test_sardana_measurement_group_with_unknown_channel(cfgdir):
+    _edit_yaml(
+        cfgdir,
+        "          - diode\n          - roi_sum\n",
+        "          - diod\n          - roi_sum\n",
+    )
+    found = problems(cfgdir)
+    assert found and all(p.startswith("sardana/bl01.yaml: ") for p in found)
+    assert any("mg_bl01" in p and "diod" in p for p in found), found
+
+
+def test_sardana_server_needs_a_starter_entry(cfgdir):
+    edit(cfgdir / "starter.json", lambda d: d["servers"].pop("Sardana/bl01"))
+    (p,) = problems(cfgdir)
+    assert p.startswith("starter.json: servers: server Sardana/bl01 (defined in sardana/bl01.yaml)")

@@ -249,6 +249,23 @@ def test_stop_and_start_on_request(world):
     assert MOTOR.name in sup.expected
 
 
+def test_a_server_slow_to_exit_after_a_stop_is_not_restarted(world):
+    """Sardana takes a fraction of a second to shut down: while its devices
+    still answer it stays STOPPED, and its exit is no failure."""
+    sup = make(world)
+    running(world, sup, MOTOR)
+    sup.stop_server(MOTOR.name)
+    for _ in range(5):  # still alive and answering for 0.5 s
+        world.tick()
+        sup.step()
+        assert sup.record(MOTOR.name).state is S.STOPPED
+    world.die(MOTOR)
+    for _ in range(10):
+        world.tick()
+        sup.step()
+    assert world.launched == [] and sup.record(MOTOR.name).state is S.STOPPED
+
+
 def test_a_new_supervisor_restarts_what_died_meanwhile_once(world):
     world.start(GAUGE)  # still running
     sup = make(world, expected=[MOTOR.name, GAUGE.name])  # Motor died while no supervisor ran
