@@ -18,6 +18,7 @@ from tango_devices.drivers.scaler import ScalerClient
 from tango_devices.scaler import states as st
 
 MAX_PRESET = 3600.0
+END_MARGIN = 0.0003  # s: look for the end of a count just after it
 
 
 class ScalerError(ComponentError):
@@ -79,6 +80,7 @@ class ScalerLogic(Component):
             thread_context=thread_context,
         )
         self._preset = 1.0
+        self._preset_on_hw: float | None = None  # what the hardware has, if known
         self._counts: tuple[int, ...] | None = None
         self._elapsed = 0.0
         self._hardware_channels = 0
@@ -88,7 +90,9 @@ class ScalerLogic(Component):
     # ------------------------------------------------------------ observing
     def on_connect(self) -> None:
         self._hardware_channels = self._driver.channels()
+        self._preset_on_hw = None
         self._driver.set_preset(self._preset)
+        self._preset_on_hw = self._preset
 
     def observe(self) -> ScalerObservation:
         status = self._driver.status()
@@ -123,8 +127,12 @@ class ScalerLogic(Component):
     def _sleep(self, period: float) -> None:
         # While counting, sleep until the count is due to end rather than spin.
         if self.busy():
+            # wake just after the hardware's end of count; past it, look again soon
             remaining = self._ends_at - time.monotonic()
-            period = min(max(remaining, 0.001), 0.05) if remaining > 0 else period
+            if remaining > 0:
+                period = min(max(remaining, 0.0005), 0.05)
+            elif remaining > -0.02:
+                period = 0.001
         super()._sleep(period)
 
     # -------------------------------------------------------------- readings
@@ -156,16 +164,23 @@ class ScalerLogic(Component):
                 f"PresetTime must be between 0.001 and {MAX_PRESET:g} s, not {seconds!r}"
             )
         self._preset = float(seconds)
-        if self._driver.connected:
+        if self._driver.connected and self._preset_on_hw != self._preset:
+            self._preset_on_hw = None
             self.call(f"PresetTime {seconds:g}", self._driver.set_preset, self._preset)
+            self._preset_on_hw = self._preset
 
     def start(self) -> None:
         """Clear, then count for the preset time."""
         self.require("Start")
-        self.call("Start", self._driver.clear)
-        self.call("Start", self._driver.set_preset, self._preset)
-        self._ends_at = time.monotonic() + self._preset
+        # START clears the counts itself; the preset is already there unless
+        # setting it failed (one round trip per count: scans count per point)
+        if self._preset_on_hw != self._preset:
+            self.call("Start", self._driver.set_preset, self._preset)
+            self._preset_on_hw = self._preset
+        self._ends_at = time.monotonic() + self._preset + END_MARGIN
         self.call("Start", self._driver.start)
+        # the count started when the hardware got START: at the latest now
+        self._ends_at = time.monotonic() + self._preset + END_MARGIN
         self.poll_once()
 
     def stop(self) -> None:
