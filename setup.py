@@ -16,6 +16,7 @@ TANGO_SERVERS = {
     "Valve": "tango_devices.vacuum.device:valve_main",
     "Supervisor": "tango_devices.supervisor.device:main",
     "DataLogger": "tango_devices.logger.device:main",
+    "ExperimentQueue": "tango_devices.queue.device:main",
 }
 
 setup(

@@ -24,9 +24,14 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    on_timeout: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``
+    (and what ``on_timeout`` returns: the state to look at)."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while True:
@@ -38,6 +43,11 @@ def wait_until(
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc})" if last_exc else ""
+            if on_timeout is not None:
+                try:
+                    detail += f"\n{on_timeout()}"
+                except Exception as exc:  # noqa: BLE001
+                    detail += f"\n(could not describe the state: {exc})"
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
         time.sleep(interval)
 

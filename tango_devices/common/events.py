@@ -78,17 +78,22 @@ class ResilientSubscription:
             threading.Thread(target=self.resubscribe, daemon=True).start()
 
     def resubscribe(self) -> None:
-        """Subscribe again on a fresh connection; drop the old subscription."""
+        """Drop the old subscription, then subscribe again on a fresh connection.
+
+        In that order: cppTango keeps one event channel per device server and
+        goes on using the dead server's channel while any old subscription
+        exists, so pushed events would only come back at its 10 s heartbeat
+        (only the value read at subscription would arrive at once)."""
         with self._lock:
             old_proxy, old_id = self._proxy, self._id
+            with contextlib.suppress(tango.DevFailed):
+                old_proxy.unsubscribe_event(old_id)
             try:
                 self._proxy, self._id = self._subscribe()
             except tango.DevFailed as exc:
                 log.warning("resubscribing to %s/%s failed: %s", self.device, self.attribute, exc)
                 return
             self.resubscriptions += 1
-        with contextlib.suppress(tango.DevFailed):
-            old_proxy.unsubscribe_event(old_id)
 
     def close(self) -> None:
         with self._lock:

@@ -290,6 +290,16 @@ def test_events_resume_quickly_after_a_restart(healing):
         )
         first = next(t for t, err in received[n:] if not err)
         assert first - answered_at < 1.5, "events must resume within about a second"
-        assert sub.resubscriptions >= 1
+        wait_until(lambda: sub.resubscriptions >= 1, 5, "the resubscription")
+        # not only the value read at subscription: pushed events flow again
+        motor = healing.proxy("bl01/mot/slit_h")
+        wait_until(lambda: motor.state() == tango.DevState.ON, 10, "slit_h ready")
+        m = len(received)
+        moved_at = time.monotonic()
+        motor.Position = motor.Position + 0.05
+        wait_until(
+            lambda: [t for t, err in received[m:] if not err], 3, "a pushed State event (MOVING)"
+        )
+        assert next(t for t, err in received[m:] if not err) - moved_at < 1.0
     finally:
         sub.close()

@@ -1,0 +1,303 @@
+"""ExperimentQueue: a crash-proof queue of Sardana macros (Tango layer).
+
+Commands take and return JSON. Every edit is committed to SQLite (WAL)
+before the command returns; a rejected edit changes nothing and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import tango
+from tango import AttrQuality, DevState
+from tango.server import attribute, command, device_property
+
+from tango_devices.common.device_base import BeamlineDevice, run_server, throw
+from tango_devices.queue.queue_logic import (
+    IDLE,
+    PAUSED,
+    RUNNING,
+    STOPPING,
+    QueueEngine,
+    QueueError,
+)
+from tango_devices.queue.store import QueueStore
+from tango_devices.queue.tango_ports import DoorPort, HealthPort, Interlock, MacroPort
+
+log = logging.getLogger(__name__)
+
+STATES = {
+    IDLE: DevState.ON,
+    RUNNING: DevState.RUNNING,
+    STOPPING: DevState.RUNNING,
+    PAUSED: DevState.STANDBY,
+}
+
+
+def _json(text: str, what: str) -> Any:
+    if not text or not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        throw("QUEUE_BAD_INPUT", f"{what}: not valid JSON ({exc.msg} at column {exc.colno})", what)
+
+
+class ExperimentQueue(BeamlineDevice):
+    """Runs queued Sardana macros one after another on a Door; survives crashes."""
+
+    Door = device_property(
+        dtype=str, default_value="bl01/sardana/door", doc="Door running the macros"
+    )
+    MacroServer = device_property(
+        dtype=str, default_value="bl01/sardana/macroserver", doc="MacroServer declaring the macros"
+    )
+    Database = device_property(
+        dtype=str,
+        default_value="",
+        doc="SQLite file of the queue (default: RUN_DIR/queue/<device name>.sqlite)",
+    )
+    Interlocks = device_property(
+        dtype=(str,),
+        default_value=[],
+        doc="'domain/family/member/Attribute OP VALUE : label' per interlock (OP: == != > < in)",
+    )
+    ReadinessTimeout = device_property(
+        dtype=float, default_value=2.0, doc="s: a needed device must answer within this"
+    )
+
+    def init_device(self) -> None:
+        super().init_device()
+        # StopMacro/AbortMacro wait for the macro to end: without NO_SYNC they
+        # would hold the device's lock and State reads (the supervisor's hang
+        # probe) would wait. The engine and the publisher have their own locks.
+        tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
+        self._publish_lock = threading.RLock()
+        self.set_state(DevState.INIT)
+        for name in ("QueueState", "RunningItem", "QueueLength", "LastError", "BlockedBy", "Items"):
+            self.set_change_event(name, True, False)
+        self.set_change_event("State", True, False)
+        self.set_change_event("Status", True, False)
+        try:
+            interlocks = [Interlock.parse(t) for t in self.Interlocks]
+        except ValueError as exc:
+            self.set_state(DevState.FAULT)
+            self.set_status(f"Interlocks property: {exc}")
+            self.engine = None
+            return
+        path = Path(self.Database) if self.Database else self._default_db()
+        self.store = QueueStore(path)
+        self.engine = QueueEngine(
+            self.store,
+            MacroPort(self.MacroServer, self.Door),
+            DoorPort(self.Door),
+            HealthPort(interlocks, self.ReadinessTimeout),
+            on_change=self._publish,
+            readiness_timeout=self.ReadinessTimeout,
+        )
+        self._last: dict[str, Any] = {}
+        self.engine.open()
+        self._publish()
+
+    def _default_db(self) -> Path:
+        import os
+
+        run_dir = Path(os.environ.get("BEAMLINE_RUN_DIR", "var"))
+        return run_dir / "queue" / (self.get_name().replace("/", "_") + ".sqlite")
+
+    def delete_device(self) -> None:
+        super().delete_device()
+        if getattr(self, "engine", None):
+            self.engine.close()
+            self.store.close()
+
+    # ------------------------------------------------------------ publishing
+    def _publish(self) -> None:
+        snap = self.engine.snapshot()
+        values = {
+            "QueueState": snap["state"],
+            "RunningItem": json.dumps(snap["running"]) if snap["running"] else "",
+            "QueueLength": len(snap["items"]),
+            "LastError": snap["last_error"],
+            "BlockedBy": snap["blocked_by"],
+            "Items": json.dumps(snap["items"]),
+        }
+        with self._publish_lock:
+            state = STATES[snap["state"]]
+            if snap["blocked_by"] and snap["state"] == RUNNING:
+                state = DevState.ALARM
+            status = f"Queue {snap['state']}, {len(snap['items'])} item(s)"
+            if snap["running"]:
+                status += f"; running {snap['running']['uid']} ({snap['running']['macro']})"
+            if snap["blocked_by"]:
+                status += f"; blocked by {snap['blocked_by']}"
+            if self.get_state() != state:
+                self.set_state(state)
+                self.push_change_event("State", state)
+            self.set_status(status)
+            self.push_change_event("Status", status)
+            for name, value in values.items():
+                if self._last.get(name) != value:
+                    self._last[name] = value
+                    self.push(name, value, AttrQuality.ATTR_VALID)
+
+    # ------------------------------------------------------------ attributes
+    @attribute(dtype=str, description="idle, running, paused or stopping")
+    def QueueState(self) -> str:
+        return self.engine.snapshot()["state"]
+
+    @attribute(
+        dtype=str, description="The running item as JSON (with repetition and progress), or empty"
+    )
+    def RunningItem(self) -> str:
+        return self._last.get("RunningItem", "")
+
+    @attribute(dtype=int, description="Items waiting in the queue")
+    def QueueLength(self) -> int:
+        return len(self.store.items)
+
+    @attribute(dtype=str, description="The last failure of an item or of the queue")
+    def LastError(self) -> str:
+        return self.engine.last_error
+
+    @attribute(dtype=str, description="Why the queue is not running an item (interlock, devices)")
+    def BlockedBy(self) -> str:
+        return self.engine.blocked_by
+
+    @attribute(dtype=str, description="The queued items as JSON")
+    def Items(self) -> str:
+        return json.dumps([i.as_dict() for i in self.store.items])
+
+    # -------------------------------------------------------------- commands
+    def _do(self, origin: str, fn, *args) -> str:
+        if self.engine is None:
+            throw("QUEUE_FAULT", self.get_status(), origin)
+        try:
+            result = fn(*args)
+        except QueueError as exc:
+            throw("QUEUE_REJECTED", str(exc), origin)
+        return json.dumps(
+            result, default=lambda o: o.as_dict() if hasattr(o, "as_dict") else str(o)
+        )
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"macro": "ct", "args": [0.1], "repeat": 1, "meta": {}, "position": "back"}',
+    )
+    def Add(self, text: str) -> str:
+        spec = _json(text, "Add")
+        if not isinstance(spec, dict):
+            throw("QUEUE_BAD_INPUT", "Add takes one item as a JSON object", "Add")
+        position = spec.pop("position", "back")
+        return self._do("Add", self.engine.add, spec, position)
+
+    @command(
+        dtype_in=str, dtype_out=str, doc_in='{"items": [...], "position": "back"}: all or nothing'
+    )
+    def AddBatch(self, text: str) -> str:
+        spec = _json(text, "AddBatch")
+        if isinstance(spec, list):
+            spec = {"items": spec}
+        if not isinstance(spec, dict):
+            throw("QUEUE_BAD_INPUT", 'AddBatch takes {"items": [...]}', "AddBatch")
+        return self._do(
+            "AddBatch", self.engine.add_batch, spec.get("items"), spec.get("position", "back")
+        )
+
+    @command(dtype_in=str, dtype_out=str, doc_in='{"uid": "...", "args": [...], "repeat": 2, ...}')
+    def Update(self, text: str) -> str:
+        spec = _json(text, "Update")
+        if not isinstance(spec, dict) or "uid" not in spec:
+            throw("QUEUE_BAD_INPUT", 'Update takes {"uid": ..., fields to change}', "Update")
+        uid = str(spec.pop("uid"))
+        return self._do("Update", self.engine.update, uid, spec)
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"uid": ..., "position": "front"|"back"|index|{"before": uid}|{"after": uid}}',
+    )
+    def Move(self, text: str) -> str:
+        spec = _json(text, "Move")
+        if not isinstance(spec, dict) or "uid" not in spec or "position" not in spec:
+            throw("QUEUE_BAD_INPUT", 'Move takes {"uid": ..., "position": ...}', "Move")
+        return self._do("Move", self.engine.move, str(spec["uid"]), spec["position"])
+
+    @command(dtype_in=str, dtype_out=str, doc_in='{"uids": ["...", ...]} or one uid')
+    def Remove(self, text: str) -> str:
+        spec = _json(text, "Remove")
+        if spec is None and text.strip():
+            spec = text.strip()
+        uids = spec.get("uids") if isinstance(spec, dict) else spec
+        if isinstance(uids, str):
+            uids = [uids]
+        if not isinstance(uids, list) or not uids:
+            throw("QUEUE_BAD_INPUT", 'Remove takes {"uids": [...]} or a uid', "Remove")
+        return self._do("Remove", self.engine.remove, [str(u) for u in uids])
+
+    @command(dtype_out=str, doc_out="The whole queue: state, running item, items, BlockedBy")
+    def Get(self) -> str:
+        return self._do("Get", self.engine.snapshot)
+
+    @command(dtype_out=str)
+    def Clear(self) -> str:
+        return self._do("Clear", self.engine.clear)
+
+    @command
+    def Start(self) -> None:
+        self._do("Start", self.engine.start)
+
+    @command(doc_in="Stop after the current item")
+    def Stop(self) -> None:
+        self._do("Stop", self.engine.stop)
+
+    @command
+    def StopCancel(self) -> None:
+        self._do("StopCancel", self.engine.stop_cancel)
+
+    @command(dtype_in=str, doc_in='"" or {"deferred": true} (pause after the current item)')
+    def Pause(self, text: str) -> None:
+        spec = _json(text, "Pause") or {}
+        self._do("Pause", self.engine.pause, bool(spec.get("deferred", False)))
+
+    @command
+    def Resume(self) -> None:
+        self._do("Resume", self.engine.resume)
+
+    def _macro(self, action: str, text: str) -> str:
+        spec = _json(text, action) or {}
+        timeout = float(spec.get("timeout", 3.0)) if isinstance(spec, dict) else 3.0
+        return self._do(
+            action, self.engine.macro_action, action.lower().replace("macro", ""), timeout
+        )
+
+    @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: stop, then abort, then release')
+    def StopMacro(self, text: str) -> str:
+        return self._macro("StopMacro", text)
+
+    @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: abort, then release')
+    def AbortMacro(self, text: str) -> str:
+        return self._macro("AbortMacro", text)
+
+    @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: release')
+    def HaltMacro(self, text: str) -> str:
+        return self._macro("HaltMacro", text)
+
+    @command(dtype_in=str, dtype_out=str, doc_in='{"limit": 100}')
+    def History(self, text: str) -> str:
+        spec = _json(text, "History") or {}
+        limit = spec.get("limit") if isinstance(spec, dict) else None
+        return self._do("History", lambda: [h.as_dict() for h in self.store.history(limit)])
+
+    @command(dtype_out=str)
+    def HistoryClear(self) -> str:
+        return self._do("HistoryClear", self.store.clear_history)
+
+
+def main(args=None) -> None:
+    run_server((ExperimentQueue,), args)

@@ -1,0 +1,157 @@
+"""The experiment queue on the real beamline: validation, runs, history,
+interlocks, readiness and a kill -9 of the queue server mid-item."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import tango
+
+from beamline import procs
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+QUEUE = "bl01/sys/queue"
+
+
+@pytest.fixture(scope="module")
+def queue(beamline):
+    q = beamline.proxy(QUEUE, timeout_ms=10000)
+    wait_until(lambda: q.state() != tango.DevState.INIT, 20, "the queue ready")
+    door = beamline.proxy("bl01/sardana/door")
+    wait_until(lambda: door.state() == tango.DevState.ON, 60, "the Door ready")
+    return q
+
+
+def add(q, macro, *args, repeat=1, meta=None, position="back"):
+    spec = {"macro": macro, "args": list(args), "repeat": repeat, "position": position}
+    if meta:
+        spec["meta"] = meta
+    return json.loads(q.Add(json.dumps(spec)))
+
+
+def history(q):
+    return json.loads(q.History(""))
+
+
+def wait_idle(q, timeout=120):
+    wait_until(
+        lambda: q.QueueState == "idle" and q.QueueLength == 0 and not q.RunningItem,
+        timeout,
+        "the queue to run everything",
+    )
+
+
+def rejected(fn, *args) -> str:
+    with pytest.raises(tango.DevFailed) as info:
+        fn(*args)
+    return info.value.args[0].desc
+
+
+def test_bad_items_are_rejected_and_change_nothing(queue):
+    before = queue.QueueLength
+    assert "no macro 'nosuch'" in rejected(queue.Add, json.dumps({"macro": "nosuch"}))
+    text = rejected(queue.Add, json.dumps({"macro": "ascan", "args": ["sample_x", 0]}))
+    assert "ascan needs" in text and "missing" in text
+    text = rejected(queue.Add, json.dumps({"macro": "ct", "args": ["fast"]}))
+    assert "must be Float" in text and "'fast'" in text
+    text = rejected(queue.Add, json.dumps({"macro": "mv", "args": ["nomotor", 1]}))
+    assert "nomotor" in text
+    assert "not valid JSON" in rejected(queue.Add, "{macro: ct")
+    batch = {"items": [{"macro": "ct", "args": [0.01]}, {"macro": "ct", "args": ["x"]}]}
+    assert "item 1" in rejected(queue.AddBatch, json.dumps(batch))
+    assert queue.QueueLength == before
+    assert "no item with uid" in rejected(queue.Remove, json.dumps({"uids": ["nope"]}))
+
+
+def test_items_run_in_order_with_repeats_and_history(queue):
+    queue.HistoryClear()
+    a = add(queue, "ct", 0.01, repeat=2)
+    b = add(queue, "ascan", "sample_x", 0, 0.2, 2, 0.01)
+    c = add(queue, "ct", 0.02, position="front")
+    queue.Move(json.dumps({"uid": b["uid"], "position": {"before": a["uid"]}}))
+    order = [i["uid"] for i in json.loads(queue.Items)]
+    assert order == [c["uid"], b["uid"], a["uid"]]
+    queue.Start()
+    wait_idle(queue)
+    done = history(queue)
+    assert [h["uid"] for h in done] == order
+    assert all(h["outcome"] == "finished" for h in done), done
+    assert done[-1]["repetitions_done"] == 2
+    assert all(h["ended"] >= h["started"] for h in done)
+
+
+def test_an_interlock_holds_the_queue_until_it_clears(beamline, queue):
+    queue.HistoryClear()
+    beamline.cli("sim", "fault", "ioc1", "vacuum_leak")
+    try:
+        wait_until(
+            lambda: beamline.proxy("bl01/vac/gauge1").state() == tango.DevState.ALARM,
+            20,
+            "the vacuum alarm",
+        )
+        item = add(queue, "ct", 0.01)
+        queue.Start()
+        wait_until(lambda: "vacuum" in queue.BlockedBy, 10, "BlockedBy naming the interlock")
+        assert queue.QueueLength == 1 and history(queue) == []
+    finally:
+        beamline.cli("sim", "clear", "ioc1")
+    wait_idle(queue, 60)
+    assert queue.BlockedBy == ""
+    assert [h["uid"] for h in history(queue)] == [item["uid"]]
+
+
+def test_an_item_whose_device_is_down_fails_or_waits_by_policy(beamline, queue):
+    queue.HistoryClear()
+    beamline.cli("stop", "Motor/sample_y")
+    try:
+        failing = add(queue, "mv", "sample_y", 0.5, meta={"on_device_down": "fail"})
+        waiting = add(queue, "mv", "sample_y", 0.6)
+        other = add(queue, "ct", 0.01)
+        queue.Start()
+        wait_until(
+            lambda: {h["uid"] for h in history(queue)} >= {failing["uid"], other["uid"]},
+            60,
+            "the failing item recorded and the next item run",
+            on_timeout=lambda: f"queue: {queue.Get()} history: {history(queue)}",
+        )
+        by_uid = {h["uid"]: h for h in history(queue)}
+        assert by_uid[failing["uid"]]["outcome"] == "failed"
+        assert "sample_y" in by_uid[failing["uid"]]["error"]
+        assert by_uid[other["uid"]]["outcome"] == "finished"
+        assert waiting["uid"] not in by_uid  # still waiting for its device
+        assert "sample_y" in queue.BlockedBy
+    finally:
+        beamline.cli("start", "Motor/sample_y")
+    wait_idle(queue, 60)
+    assert history(queue)[-1]["uid"] == waiting["uid"]
+
+
+def test_kill_the_queue_mid_item_nothing_lost_or_run_twice(beamline, queue):
+    queue.HistoryClear()
+    long = add(queue, "ascan", "sample_x", 0, 1, 20, 0.1)
+    after = add(queue, "ct", 0.01)
+    queue.Start()
+    wait_until(lambda: queue.RunningItem, 20, "the long item running")
+    pid = procs.server_pids(beamline.run_dir, ["ExperimentQueue/queue"])["experimentqueue/queue"][0]
+    os.kill(pid, signal.SIGKILL)
+    fresh = beamline.proxy(QUEUE, timeout_ms=10000)
+
+    def back():
+        fresh.ping()
+        return fresh.state() != tango.DevState.INIT
+
+    wait_until(back, 30, "the queue restarted by the supervisor")
+    wait_until(
+        lambda: len(json.loads(fresh.History(""))) == 2 and fresh.QueueLength == 0,
+        120,
+        "both items in the history",
+    )
+    done = json.loads(fresh.History(""))
+    assert [h["uid"] for h in done] == [long["uid"], after["uid"]]
+    assert done[0]["outcome"] in ("finished", "unknown") and "reconciled" in done[0]["error"]
+    assert done[1]["outcome"] == "finished"
