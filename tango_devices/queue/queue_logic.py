@@ -242,10 +242,16 @@ class QueueEngine:
                 self._pause_deferred = True
             else:
                 self._resumed.clear()
-                if self.current is not None:
-                    self.door.pause()
-                self.state = PAUSED
+                self.state = PAUSED  # no new item or repetition starts from now
+                pause_macro = self.current is not None
         self._changed()
+        if not deferred and pause_macro:
+            try:
+                self.door.pause()
+            except QueueError:
+                if self.door.busy():
+                    raise  # still running and not paused: say so
+                # the macro ended meanwhile: the queue is paused between items
 
     def resume(self) -> None:
         with self._lock:

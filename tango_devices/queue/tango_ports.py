@@ -263,8 +263,32 @@ class DoorPort:
     def release(self) -> None:
         self._command("ReleaseMacro")
 
-    def pause(self) -> None:
-        self._command("PauseMacro")
+    def pause(self, timeout: float = 5.0) -> None:
+        """Pause the running macro. Sardana ignores PauseMacro until the macro
+        has really started (and refuses it before RunMacro is through), so ask
+        again until the Door is paused."""
+        deadline = time.monotonic() + timeout
+        proxy = tango.DeviceProxy(self.name)
+        proxy.set_timeout_millis(3000)
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                state = proxy.state()
+                if state == tango.DevState.STANDBY:
+                    return
+                if state == tango.DevState.RUNNING:
+                    proxy.command_inout("PauseMacro")
+            except tango.DevFailed as exc:
+                last = _desc(exc)
+            pause_deadline = time.monotonic() + 0.5
+            while time.monotonic() < pause_deadline:
+                try:
+                    if proxy.state() == tango.DevState.STANDBY:
+                        return
+                except tango.DevFailed as exc:
+                    last = _desc(exc)
+                time.sleep(0.02)
+        raise QueueError(f"{self.name} did not pause within {timeout:g} s {last}".strip())
 
     def resume(self) -> None:
         self._command("ResumeMacro")

@@ -27,6 +27,24 @@ def queue(beamline):
     return q
 
 
+@pytest.fixture(autouse=True)
+def _fresh_queue(request):
+    """Each test starts from an idle, empty queue, even after a failed one."""
+    yield
+    if "queue" not in request.fixturenames:
+        return
+    q = request.getfixturevalue("queue")
+    try:
+        if q.QueueState == "paused":
+            q.Resume()
+        q.Stop()
+        if q.RunningItem:
+            q.AbortMacro(json.dumps({"timeout": 5}))
+        q.Clear()
+    except tango.DevFailed:
+        pass
+
+
 def add(q, macro, *args, repeat=1, meta=None, position="back"):
     spec = {"macro": macro, "args": list(args), "repeat": repeat, "position": position}
     if meta:
@@ -155,3 +173,73 @@ def test_kill_the_queue_mid_item_nothing_lost_or_run_twice(beamline, queue):
     assert [h["uid"] for h in done] == [long["uid"], after["uid"]]
     assert done[0]["outcome"] in ("finished", "unknown") and "reconciled" in done[0]["error"]
     assert done[1]["outcome"] == "finished"
+
+
+LONG = ("ascan", "sample_x", 0, 1, 30, 0.1)
+
+
+def test_pause_resume_stop_and_stop_cancel(beamline, queue):
+    queue.HistoryClear()
+    door = beamline.proxy("bl01/sardana/door")
+    first = add(queue, *LONG)
+    second = add(queue, "ct", 0.01)
+    queue.Start()
+    wait_until(lambda: queue.RunningItem, 20, "the first item running")
+    queue.Pause("")
+    wait_until(lambda: door.state() == tango.DevState.STANDBY, 10, "the Door paused")
+    assert queue.QueueState == "paused" and queue.state() == tango.DevState.STANDBY
+    queue.Resume()
+    wait_until(lambda: door.state() == tango.DevState.RUNNING, 10, "the Door running again")
+    queue.Stop()  # after the current item
+    assert queue.QueueState == "stopping"
+    queue.StopCancel()
+    assert queue.QueueState == "running"
+    queue.Pause(json.dumps({"deferred": True}))
+    wait_until(
+        lambda: queue.QueueState == "paused" and not queue.RunningItem, 60, "paused after it"
+    )
+    assert [h["uid"] for h in history(queue)] == [first["uid"]]
+    assert history(queue)[0]["outcome"] == "finished" and queue.QueueLength == 1
+    queue.Resume()
+    queue.Start()
+    wait_idle(queue)
+    assert [h["uid"] for h in history(queue)] == [first["uid"], second["uid"]]
+
+
+@pytest.mark.parametrize("action,outcome", [("StopMacro", "stopped"), ("AbortMacro", "aborted")])
+def test_stop_or_abort_the_running_macro(beamline, queue, action, outcome):
+    queue.HistoryClear()
+    running = add(queue, *LONG)
+    waiting = add(queue, "ct", 0.01)
+    queue.Start()
+    wait_until(lambda: queue.RunningItem, 20, "the item running")
+    step = getattr(queue, action)(json.dumps({"timeout": 5}))
+    assert json.loads(step) == action.lower().replace("macro", "")
+    wait_until(lambda: not queue.RunningItem, 20, "the item ended")
+    (entry,) = history(queue)
+    assert entry["uid"] == running["uid"] and entry["outcome"] == outcome
+    # the queue stops: the next item waits for an operator
+    assert queue.QueueState == "idle" and json.loads(queue.Items)[0]["uid"] == waiting["uid"]
+    assert beamline.proxy("bl01/sardana/door").state() == tango.DevState.ON
+    queue.Clear()
+
+
+def test_kill_sardana_mid_item_recorded_as_lost_then_the_queue_runs_again(beamline, queue):
+    queue.HistoryClear()
+    running = add(queue, *LONG)
+    nxt = add(queue, "ct", 0.01)
+    queue.Start()
+    wait_until(lambda: queue.RunningItem, 20, "the item running")
+    pid = procs.server_pids(beamline.run_dir, ["Sardana/bl01"])["sardana/bl01"][0]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: history(queue), 30, "the running item recorded")
+    (entry,) = history(queue)
+    assert entry["uid"] == running["uid"] and entry["outcome"] == "lost"
+    assert "bl01/sardana/door" in entry["error"]
+    assert queue.QueueState == "idle" and "lost" in queue.LastError
+    door = beamline.proxy("bl01/sardana/door")
+    wait_until(lambda: door.state() == tango.DevState.ON, 60, "Sardana restored")
+    queue.Start()
+    wait_idle(queue, 60)
+    assert [h["uid"] for h in history(queue)] == [running["uid"], nxt["uid"]]
+    assert history(queue)[1]["outcome"] == "finished"
