@@ -501,6 +501,7 @@ class QueueEngine:
         error = note + (verdict.error_text or outcome)
         if reps < item.repeat and outcome == "finished":
             error = note + f"{item.repeat - reps} repetition(s) not run"
+        recorded = outcome if outcome in ("finished", "failed", "stopped", "aborted") else "unknown"
         self.store.finish_current(
             HistoryEntry(
                 item.uid,
@@ -508,10 +509,14 @@ class QueueEngine:
                 item.args,
                 item.repeat,
                 reps,
-                outcome if outcome in ("finished", "failed", "stopped", "aborted") else "unknown",
+                recorded,
                 error,
                 started,
                 time.time(),
                 item.meta,
             )
         )
+        if recorded != "finished":
+            # like an item lost while the queue ran: an operator decides what next
+            self.store.set_meta("running", False)
+            self.last_error = f"{item.uid} ({item.line}): {recorded}: {error}"

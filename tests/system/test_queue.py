@@ -243,3 +243,24 @@ def test_kill_sardana_mid_item_recorded_as_lost_then_the_queue_runs_again(beamli
     wait_idle(queue, 60)
     assert [h["uid"] for h in history(queue)] == [running["uid"], nxt["uid"]]
     assert history(queue)[1]["outcome"] == "finished"
+
+
+def test_kill_the_queue_and_sardana_together_mid_item(beamline, queue):
+    queue.HistoryClear()
+    running = add(queue, *LONG)
+    nxt = add(queue, "ct", 0.01)
+    queue.Start()
+    wait_until(lambda: queue.RunningItem, 20, "the item running")
+    pids = procs.server_pids(beamline.run_dir, ["ExperimentQueue/queue", "Sardana/bl01"])
+    for pid in (pids["experimentqueue/queue"][0], pids["sardana/bl01"][0]):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: history(queue), 60, "the interrupted item reconciled")
+    (entry,) = history(queue)
+    assert entry["uid"] == running["uid"]
+    assert entry["outcome"] in ("unknown", "lost"), entry
+    assert json.loads(queue.Items)[0]["uid"] == nxt["uid"]  # not lost, not started
+    door = beamline.proxy("bl01/sardana/door")
+    wait_until(lambda: door.state() == tango.DevState.ON, 60, "Sardana restored")
+    queue.Start()
+    wait_idle(queue, 60)
+    assert [h["uid"] for h in history(queue)] == [running["uid"], nxt["uid"]]
