@@ -60,6 +60,9 @@ def _not_answering(exc) -> bool:
     return False
 
 
+RECOVERY_ATTEMPTS = 20  # x 0.5 s
+
+
 def refresh_element(controller, axis, getter, delay=0.2):
     """Make the Pool push the element's value again, even if unchanged.
 
@@ -69,11 +72,21 @@ def refresh_element(controller, axis, getter, delay=0.2):
     own thread (not inside the Pool's state loop)."""
 
     def push():
-        try:
-            element = controller._getPoolController().get_element(axis=axis)
-            getattr(element, getter)(cache=False, propagate=2)
-        except Exception as exc:  # best effort: the next change pushes anyway
-            controller._log.warning("could not refresh axis %s: %s", axis, exc)
+        # the device may answer a ping before it can read its position (still
+        # connecting to its controller): try again until a value is published
+        error = None
+        for _ in range(RECOVERY_ATTEMPTS):
+            try:
+                element = controller._getPoolController().get_element(axis=axis)
+                attr = getattr(element, getter)(cache=False, propagate=2)
+                exc_info = attr.get_exc_info() if hasattr(attr, "get_exc_info") else None
+                if not exc_info and attr.value is not None:
+                    return
+                error = exc_info[1] if exc_info else "no value"
+            except Exception as exc:
+                error = exc
+            time.sleep(0.5)
+        controller._log.warning("could not refresh axis %s: %s", axis, error)
 
     timer = threading.Timer(delay, push)
     timer.daemon = True
@@ -158,7 +171,9 @@ class DeviceLink:
             return
 
         def watch():
-            while self.down:
+            # until it answers, whoever else notices first (a successful call
+            # from the Pool clears ``down`` but does not refresh the clients)
+            while True:
                 try:
                     proxy = tango.DeviceProxy(self.name)
                     proxy.set_timeout_millis(1000)

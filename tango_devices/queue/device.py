@@ -102,6 +102,19 @@ class ExperimentQueue(BeamlineDevice):
         self._last: dict[str, Any] = {}
         self.engine.open()
         self._publish()
+        # the running item's progress (from the Door's MacroStatus) changes
+        # without an edit: publish it a few times a second while an item runs
+        self._ticker_stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="queue-progress", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._ticker_stop.wait(0.5):
+            if self.engine.current is not None:
+                try:
+                    self._publish()
+                except Exception:  # never let the ticker die
+                    log.exception("publishing the queue's progress failed")
 
     def _default_db(self) -> Path:
         import os
@@ -111,6 +124,8 @@ class ExperimentQueue(BeamlineDevice):
 
     def delete_device(self) -> None:
         super().delete_device()
+        if getattr(self, "_ticker_stop", None):
+            self._ticker_stop.set()
         if getattr(self, "engine", None):
             self.engine.close()
             self.store.close()

@@ -264,3 +264,56 @@ def test_kill_the_queue_and_sardana_together_mid_item(beamline, queue):
     queue.Start()
     wait_idle(queue, 60)
     assert [h["uid"] for h in history(queue)] == [running["uid"], nxt["uid"]]
+
+
+def test_update_remove_clear_and_progress_events(beamline, queue):
+    queue.HistoryClear()
+    a = add(queue, "ct", 0.01)
+    b = add(queue, "ct", 0.02)
+    updated = json.loads(queue.Update(json.dumps({"uid": a["uid"], "repeat": 3})))
+    assert updated["repeat"] == 3 and updated["uid"] == a["uid"]
+    text = rejected(queue.Update, json.dumps({"uid": a["uid"], "args": ["x"]}))
+    assert "must be Float" in text
+    assert json.loads(queue.Items)[0]["repeat"] == 3  # the rejected update changed nothing
+    removed = json.loads(queue.Remove(json.dumps({"uids": [b["uid"]]})))
+    assert [r["uid"] for r in removed] == [b["uid"]] and queue.QueueLength == 1
+    assert json.loads(queue.Clear()) == 1 and queue.QueueLength == 0
+
+    progress = []
+    sid = queue.subscribe_event(
+        "RunningItem",
+        tango.EventType.CHANGE_EVENT,
+        lambda ev: (
+            progress.append(json.loads(ev.attr_value.value)["progress"])
+            if not ev.err and ev.attr_value.value
+            else None
+        ),
+    )
+    try:
+        add(queue, *LONG)
+        queue.Start()
+        wait_until(lambda: any(0 < p < 100 for p in progress), 30, "progress events mid-scan")
+        wait_idle(queue)
+    finally:
+        queue.unsubscribe_event(sid)
+
+
+def test_kill_the_queue_idle_and_between_items_loses_nothing(beamline, queue):
+    queue.HistoryClear()
+    items = [add(queue, "ct", 0.01) for _ in range(3)]
+
+    def kill_queue():
+        pid = procs.server_pids(beamline.run_dir, ["ExperimentQueue/queue"])
+        os.kill(pid["experimentqueue/queue"][0], signal.SIGKILL)
+        wait_until(lambda: queue.ping() >= 0 and queue.QueueLength >= 0, 30, "the queue back")
+
+    kill_queue()  # idle: every item still queued, in order
+    assert [i["uid"] for i in json.loads(queue.Items)] == [i["uid"] for i in items]
+    queue.Start()
+    wait_until(lambda: len(history(queue)) >= 1, 30, "one item done")
+    kill_queue()  # between (or during) items
+    queue_state = queue.QueueState
+    if queue_state == "idle" and queue.QueueLength:
+        queue.Start()
+    wait_idle(queue, 60)
+    assert [h["uid"] for h in history(queue)] == [i["uid"] for i in items]
