@@ -649,6 +649,11 @@ from beamline.history_cli import history  # noqa: E402
 
 main.add_command(history)
 
+# ------------------------------------------------------------------ queue
+from beamline.queue_cli import queue  # noqa: E402
+
+main.add_command(queue)
+
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ from bench import (
     bench_detector,
     bench_healing,
     bench_logger,
+    bench_queue,
     bench_reads,
     bench_sardana,
     bench_scaler,
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "healing": bench_healing.run,
     "logger": bench_logger.run,
     "sardana": bench_sardana.run,
+    "queue": bench_queue.run,
 }
 
 
