@@ -100,6 +100,7 @@ class ExperimentQueue(BeamlineDevice):
             readiness_timeout=self.ReadinessTimeout,
         )
         self._last: dict[str, Any] = {}
+        self._items_version = -1
         self.engine.open()
         self._publish()
         # the running item's progress (from the Door's MacroStatus) changes
@@ -132,20 +133,23 @@ class ExperimentQueue(BeamlineDevice):
 
     # ------------------------------------------------------------ publishing
     def _publish(self) -> None:
-        snap = self.engine.snapshot()
+        snap = self.engine.snapshot(items=False)
         values = {
             "QueueState": snap["state"],
             "RunningItem": json.dumps(snap["running"]) if snap["running"] else "",
-            "QueueLength": len(snap["items"]),
+            "QueueLength": snap["length"],
             "LastError": snap["last_error"],
             "BlockedBy": snap["blocked_by"],
-            "Items": json.dumps(snap["items"]),
         }
+        version = self.store.version
+        if version != self._items_version:  # the list (10,000 items: ~0.2 s) only on edits
+            self._items_version = version
+            values["Items"] = json.dumps([i.as_dict() for i in self.store.items])
         with self._publish_lock:
             state = STATES[snap["state"]]
             if snap["blocked_by"] and snap["state"] == RUNNING:
                 state = DevState.ALARM
-            status = f"Queue {snap['state']}, {len(snap['items'])} item(s)"
+            status = f"Queue {snap['state']}, {snap['length']} item(s)"
             if snap["running"]:
                 status += f"; running {snap['running']['uid']} ({snap['running']['macro']})"
             if snap["blocked_by"]:
@@ -163,7 +167,7 @@ class ExperimentQueue(BeamlineDevice):
     # ------------------------------------------------------------ attributes
     @attribute(dtype=str, description="idle, running, paused or stopping")
     def QueueState(self) -> str:
-        return self.engine.snapshot()["state"]
+        return self.engine.state
 
     @attribute(
         dtype=str, description="The running item as JSON (with repetition and progress), or empty"
@@ -185,7 +189,10 @@ class ExperimentQueue(BeamlineDevice):
 
     @attribute(dtype=str, description="The queued items as JSON")
     def Items(self) -> str:
-        return json.dumps([i.as_dict() for i in self.store.items])
+        if "Items" not in self._last or self._items_version != self.store.version:
+            self._items_version = self.store.version
+            self._last["Items"] = json.dumps([i.as_dict() for i in self.store.items])
+        return self._last["Items"]
 
     # -------------------------------------------------------------- commands
     def _do(self, origin: str, fn, *args) -> str:
@@ -245,9 +252,12 @@ class ExperimentQueue(BeamlineDevice):
 
     @command(dtype_in=str, dtype_out=str, doc_in='{"uids": ["...", ...]} or one uid')
     def Remove(self, text: str) -> str:
-        spec = _json(text, "Remove")
-        if spec is None and text.strip():
-            spec = text.strip()
+        try:
+            spec = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            spec = text.strip()  # a bare uid
+        if isinstance(spec, int | float):
+            spec = text.strip()  # an all-digit uid
         uids = spec.get("uids") if isinstance(spec, dict) else spec
         if isinstance(uids, str):
             uids = [uids]
@@ -286,7 +296,17 @@ class ExperimentQueue(BeamlineDevice):
 
     def _macro(self, action: str, text: str) -> str:
         spec = _json(text, action) or {}
-        timeout = float(spec.get("timeout", 3.0)) if isinstance(spec, dict) else 3.0
+        timeout = spec.get("timeout", 3.0) if isinstance(spec, dict) else 3.0
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 < timeout <= 600
+        ):
+            throw(
+                "QUEUE_BAD_INPUT",
+                f"{action}: timeout must be seconds in (0, 600], not {timeout!r}",
+                action,
+            )
         return self._do(
             action, self.engine.macro_action, action.lower().replace("macro", ""), timeout
         )
@@ -307,6 +327,14 @@ class ExperimentQueue(BeamlineDevice):
     def History(self, text: str) -> str:
         spec = _json(text, "History") or {}
         limit = spec.get("limit") if isinstance(spec, dict) else None
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            throw(
+                "QUEUE_BAD_INPUT",
+                f"History: limit must be a whole number >= 0, not {limit!r}",
+                "History",
+            )
         return self._do("History", lambda: [h.as_dict() for h in self.store.history(limit)])
 
     @command(dtype_out=str)

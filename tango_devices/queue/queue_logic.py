@@ -97,15 +97,29 @@ class QueueEngine:
         self._stop_thread = threading.Event()
         self._thread: threading.Thread | None = None
         self._resumed = threading.Event()
+        self.reconciled = threading.Event()  # set once an interrupted item is dealt with
 
     # ------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        """Reconcile an item a previous process was running, then serve."""
-        self._reconcile()
-        if self.store.get_meta("running", False):
+        """Serve at once; the runner thread first reconciles an item a previous
+        process was running (that may mean waiting for its macro to end: the
+        device must answer meanwhile, or the supervisor would think it hung)."""
+        if self.store.get_meta("paused", False):
+            self.state = PAUSED
+        elif self.store.get_meta("running", False):
             self.state = RUNNING
-        self._thread = threading.Thread(target=self._loop, name="queue-runner", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="queue-runner", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self._reconcile()
+        except Exception as exc:
+            log.exception("reconciling the interrupted item failed")
+            self.last_error = f"reconciling the interrupted item failed: {exc}"
+        self.reconciled.set()
+        self._changed()
+        self._loop()
 
     def close(self) -> None:
         self._stop_thread.set()
@@ -221,7 +235,8 @@ class QueueEngine:
         """Stop after the current item (at once when nothing runs)."""
         with self._lock:
             self.store.set_meta("running", False)
-            self.state = STOPPING if self.current else IDLE
+            if self.state != PAUSED:  # paused stays paused; Resume ends the item
+                self.state = STOPPING if self.current else IDLE
         self._changed()
 
     def stop_cancel(self) -> None:
@@ -243,6 +258,7 @@ class QueueEngine:
             else:
                 self._resumed.clear()
                 self.state = PAUSED  # no new item or repetition starts from now
+                self.store.set_meta("paused", True)
                 pause_macro = self.current is not None
         self._changed()
         if not deferred and pause_macro:
@@ -259,9 +275,11 @@ class QueueEngine:
                 raise QueueError(f"the queue is not paused (it is {self.state})")
             self._pause_deferred = False
             if self.state == PAUSED:
-                if self.current is not None:
+                if self.current is not None and self.door.busy():
                     self.door.resume()
-                self.state = RUNNING if self.store.get_meta("running", False) else IDLE
+                running = self.store.get_meta("running", False)
+                self.state = RUNNING if running else (STOPPING if self.current else IDLE)
+                self.store.set_meta("paused", False)
             self._resumed.set()
         self._changed()
         self._wake.set()
@@ -278,7 +296,8 @@ class QueueEngine:
             if self.current is None:
                 raise QueueError("no macro is running")
             self.store.set_meta("running", False)
-            self.state = IDLE if self.state != PAUSED else PAUSED
+            self.store.set_meta("paused", False)
+            self.state = IDLE
             self._resumed.set()
         for step in chain:
             getattr(self.door, step)()
@@ -291,7 +310,7 @@ class QueueEngine:
         raise QueueError(f"the macro did not end after {' then '.join(chain)}")
 
     # -------------------------------------------------------------- queries
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, items: bool = True) -> dict[str, Any]:
         with self._lock:
             cur = self.current
             return {
@@ -309,7 +328,8 @@ class QueueEngine:
                     if cur
                     else None
                 ),
-                "items": [i.as_dict() for i in self.store.items],
+                "items": [i.as_dict() for i in self.store.items] if items else None,
+                "length": len(self.store.items),
             }
 
     # ------------------------------------------------------------- the loop
@@ -346,6 +366,7 @@ class QueueEngine:
             with self._lock:
                 self._pause_deferred = False
                 self.state = PAUSED
+                self.store.set_meta("paused", True)
             self._changed()
             return False
         active = self.health.interlocks()
@@ -412,12 +433,13 @@ class QueueEngine:
         while current.repetition < item.repeat:
             if self.state == PAUSED:
                 self._resumed.wait()
-            try:
-                run = self.door.start([item.macro, *item.args])
-            except Exception as exc:
-                outcome, error = "failed", f"not started: {exc}"
+            if current.repetition and (
+                self.state == IDLE or self._stop_thread.is_set()
+            ):  # aborted or stopped while paused between repetitions
+                current.drop_rest = "the queue was stopped"
                 break
-            current.run = run
+            # recorded *before* RunMacro: a crash in between is reconciled with
+            # the Door (unknown at worst), never run a second time
             self.store.set_meta(
                 "current",
                 {
@@ -428,6 +450,12 @@ class QueueEngine:
                     "door_started": time.time(),
                 },
             )
+            try:
+                run = self.door.start([item.macro, *item.args])
+            except Exception as exc:
+                outcome, error = "failed", f"not started: {exc}"
+                break
+            current.run = run
             self._changed()
             self.door.wait(run)
             result = OUTCOMES.get(run.outcome, run.outcome)
@@ -487,8 +515,7 @@ class QueueEngine:
         done = int(cur.get("rep", 0))
         if door_started is None:
             # taken off the queue but its macro never started: put it back first
-            self.store.insert([item], 0)
-            self.store.set_meta("current", None)
+            self.store.requeue_current(item)
             return
         verdict = self.door.reconcile(item.macro, door_started)
         if verdict.outcome == "running":
@@ -519,4 +546,7 @@ class QueueEngine:
         if recorded != "finished":
             # like an item lost while the queue ran: an operator decides what next
             self.store.set_meta("running", False)
+            with self._lock:
+                if self.state != PAUSED:
+                    self.state = IDLE
             self.last_error = f"{item.uid} ({item.line}): {recorded}: {error}"

@@ -100,6 +100,7 @@ class QueueStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self.version = 0  # bumped at every change of the item list
         self.items: list[Item] = [
             Item(macro, json.loads(args), repeat, json.loads(meta), uid, added)
             for uid, macro, args, repeat, meta, added in self._db.execute(
@@ -159,6 +160,7 @@ class QueueStore:
                 cur.execute("ROLLBACK")
                 raise
             self.items = new_items
+            self.version += 1
 
     def insert(self, items: list[Item], index: int) -> list[Item]:
         now = time.time()
@@ -219,6 +221,42 @@ class QueueStore:
                 cur.execute("ROLLBACK")
                 raise
             self.items = self.items[:index] + self.items[index + 1 :]
+            self.version += 1
+
+    def requeue_current(self, item: Item) -> None:
+        """Put the current item (never started) back at the front and forget it
+        as current, in one transaction."""
+        with self._lock:
+            if any(i.uid == item.uid for i in self.items):
+                self.set_meta("current", None)  # already back (an earlier attempt)
+                return
+            new = [item, *self.items]
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "INSERT OR REPLACE INTO items (uid, pos, macro, args, repeat, meta, added) "
+                    "VALUES (?, 0, ?, ?, ?, ?, ?)",
+                    (
+                        item.uid,
+                        item.macro,
+                        json.dumps(item.args),
+                        item.repeat,
+                        json.dumps(item.meta),
+                        item.added,
+                    ),
+                )
+                cur.executemany(
+                    "UPDATE items SET pos = ? WHERE uid = ?",
+                    [(n, i.uid) for n, i in enumerate(new)],
+                )
+                cur.execute("DELETE FROM meta WHERE key = 'current'")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            self.items = new
+            self.version += 1
 
     # ---------------------------------------------------------- meta values
     def get_meta(self, key: str, default: Any = None) -> Any:

@@ -84,6 +84,11 @@ def test_bad_items_are_rejected_and_change_nothing(queue):
     assert "item 1" in rejected(queue.AddBatch, json.dumps(batch))
     assert queue.QueueLength == before
     assert "no item with uid" in rejected(queue.Remove, json.dumps({"uids": ["nope"]}))
+    assert "limit must be" in rejected(queue.History, json.dumps({"limit": "abc"}))
+    assert "timeout must be" in rejected(queue.StopMacro, json.dumps({"timeout": "x"}))
+    bare = add(queue, "ct", 0.01)
+    assert json.loads(queue.Remove(bare["uid"]))[0]["uid"] == bare["uid"]  # a bare uid
+    assert queue.QueueLength == before
 
 
 def test_items_run_in_order_with_repeats_and_history(queue):
