@@ -101,19 +101,22 @@ class ExperimentQueue(BeamlineDevice):
         )
         self._last: dict[str, Any] = {}
         self._items_version = -1
+        self._items_json = "[]"
+        self._items_pushed = -1
         self.engine.open()
-        self._publish()
+        self._publish(items=True)
         # the running item's progress (from the Door's MacroStatus) changes
-        # without an edit: publish it a few times a second while an item runs
+        # without an edit, and the item list is pushed from here: a few times a
+        # second
         self._ticker_stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="queue-progress", daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:
         while not self._ticker_stop.wait(0.5):
-            if self.engine.current is not None:
+            if self.engine.current is not None or self.store.version != self._items_pushed:
                 try:
-                    self._publish()
+                    self._publish(items=True)
                 except Exception:  # never let the ticker die
                     log.exception("publishing the queue's progress failed")
 
@@ -132,7 +135,10 @@ class ExperimentQueue(BeamlineDevice):
             self.store.close()
 
     # ------------------------------------------------------------ publishing
-    def _publish(self) -> None:
+    def _publish(self, items: bool = False) -> None:
+        """Push what changed. The item list is pushed by the ticker (at most
+        twice a second), not on the runner's path: a long queue would add its
+        serialisation to every item."""
         snap = self.engine.snapshot(items=False)
         values = {
             "QueueState": snap["state"],
@@ -141,10 +147,11 @@ class ExperimentQueue(BeamlineDevice):
             "LastError": snap["last_error"],
             "BlockedBy": snap["blocked_by"],
         }
-        version = self.store.version
-        if version != self._items_version:  # the list (10,000 items: ~0.2 s) only on edits
-            self._items_version = version
-            values["Items"] = json.dumps([i.as_dict() for i in self.store.items])
+        if items:
+            version = self.store.version
+            if version != self._items_pushed:  # 10,000 items: ~0.15 s, so not on every change
+                self._items_pushed = version
+                values["Items"] = self._items_text()
         with self._publish_lock:
             state = STATES[snap["state"]]
             if snap["blocked_by"] and snap["state"] == RUNNING:
@@ -189,10 +196,14 @@ class ExperimentQueue(BeamlineDevice):
 
     @attribute(dtype=str, description="The queued items as JSON")
     def Items(self) -> str:
-        if "Items" not in self._last or self._items_version != self.store.version:
-            self._items_version = self.store.version
-            self._last["Items"] = json.dumps([i.as_dict() for i in self.store.items])
-        return self._last["Items"]
+        return self._items_text()
+
+    def _items_text(self) -> str:
+        with self._publish_lock:
+            if self._items_version != self.store.version:
+                self._items_version = self.store.version
+                self._items_json = json.dumps([i.as_dict() for i in self.store.items])
+            return self._items_json
 
     # -------------------------------------------------------------- commands
     def _do(self, origin: str, fn, *args) -> str:
