@@ -6,7 +6,11 @@ PYTHON    ?= python3
 VENV      ?= .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
-DEB_PKGS  := tango-starter tango-test
+# Qt (the operator GUI): GL, GLib, fontconfig, D-Bus, and the X11 (xcb) plugin's libraries
+QT_DEBS   := libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 \
+             libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
+             libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libxcb-xfixes0
+DEB_PKGS  := tango-starter tango-test $(QT_DEBS)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

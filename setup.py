@@ -43,11 +43,16 @@ setup(
         "h5py>=3.10",
         "sardana[spock]==3.7.*",
         "sardana-config==3.7.*",
+        # the operator GUI (taurus comes with sardana)
+        "PyQt5==5.15.*",
+        "pyqtgraph>=0.13",
+        "taurus-pyqtgraph>=0.9",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-qt>=4.4",
             "ruff>=0.6",
             "import-linter>=2.0",
         ],

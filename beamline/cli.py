@@ -245,6 +245,9 @@ def _print_demo_help(ctx: RunContext, result: dict) -> None:
   .venv/bin/beamline logs Motor/sample_x    a server's log
   .venv/bin/beamline spock                  Sardana's spock on the Door: try
       shutter_open, then align_peak sample_x 0 3 21 0.1 (scans go to {ctx.run_dir}/scans)
+  .venv/bin/beamline gui                    the operator GUI (Taurus; needs a display, e.g. ssh -X;
+      without one: beamline gui --screenshots DIR saves a PNG of every panel)
+  .venv/bin/beamline queue add ct 0.1       queue experiments (also from the GUI's Queue panel)
   make down                                 stop everything (or: .venv/bin/beamline down)
 
 Logs and the database file are in {ctx.run_dir}."""
@@ -657,3 +660,40 @@ main.add_command(queue)
 
 if __name__ == "__main__":
     main()
+
+
+# -------------------------------------------------------------------- gui
+@main.command()
+@click.option(
+    "--screenshots",
+    type=click.Path(file_okay=False),
+    help="Save a PNG of every panel into this directory, then quit (works without a display).",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0),
+    default=8.0,
+    show_default=True,
+    help="With --screenshots: seconds to let the panels fill in first.",
+)
+@click.pass_obj
+def gui(ctx: RunContext, screenshots: str | None, settle: float) -> None:
+    """The operator GUI (a TaurusGui, taurus_gui/bl01) on this beamline.
+
+    Its settings (panel layout, perspectives) are kept in RUN_DIR/gui/bl01.ini."""
+    from pathlib import Path
+
+    state = ctx.load_state()
+    th = state.get("tango_host") or os.environ.get("TANGO_HOST")
+    if not th or not tangodb.answers(th):
+        fail("the beamline is not running (no database); run `beamline up` first")
+    os.environ["TANGO_HOST"] = th
+    from taurus_gui import app as gui_app
+
+    if screenshots is None and gui_app.needs_offscreen():
+        fail(
+            "no display (DISPLAY is not set): run it in a desktop session, with `ssh -X`, "
+            "or save screenshots of every panel with --screenshots DIR"
+        )
+    out = Path(screenshots) if screenshots else None
+    sys.exit(gui_app.run(ctx.run_dir / "gui" / "bl01.ini", out, settle))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
 import signal
 import sys
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 import tango
 from tango import AttrQuality, DevState
-from tango.server import Device, command
+from tango.server import Device, attribute, command
 
 from tango_devices.common import lifecycle
 from tango_devices.common.component import Component, ComponentError
@@ -119,6 +120,19 @@ class BeamlineDevice(Device):
                 self.push_change_event("Status", status)
             except tango.DevFailed as exc:
                 self.warn_stream(f"could not push State event: {exc.args[0].desc}")
+
+    @attribute(
+        dtype=str,
+        description="JSON: every command (and write_<Attribute>) of the device's state table "
+        "with the states that allow it. Clients (the GUI) enable their buttons from it.",
+    )
+    def CommandStates(self) -> str:
+        machine = getattr(self, "_machine", None)
+        if machine is None:
+            return "{}"
+        return json.dumps(
+            {cmd: sorted(str(s) for s in states) for cmd, states in machine.table.commands.items()}
+        )
 
     def refuse(self, exc: Exception, origin: str) -> None:
         """Turn a logic-layer refusal into a DevFailed that names the problem."""

@@ -147,6 +147,11 @@ class Supervisor:
     def _step_one(self, rec: ServerRecord, pid: int | None, now: float, wall: float) -> None:
         if rec.state in (S.STOPPED, S.FAILED, S.NOT_STARTED) and pid is None:
             rec.pid = None
+            if rec.state is S.STOPPED and rec.expected:
+                # started again while the stopped process was still exiting
+                rec.failure_detected_at = None
+                self._launch(rec, now, wall)
+                return
             if rec.state is S.NOT_STARTED and rec.expected:
                 # expected but not running when we (re)started: it died while
                 # no supervisor was watching; restart it once

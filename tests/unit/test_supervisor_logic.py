@@ -266,6 +266,30 @@ def test_a_server_slow_to_exit_after_a_stop_is_not_restarted(world):
     assert world.launched == [] and sup.record(MOTOR.name).state is S.STOPPED
 
 
+def test_a_start_while_the_stopped_server_still_exits_starts_it_once_gone(world):
+    """An operator who clicks Stop then Start at once: the old process is
+    still shutting down, so the start happens as soon as it is gone."""
+    sup = make(world)
+    running(world, sup, MOTOR)
+    sup.stop_server(MOTOR.name)
+    world.tick()
+    sup.step()
+    sup.start_server(MOTOR.name)  # the stopped process has not exited yet
+    assert world.launched == []
+    world.tick()
+    sup.step()
+    assert world.launched == []  # not twice: it is still there
+    world.die(MOTOR)
+    world.tick()
+    sup.step()
+    assert world.launched == [MOTOR.name]
+    assert sup.record(MOTOR.name).state is S.RESTARTING
+    for _ in range(5):
+        world.tick()
+        sup.step()
+    assert world.launched == [MOTOR.name]
+
+
 def test_a_new_supervisor_restarts_what_died_meanwhile_once(world):
     world.start(GAUGE)  # still running
     sup = make(world, expected=[MOTOR.name, GAUGE.name])  # Motor died while no supervisor ran

@@ -1,0 +1,146 @@
+"""Beamline overview: every device's state at a glance, laid out along the
+beam, with the interlock, the supervisor's health and the queue.
+
+A click on a device opens (raises) its panel in the TaurusGui.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taurus.external.qt import Qt
+
+from taurus_gui import model
+from taurus_gui.widgets.common import AttrWatcher, StateLabel
+
+
+class DeviceTile(Qt.QFrame):
+    """The device's short name (a button opening its panel) over its state."""
+
+    clicked = Qt.pyqtSignal(str)
+
+    def __init__(self, device: str, parent=None):
+        super().__init__(parent)
+        self.device = device
+        self.setFrameShape(Qt.QFrame.StyledPanel)
+        layout = Qt.QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        self.button = Qt.QPushButton(device.split("/", 1)[-1])
+        self.button.setToolTip(f"{device}: open its panel")
+        self.button.setFlat(True)
+        self.button.clicked.connect(lambda: self.clicked.emit(self.device))
+        self.state = StateLabel()
+        layout.addWidget(self.button)
+        layout.addWidget(self.state)
+        self.watcher = AttrWatcher(device, ["State"], self)
+        self.watcher.changed.connect(lambda _n, v: self.state.set_state(model.state_name(v)))
+        self.watcher.failed.connect(lambda _n, text: self.state.set_state("UNKNOWN", text))
+        self.watcher.start()
+
+
+class ValueLine(Qt.QWidget):
+    """``label: value`` fed by one attribute; red text while it cannot be read."""
+
+    def __init__(self, label: str, device: str, attribute: str, fmt: str = "{}", parent=None):
+        super().__init__(parent)
+        self.fmt = fmt
+        layout = Qt.QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(Qt.QLabel(f"{label}:"))
+        self.value = Qt.QLabel("...")
+        self.value.setTextInteractionFlags(Qt.Qt.TextSelectableByMouse)
+        layout.addWidget(self.value, 1)
+        self.watcher = AttrWatcher(device, [attribute], self)
+        self.watcher.changed.connect(self._show)
+        self.watcher.failed.connect(self._fail)
+        self.watcher.start()
+
+    def _show(self, _name: str, value) -> None:
+        try:
+            text = self.fmt.format(value)
+        except (ValueError, TypeError):
+            text = str(value)
+        self.value.setStyleSheet("")
+        self.value.setText(text)
+
+    def _fail(self, _name: str, text: str) -> None:
+        self.value.setStyleSheet("color: #c00000;")
+        self.value.setText(f"not available ({text})")
+
+
+class BeamlineOverview(Qt.QWidget):
+    """Set ``sections`` (a list of :class:`taurus_gui.model.Section`) and the
+    names of the devices of the status lines; then ``setModel`` builds it."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.sections: Sequence[model.Section] = ()
+        self.shutter = ""
+        self.gauge = ""
+        self.supervisor = ""
+        self.queue = ""
+        self.tiles: dict[str, DeviceTile] = {}
+        self.missing: list[str] = []
+        # device -> panel to raise when its tile is clicked (default: the
+        # panel named after the device)
+        self.panels: dict[str, str] = {}
+        self._layout = Qt.QVBoxLayout(self)
+
+    def setModel(self, _model=None, **kwargs) -> None:
+        self.build()
+
+    def getModel(self, **kwargs):
+        return ""
+
+    def build(self) -> None:
+        beam = Qt.QHBoxLayout()
+        beam.addWidget(_arrow_label("source"))
+        for index, section in enumerate(self.sections):
+            if index:
+                beam.addWidget(_arrow_label(""))
+            box = Qt.QGroupBox(section.title)
+            if section.note:
+                box.setToolTip(section.note)
+            column = Qt.QVBoxLayout(box)
+            for device in section.devices:
+                tile = DeviceTile(device, box)
+                tile.clicked.connect(self.open_panel)
+                self.tiles[device] = tile
+                column.addWidget(tile)
+            column.addStretch(1)
+            beam.addWidget(box)
+        beam.addStretch(1)
+        self._layout.addLayout(beam)
+
+        status = Qt.QGroupBox("Interlocks and health")
+        lines = Qt.QVBoxLayout(status)
+        if self.shutter:
+            lines.addWidget(ValueLine("Shutter interlock", self.shutter, "Interlock"))
+            lines.addWidget(ValueLine("Interlock reason", self.shutter, "InterlockReason"))
+        if self.gauge:
+            lines.addWidget(ValueLine("Pressure", self.gauge, "Pressure", "{:.3g} mbar"))
+        if self.supervisor:
+            lines.addWidget(ValueLine("Supervisor", self.supervisor, "Summary"))
+        if self.queue:
+            lines.addWidget(ValueLine("Queue", self.queue, "QueueState"))
+            lines.addWidget(ValueLine("Queue blocked by", self.queue, "BlockedBy"))
+        if self.missing:
+            note = Qt.QLabel("Not in the database: " + ", ".join(self.missing))
+            note.setStyleSheet("color: #a06000;")
+            lines.addWidget(note)
+        self._layout.addWidget(status)
+        self._layout.addStretch(1)
+
+    def open_panel(self, device: str) -> None:
+        """Raise the device's panel (panels are named after their device,
+        unless ``panels`` names another one)."""
+        window = self.window()
+        if hasattr(window, "setFocusToPanel"):
+            window.setFocusToPanel(self.panels.get(device, device))
+
+
+def _arrow_label(text: str) -> Qt.QLabel:
+    label = Qt.QLabel(f"{text}\n\u2192" if text else "\u2192")
+    label.setAlignment(Qt.Qt.AlignCenter)
+    label.setStyleSheet("font-size: 16pt; color: #606060;")
+    return label
