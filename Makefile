@@ -10,7 +10,9 @@ STAMP     := $(VENV)/.installed
 QT_DEBS   := libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 \
              libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
              libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libxcb-xfixes0
-DEB_PKGS  := tango-starter tango-test $(QT_DEBS)
+# the production database (beamline db): MariaDB, Tango's DataBaseds and access control
+PROD_DEBS := mariadb-server tango-db tango-accesscontrol
+DEB_PKGS  := tango-starter tango-test $(PROD_DEBS) $(QT_DEBS)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

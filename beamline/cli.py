@@ -657,6 +657,11 @@ from beamline.queue_cli import queue  # noqa: E402
 
 main.add_command(queue)
 
+# --------------------------------------------------------------------- db
+from beamline.db_cli import db  # noqa: E402
+
+main.add_command(db)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,190 @@
+"""The production database: Tango's C++ DataBaseds on MariaDB with Tango
+Access Control, made by `beamline db up`, and the demo beamline run against it
+with `beamline up --tango-host`, unchanged: a motor moves, a scan runs, a
+client the access rules do not name can read but not write, and everything
+stops with `beamline down` and `beamline db down`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from beamline import proddb
+from tango_devices.common.door import DoorClient
+from tests.helpers import BeamlineRun, free_port, wait_until
+
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(proddb.missing_programs()),
+        reason=f"Debian packages missing: {proddb.missing_programs()} (make install)",
+    ),
+]
+
+MOTOR = "bl01/mot/sample_y"
+
+# a client as another OS user: in a user namespace where root appears as
+# "nobody" (cppTango takes the user name from getpwuid(getuid()))
+AS_NOBODY = ["unshare", "--user", "--map-user=65534", "--map-group=65534"]
+
+CLIENT = """
+import json, sys, tango
+out = {}
+d = tango.DeviceProxy(sys.argv[1])
+out["read"] = d.read_attribute("Position").value
+out["access"] = str(d.get_access_control())
+for what, call in (("write", lambda: d.write_attribute("Position", out["read"] + 0.1)),
+                   ("command", lambda: d.command_inout("Stop"))):
+    try:
+        call()
+        out[what] = "ok"
+    except tango.DevFailed as exc:
+        out[what] = exc.args[0].reason + ": " + exc.args[0].desc.strip()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory):
+    """`beamline db up --access-control`, then the beamline against it."""
+    base = tmp_path_factory.mktemp("production")
+    run = BeamlineRun(base / "run")
+    db_dir = base / "proddb"
+    port = free_port()
+    up = run.cli(
+        "db",
+        "up",
+        "--db-dir",
+        str(db_dir),
+        "--port",
+        str(port),
+        "--mysql-port",
+        str(free_port()),
+        "--access-control",
+        "--json",
+    )
+    state = json.loads(up.stdout)
+    tango_host = state["tango_host"]
+    run.tango_host = tango_host
+    try:
+        result = json.loads(
+            run.cli("up", "--tango-host", tango_host, "--sim-auto-ports", "--json").stdout
+        )
+        yield run, db_dir, state, result
+    finally:
+        run.cli("down", check=False)
+        run.cli("db", "down", "--db-dir", str(db_dir), check=False)
+    assert proddb.status(db_dir)["running"] == {
+        "mariadb": False,
+        "databaseds": False,
+        "access_control": False,
+    }
+    assert run.processes() == []
+
+
+def test_db_up_makes_a_mariadb_backed_databaseds(production):
+    run, db_dir, state, result = production
+    assert state["schema_created_at"] not in ("", "before")
+    assert (db_dir / "tango.cnf").stat().st_mode & 0o077 == 0  # credentials private
+    assert result["database"] == {"embedded": False} and result["failures"] == []
+    import tango
+
+    db = tango.Database(*state["tango_host"].split(":"))
+    assert "DataBaseds/2" in db.get_server_list("DataBaseds/*")
+    assert "bl01/mot/sample_x" in db.get_device_exported("bl01/mot/*")
+    # again: idempotent, the same database and schema
+    again = json.loads(
+        run.cli(
+            "db",
+            "up",
+            "--db-dir",
+            str(db_dir),
+            "--port",
+            state["tango_host"].split(":")[1],
+            "--access-control",
+            "--json",
+        ).stdout
+    )
+    assert again["tango_host"] == state["tango_host"]
+    assert again["databaseds"]["pid"] == state["databaseds"]["pid"]
+    assert again["access_changes"] == []
+
+
+def test_a_motor_moves_and_a_scan_runs(production):
+    run, _db_dir, _state, _result = production
+    motor = run.proxy(MOTOR)
+    target = motor.Position + 0.5
+    motor.Position = target
+    wait_until(
+        lambda: str(motor.state()) == "ON" and abs(motor.Position - target) < 1e-3,
+        30,
+        "the motor at its target",
+    )
+    door_name = f"tango://{run.tango_host}/bl01/sardana/door"
+    import tango
+
+    door = tango.DeviceProxy(door_name)
+    wait_until(lambda: door.state() == tango.DevState.ON, 90, "the Door ready")
+    client = DoorClient(door_name)
+    try:
+        scan = client.run(["ascan", "sample_x", "0", "1", "4", "0.01"], timeout=120)
+        assert scan.ok, f"ascan: {scan.outcome}: {scan.error_text}"
+    finally:
+        client.close()
+    assert (run.run_dir / "scans" / "bl01_scans.h5").stat().st_size > 0
+
+
+def test_access_control_read_only_for_others(production):
+    run, _db_dir, _state, _result = production
+    device = f"tango://{run.tango_host}/{MOTOR}"
+    me = _client(run, device, [])
+    assert me["access"] == "ACCESS_WRITE"
+    assert me["write"] == "ok" and me["command"] == "ok"
+
+    other = _client(run, device, AS_NOBODY)
+    assert other["access"] == "ACCESS_READ"
+    assert isinstance(other["read"], float)
+    assert other["write"].startswith("API_ReadOnlyMode") and "not authorized" in other["write"]
+    assert other["command"].startswith("API_ReadOnlyMode") and "Stop" in other["command"]
+
+
+def test_access_rules_come_from_db_config_and_bad_rules_are_refused(production, tmp_path):
+    run, _db_dir, _state, _result = production
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "access.json").write_text(
+        json.dumps({"default": "read", "users": {"bob": {"devices": {"bl01/mot": "write"}}}})
+    )
+    bad = subprocess.run(
+        [*_beamline(run), "--config-dir", str(config), "db", "access"],
+        capture_output=True,
+        text=True,
+        env={**run.env(), "TANGO_HOST": run.tango_host},
+        timeout=60,
+    )
+    assert bad.returncode != 0
+    assert "users.bob.devices.bl01/mot" in bad.stderr and "domain/family/member" in bad.stderr
+    # nothing changed: the demo's rules still hold
+    assert _client(run, f"tango://{run.tango_host}/{MOTOR}", AS_NOBODY)["access"] == "ACCESS_READ"
+    assert _client(run, f"tango://{run.tango_host}/{MOTOR}", [])["access"] == "ACCESS_WRITE"
+
+
+def _beamline(run: BeamlineRun) -> list[str]:
+    return [str(Path(sys.executable).parent / "beamline"), "--run-dir", str(run.run_dir)]
+
+
+def _client(run: BeamlineRun, device: str, prefix: list[str]) -> dict:
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-c", CLIENT, device],
+        capture_output=True,
+        text=True,
+        env=run.env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])

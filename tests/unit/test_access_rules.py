@@ -1,0 +1,53 @@
+"""db_config/access.json: parsing, placeholders and the errors that name the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from beamline import proddb
+
+PROJECT_CONFIG = proddb.Path(__file__).resolve().parents[2] / "db_config"
+
+
+def write(tmp_path, doc) -> proddb.Path:
+    (tmp_path / "access.json").write_text(json.dumps(doc))
+    return tmp_path
+
+
+def test_the_demo_rules_load_with_user_and_local_addresses():
+    rules = {r.user: r for r in proddb.load_access(PROJECT_CONFIG, user="alice")}
+    assert rules["*"].devices == (("*/*/*", "read"),)
+    assert rules["alice"].devices == (("*/*/*", "write"),)
+    assert "127.0.0.1" in rules["alice"].addresses
+    assert set(rules["alice"].addresses) == set(proddb.local_addresses())
+    assert rules["operator"].devices == (("bl01/*/*", "write"), ("sys/*/*", "read"))
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ({"default": "all"}, ["'default'", "read", "write"]),
+        ({"users": {"bob": {"devices": {"bl01/mot": "write"}}}}, ["bob", "domain/family/member"]),
+        ({"users": {"bob": {"devices": {"bl01/*/*": "rw"}}}}, ["bob", "'rw'"]),
+        ({"users": {"bob": {"devices": {}}}}, ["bob", "devices"]),
+        ({"users": {"bob": {"addresses": ["10.0.0"], "devices": {"a/b/c": "read"}}}}, ["IPv4"]),
+        ({"users": {"*": {"devices": {"a/b/c": "read"}}}}, ["'default'"]),
+        ([], ["JSON object"]),
+    ],
+)
+def test_bad_rules_name_the_entry_and_the_fix(tmp_path, doc, words):
+    with pytest.raises(proddb.ProdDbError) as err:
+        proddb.load_access(write(tmp_path, doc))
+    for word in words:
+        assert word in str(err.value)
+    assert "access.json" in str(err.value)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(proddb.ProdDbError, match="no access rules"):
+        proddb.load_access(tmp_path)
+    (tmp_path / "access.json").write_text("{")
+    with pytest.raises(proddb.ProdDbError, match="not valid JSON"):
+        proddb.load_access(tmp_path)
