@@ -169,6 +169,18 @@ def main(ctx: click.Context, run_dir: str | None, config_dir: str | None) -> Non
     show_default=True,
     help="Seconds to wait for the devices of one level.",
 )
+@click.option(
+    "--host",
+    "host_name",
+    metavar="NAME",
+    help="Act as this host of db_config/starter.json: its Starter (tango/admin/NAME) "
+    "and only its servers. Default: this machine's short host name.",
+)
+@click.option(
+    "--no-config",
+    is_flag=True,
+    help="Do not write db_config to the database (another host or a loader does).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--demo-help", is_flag=True, help="Afterwards, print how to use and stop the demo.")
 @click.pass_obj
@@ -181,6 +193,8 @@ def up(
     no_sim,
     sim_auto_ports,
     timeout,
+    host_name,
+    no_config,
     as_json,
     demo_help,
 ) -> None:
@@ -196,6 +210,8 @@ def up(
         simulate=not no_sim,
         sim_auto_ports=sim_auto_ports,
         level_timeout=timeout,
+        host=host_name,
+        apply_config=not no_config,
     )
     reporter = QuietReporter() if as_json else RichReporter()
     try:
@@ -296,6 +312,17 @@ def status(ctx: RunContext, as_json: bool) -> None:
     if sim["pid"]:
         ctrls = ", ".join(f"{n}:{c['port']}" for n, c in sim["controllers"].items())
         console.print(f"virtual hardware: pid {sim['pid']} ({ctrls})")
+    hosts = data.get("hosts") or []
+    if len(hosts) > 1:
+        sup_hosts = (data.get("supervisor") or {}).get("hosts", {})
+        for h in hosts:
+            sv = sup_hosts.get(h["host"])
+            console.print(
+                f"host {h['host']}{' (this one)' if h['local'] else ''}: "
+                f"{h['servers']} servers, Starter {h['starter']} "
+                + ("answering" if h["answers"] else "[red]not answering[/red]")
+                + (f", supervisor {_state(sv['state'])} {sv['summary']}" if sv else "")
+            )
     sup = data.get("supervisor") or {}
     if sup:
         console.print(f"supervisor: {_state(sup.get('state'))} {sup.get('summary', '')}")

@@ -40,7 +40,8 @@ class UpOptions:
     simulate: bool = True
     sim_auto_ports: bool = False
     level_timeout: float = 60.0
-    host: str | None = None
+    host: str | None = None  # act as this host (default: this machine's short name)
+    apply_config: bool = True  # False: another host or a loader writes db_config
 
 
 @dataclass
@@ -187,12 +188,22 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     state = ctx.update_state(simulated=opts.simulate, listen=opts.listen)
 
     # -- configuration
-    result = tangodb.apply(config, tango_host, sim_state)
-    report.step(
-        f"configuration: {len(result.changes)} change(s) written from {ctx.config_dir}"
-        if result.changes
-        else "configuration: database already up to date"
-    )
+    if opts.apply_config:
+        result = tangodb.apply(config, tango_host, sim_state)
+        report.step(
+            f"configuration: {len(result.changes)} change(s) written from {ctx.config_dir}"
+            if result.changes
+            else "configuration: database already up to date"
+        )
+    else:
+        missing = _unconfigured(config, tango_host, levels)
+        if missing:
+            raise UpError(
+                f"the database at {tango_host} does not define {', '.join(missing)}: apply "
+                "the configuration first (`beamline config apply`, or `beamline up` without "
+                "--no-config on one host)"
+            )
+        report.step("configuration: not written here (--no-config): the database defines it")
 
     # -- Starter
     starter = Starter(tango_host, host)
@@ -220,7 +231,7 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
         )
         report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
 
-    _fresh_supervisors(ctx, config, tango_host)
+    _fresh_supervisors(ctx, config, tango_host, host)
 
     # -- servers, level by level
     failures: list[DeviceCheck] = []
@@ -494,6 +505,23 @@ def down(ctx: RunContext, report: Reporter | None = None, timeout: float = 5.0) 
     return result
 
 
+def _unconfigured(config: cfg.BeamlineConfig, tango_host: str, levels) -> list[str]:
+    """This host's servers the database does not know (with --no-config)."""
+    import tango
+
+    db = tangodb.database(tango_host)
+    missing = []
+    for servers in levels.values():
+        for s in servers:
+            try:
+                listed = db.get_device_class_list(s.name)
+            except tango.DevFailed:
+                listed = []
+            if len(listed) <= 2:  # only the admin device, or nothing
+                missing.append(s.name)
+    return missing
+
+
 # ------------------------------------------------------------- supervisor
 MAIN_SUPERVISOR = "bl01/sys/supervisor"
 STANDBY_SUPERVISOR = "bl01/sys/supervisor-standby"
@@ -503,12 +531,20 @@ def is_supervisor(server: str) -> bool:
     return server.split("/", 1)[0] == "Supervisor"
 
 
-def _fresh_supervisors(ctx: RunContext, config: cfg.BeamlineConfig, tango_host: str) -> None:
+def _fresh_supervisors(
+    ctx: RunContext, config: cfg.BeamlineConfig, tango_host: str, host: str
+) -> None:
     """A supervisor remembers which servers are expected to run (``_Expected``)
     to restart what died while it was down. `up` starting a stopped beamline
     starts every server itself: a supervisor that is not running forgets, or
-    it would start them too, racing the Starter."""
-    sups = [d for d in config.devices.values() if d.device_class == "Supervisor"]
+    it would start them too, racing the Starter. Only this host's supervisors:
+    another host's run elsewhere."""
+    mine = {s.name.lower() for lvl in config.servers_by_level(host).values() for s in lvl}
+    sups = [
+        d
+        for d in config.devices.values()
+        if d.device_class == "Supervisor" and d.server.lower() in mine
+    ]
     running = procs.server_pids(ctx.run_dir, [d.server for d in sups])
     db = tangodb.database(tango_host)
     for dev in sups:
@@ -533,19 +569,34 @@ def supervisor_for(tango_host: str, server: str):
         return None
 
 
-def supervisor_report(tango_host: str) -> dict[str, Any]:
-    """The main supervisor's view: {"state", "summary", "servers": {name: row}}."""
+def supervisor_report(tango_host: str, devices: list[str] | None = None) -> dict[str, Any]:
+    """The supervisors' view: {"state", "summary", "servers": {name: row},
+    "hosts": {host: {"device", "state", "summary"}}}. ``devices``: every
+    supervisor of the beamline (one per host); the main one by default.
+    State and summary are the main supervisor's (or the first that answers)."""
     import tango
 
-    try:
-        proxy = tango.DeviceProxy(f"tango://{tango_host}/{MAIN_SUPERVISOR}")
-        proxy.set_timeout_millis(2000)
-        report = json.loads(proxy.read_attribute("Report").value)
-        rows = {r["server"].lower(): r for r in report["servers"]}
-        summary = proxy.read_attribute("Summary").value
-        return {"state": str(proxy.state()), "summary": summary, "servers": rows}
-    except (tango.DevFailed, ValueError, KeyError):
+    out: dict[str, Any] = {}
+    rows: dict[str, Any] = {}
+    hosts: dict[str, Any] = {}
+    for device in devices or [MAIN_SUPERVISOR]:
+        try:
+            proxy = tango.DeviceProxy(f"tango://{tango_host}/{device}")
+            proxy.set_timeout_millis(2000)
+            report = json.loads(proxy.read_attribute("Report").value)
+            summary = proxy.read_attribute("Summary").value
+            state = str(proxy.state())
+        except (tango.DevFailed, ValueError, KeyError):
+            continue
+        for r in report.get("servers", []):
+            rows.setdefault(r["server"].lower(), r)  # the host's own supervisor first
+        if report.get("host"):
+            hosts.setdefault(report["host"], {"device": device, "state": state, "summary": summary})
+        if device == MAIN_SUPERVISOR or not out:
+            out.update(state=state, summary=summary)
+    if not out:
         return {}
+    return {**out, "servers": rows, "hosts": hosts}
 
 
 # ------------------------------------------------------------------ status
@@ -568,22 +619,33 @@ def status(ctx: RunContext) -> dict[str, Any]:
     config = cfg.load(ctx.config_dir, ctx.run_dir)
     st = state.get("starter", {})
     host = st.get("host") or cfg.short_hostname()
-    starter_view: dict = {}
+    views: dict[str, dict] = {}  # host -> its Starter's view of its servers
     out["starter"] = {
         "device": f"tango/admin/{host}",
         "pid": st.get("pid") if procs.alive(st.get("pid")) else None,
         "answers": False,
     }
-    if out["database"]["answers"]:
-        os.environ["TANGO_HOST"] = tango_host
-        starter = Starter(tango_host, host)
-        if starter.answers():
-            out["starter"]["answers"] = True
-            try:
-                starter_view = starter.servers()
-            except Exception as exc:  # noqa: BLE001 - shown to the user
-                out["starter"]["error"] = str(exc)
-    supervision = supervisor_report(tango_host) if out["database"]["answers"] else {}
+    all_hosts = sorted({s.resolved_host(host) for s in config.servers.values()} | {host})
+    out["hosts"] = []
+    for h in all_hosts:
+        entry = {"host": h, "starter": f"tango/admin/{h}", "answers": False, "local": h == host}
+        if out["database"]["answers"]:
+            os.environ["TANGO_HOST"] = tango_host
+            starter = Starter(tango_host, h)
+            if starter.answers():
+                entry["answers"] = True
+                try:
+                    views[h] = starter.servers()
+                except Exception as exc:  # noqa: BLE001 - shown to the user
+                    entry["error"] = str(exc)
+        entry["servers"] = sum(1 for s in config.servers.values() if s.resolved_host(host) == h)
+        out["hosts"].append(entry)
+        if h == host:
+            out["starter"]["answers"] = entry["answers"]
+            if "error" in entry:
+                out["starter"]["error"] = entry["error"]
+    supervisors = sorted(d.name for d in config.devices.values() if d.device_class == "Supervisor")
+    supervision = supervisor_report(tango_host, supervisors) if out["database"]["answers"] else {}
     out["supervisor"] = {k: v for k, v in supervision.items() if k != "servers"}
     names = sorted(config.servers.values(), key=lambda s: (s.level, s.name))
     pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
@@ -594,7 +656,7 @@ def status(ctx: RunContext) -> dict[str, Any]:
         else {}
     )
     for s in names:
-        view = starter_view.get(s.name.lower())
+        view = views.get(s.resolved_host(host), {}).get(s.name.lower())
         devs = []
         for d in config.devices_of(s.name):
             c = checks.get(d)
@@ -608,7 +670,7 @@ def status(ctx: RunContext) -> dict[str, Any]:
         out["servers"].append(
             {
                 "server": s.name,
-                "host": s.resolved_host(),
+                "host": s.resolved_host(host),
                 "level": s.level,
                 "controlled": s.controlled,
                 "starter_state": view.state if view else None,
