@@ -241,3 +241,14 @@ def state_style(state: str) -> str:
 def server_style(state: str) -> str:
     bg, fg = SERVER_COLOURS.get(state.upper(), ("#808080", "white"))
     return f"background-color: {bg}; color: {fg};"
+
+
+def interlock_text(value: Any) -> str:
+    """The shutter's Interlock attribute for operators."""
+    return "INTERLOCKED: the shutter cannot open" if bool(value) else "clear"
+
+
+def or_none(value: Any) -> str:
+    """A text attribute that is empty when there is nothing to say."""
+    text = str(value).strip() if value is not None else ""
+    return text or "none"

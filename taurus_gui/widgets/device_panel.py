@@ -43,6 +43,32 @@ def _device_info(device: str):
     return attrs, commands, table
 
 
+class _InfoSignals(Qt.QObject):
+    done = Qt.pyqtSignal(object)
+    failed = Qt.pyqtSignal(str)
+
+
+class _FetchInfo(Qt.QRunnable):
+    """``_device_info`` off the GUI thread: a dead host must not freeze it."""
+
+    def __init__(self, device: str):
+        super().__init__()
+        self.device = device
+        self.signals = _InfoSignals()
+
+    def run(self) -> None:
+        import tango
+
+        try:
+            info = _device_info(self.device)
+        except tango.DevFailed as exc:
+            self.signals.failed.emit(str(exc.args[0].desc).strip())
+        except Exception as exc:  # noqa: BLE001 - shown in the panel
+            self.signals.failed.emit(str(exc))
+        else:
+            self.signals.done.emit(info)
+
+
 def _convert(text: str, in_type: str):
     """A command argument typed in a line edit, as the command's input type."""
     if "Double" in in_type or "Float" in in_type:
@@ -68,6 +94,9 @@ class DevicePanel(TaurusWidget):
         self.form: TaurusForm | None = None
         self.watcher: AttrWatcher | None = None
         self.runner: CommandRunner | None = None
+        self._fetching = False
+        self._fetch_pool = Qt.QThreadPool(self)
+        self._fetch_pool.setMaxThreadCount(1)
 
         layout = Qt.QVBoxLayout(self)
         header = Qt.QHBoxLayout()
@@ -112,16 +141,24 @@ class DevicePanel(TaurusWidget):
 
     # --------------------------------------------------------------- build
     def _build(self) -> None:
-        """Ask the device for its attributes, commands and table; if it does
-        not answer, say so and try again a little later."""
-        import tango
-
-        try:
-            attrs, commands, table = _device_info(self.device)
-        except tango.DevFailed as exc:
-            self.status.setText(f"{self.device} does not answer: {exc.args[0].desc.strip()}")
-            self._retry.start()
+        """Ask the device (in a worker thread) for its attributes, commands
+        and table; if it does not answer, say so and try again a little later."""
+        if self._fetching or not self.device:
             return
+        self._fetching = True
+        job = _FetchInfo(self.device)
+        job.signals.done.connect(self._built)
+        job.signals.failed.connect(self._build_failed)
+        self._fetch_pool.start(job)
+
+    def _build_failed(self, text: str) -> None:
+        self._fetching = False
+        self.status.setText(f"{self.device} does not answer: {text}")
+        self._retry.start()
+
+    def _built(self, info) -> None:
+        self._fetching = False
+        attrs, commands, table = info
         self._retry.stop()
         self.table = table
         if self.form is None:

@@ -6,7 +6,8 @@ A click on a device opens (raises) its panel in the TaurusGui.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from taurus.external.qt import Qt
 
@@ -41,7 +42,14 @@ class DeviceTile(Qt.QFrame):
 class ValueLine(Qt.QWidget):
     """``label: value`` fed by one attribute; red text while it cannot be read."""
 
-    def __init__(self, label: str, device: str, attribute: str, fmt: str = "{}", parent=None):
+    def __init__(
+        self,
+        label: str,
+        device: str,
+        attribute: str,
+        fmt: str | Callable[[Any], str] = "{}",
+        parent=None,
+    ):
         super().__init__(parent)
         self.fmt = fmt
         layout = Qt.QHBoxLayout(self)
@@ -57,7 +65,7 @@ class ValueLine(Qt.QWidget):
 
     def _show(self, _name: str, value) -> None:
         try:
-            text = self.fmt.format(value)
+            text = self.fmt(value) if callable(self.fmt) else self.fmt.format(value)
         except (ValueError, TypeError):
             text = str(value)
         self.value.setStyleSheet("")
@@ -115,15 +123,19 @@ class BeamlineOverview(Qt.QWidget):
         status = Qt.QGroupBox("Interlocks and health")
         lines = Qt.QVBoxLayout(status)
         if self.shutter:
-            lines.addWidget(ValueLine("Shutter interlock", self.shutter, "Interlock"))
-            lines.addWidget(ValueLine("Interlock reason", self.shutter, "InterlockReason"))
+            lines.addWidget(
+                ValueLine("Shutter interlock", self.shutter, "Interlock", model.interlock_text)
+            )
+            lines.addWidget(
+                ValueLine("Interlock reason", self.shutter, "InterlockReason", model.or_none)
+            )
         if self.gauge:
             lines.addWidget(ValueLine("Pressure", self.gauge, "Pressure", "{:.3g} mbar"))
         if self.supervisor:
             lines.addWidget(ValueLine("Supervisor", self.supervisor, "Summary"))
         if self.queue:
             lines.addWidget(ValueLine("Queue", self.queue, "QueueState"))
-            lines.addWidget(ValueLine("Queue blocked by", self.queue, "BlockedBy"))
+            lines.addWidget(ValueLine("Queue blocked by", self.queue, "BlockedBy", model.or_none))
         if self.missing:
             note = Qt.QLabel("Not in the database: " + ", ".join(self.missing))
             note.setStyleSheet("color: #a06000;")

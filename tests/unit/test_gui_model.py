@@ -139,3 +139,10 @@ def test_supervisor_rows():
 def test_state_name(value, expected):
     assert model.state_name(value) == expected
     assert "background-color" in model.state_style(expected)
+
+
+def test_status_line_texts():
+    assert model.interlock_text(True).startswith("INTERLOCKED")
+    assert model.interlock_text(False) == "clear"
+    assert model.or_none("") == "none" and model.or_none(None) == "none"
+    assert model.or_none(" vacuum bad ") == "vacuum bad"
