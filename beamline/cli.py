@@ -286,15 +286,24 @@ def down(ctx: RunContext, as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 unless the database, this host's Starter and every device of this "
+    "host's servers answer (health checks).",
+)
 @click.pass_obj
-def status(ctx: RunContext, as_json: bool) -> None:
+def status(ctx: RunContext, as_json: bool, check: bool) -> None:
     """Per server: Starter state, pid and device states."""
     try:
         data = orch.status(ctx)
     except cfg.ConfigError as exc:
         fail(str(exc), 2)
+    problems = orch.health_problems(data) if check else []
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(data if not check else {**data, "problems": problems}, indent=2))
+        if problems:
+            sys.exit(1)
         return
     db = data["database"]
     kind = "embedded" if db["embedded"] else "external"
@@ -365,6 +374,10 @@ def status(ctx: RunContext, as_json: bool) -> None:
                 cause if first else "",
             )
     console.print(table)
+    if problems:
+        for problem in problems:
+            err.print(f"[red]unhealthy:[/red] {problem}")
+        sys.exit(1)
 
 
 # ------------------------------------------------------------ start / stop

@@ -683,6 +683,25 @@ def status(ctx: RunContext) -> dict[str, Any]:
     return out
 
 
+def health_problems(status_data: dict[str, Any]) -> list[str]:
+    """What is wrong on this host, from :func:`status` (empty: healthy)."""
+    problems = []
+    if not status_data["database"]["answers"]:
+        problems.append(f"no Tango database answers at {status_data['tango_host']}")
+        return problems
+    starter = status_data["starter"]
+    if not starter["answers"]:
+        problems.append(f"the Starter {starter['device']} does not answer")
+    local = next((h["host"] for h in status_data.get("hosts", []) if h.get("local")), None)
+    for s in status_data["servers"]:
+        if local is not None and s["host"] != local:
+            continue
+        for d in s["devices"]:
+            if d["state"] is None:
+                problems.append(f"{d['device']} ({s['server']}) does not answer: {d['error']}")
+    return problems
+
+
 def is_running(ctx: RunContext) -> bool:
     state = ctx.load_state()
     return any(procs.alive(state.get(k, {}).get("pid")) for k in ("database", "starter", "sim"))

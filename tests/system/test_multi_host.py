@@ -182,6 +182,17 @@ class Host:
             self.proc = None
 
 
+def status_check(host: Host, tango_host: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [BEAMLINE, "--run-dir", str(host.run_dir), "--config-dir", str(host.config)]
+        + ["status", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TANGO_HOST": tango_host},
+    )
+
+
 def answering(tango_host: str, devices) -> dict[str, str]:
     import tango
 
@@ -341,6 +352,11 @@ def test_killing_host_b_leaves_host_a_answering_and_host_b_comes_back(two_hosts)
     )
     a = answering(tango_host, HOST_A_DEVICES)
     assert not any(s.startswith("no answer") for s in a.values()), a
+    # the health checks: host A healthy, host B not (each checks its own servers)
+    assert status_check(hosts["hosta"], tango_host).returncode == 0
+    down_b = status_check(hosts["hostb"], tango_host)
+    assert down_b.returncode == 1
+    assert "bl01/sys/queue (ExperimentQueue/queue) does not answer" in down_b.stderr
 
     hosts["hostb"].start("--no-sim", "--no-config")
     wait_until(
@@ -351,3 +367,4 @@ def test_killing_host_b_leaves_host_a_answering_and_host_b_comes_back(two_hosts)
     )
     a = answering(tango_host, HOST_A_DEVICES)
     assert not any(s.startswith("no answer") for s in a.values()), a
+    assert status_check(hosts["hostb"], tango_host).returncode == 0
