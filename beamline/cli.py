@@ -54,6 +54,26 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _tango_error_text(exc: Exception, result_of: str) -> str:
+    """A Tango error for people: its reason and what to do (re-raises what is
+    not a Tango error, so real bugs keep their traceback)."""
+    import getpass
+
+    import tango
+
+    if not isinstance(exc, tango.DevFailed):
+        raise exc
+    first = exc.args[0]
+    text = f"{result_of}: {first.reason}: {str(first.desc).strip()}"
+    if first.reason == "API_ReadOnlyMode":
+        text += (
+            f"\nTango Access Control lets user {getpass.getuser()!r} only read from this "
+            "host: give it write access in db_config/access.json (its addresses) and run "
+            "`beamline db access` on the database host"
+        )
+    return text
+
+
 class RichReporter(orch.Reporter):
     def __init__(self) -> None:
         self.progress: Progress | None = None
@@ -224,6 +244,8 @@ def up(
         )
     except (orch.UpError, tangodb.DatabaseError, orch.StarterError) as exc:
         fail(f"{exc}\n(logs in {ctx.log_dir}; `beamline down` stops what was started)")
+    except Exception as exc:  # a DevFailed from the database (e.g. access control)
+        fail(_tango_error_text(exc, result_of="beamline up"))
     failures = result.get("failures", [])
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -545,7 +567,10 @@ def config_diff(ctx: RunContext, tango_host: str | None, as_json: bool) -> None:
 def config_apply(ctx: RunContext, tango_host: str | None) -> None:
     """Write the configuration to the database (nothing if it is up to date)."""
     c, th, sim_state = _config_target(ctx, tango_host)
-    plan = tangodb.apply(c, th, sim_state)
+    try:
+        plan = tangodb.apply(c, th, sim_state)
+    except Exception as exc:  # a DevFailed from the database (e.g. access control)
+        fail(_tango_error_text(exc, result_of="beamline config apply"))
     for ch in plan.changes:
         console.print(str(ch), markup=False)
     console.print(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import socket
 import string
@@ -94,8 +95,10 @@ class BeamlineConfig:
 
     # ------------------------------------------------------------- queries
     def servers_by_level(self, host: str | None = None) -> dict[int, list[ServerInfo]]:
-        """Controlled servers of ``host`` (default: this host) grouped by level."""
-        local = short_hostname()
+        """Controlled servers of ``host`` (default: this host) grouped by level;
+        ``@local`` servers belong to whichever host asks (one host only: the
+        configuration cannot mix ``@local`` with host names)."""
+        local = host or short_hostname()
         levels: dict[int, list[ServerInfo]] = {}
         for info in sorted(self.servers.values(), key=lambda s: (s.level, s.name)):
             if not info.controlled:
@@ -147,9 +150,13 @@ class BeamlineConfig:
                 props["polled_attr"] = [x for a in attrs for x in (a.lower(), "0")]
 
 
+HOST_ENV = "BEAMLINE_HOST"
+
+
 def short_hostname() -> str:
-    """The Starter's instance name: the host name without its domain."""
-    return socket.gethostname().split(".")[0]
+    """The Starter's instance name: the host name without its domain, or the
+    host `beamline up --host NAME` acts as (BEAMLINE_HOST)."""
+    return os.environ.get(HOST_ENV) or socket.gethostname().split(".")[0]
 
 
 def default_config_dir() -> Path:
@@ -255,6 +262,18 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
             info_obj = _server_info(name, info, key, problems)
             if info_obj:
                 servers[name.lower()] = info_obj
+        named = sorted(i.name for i in servers.values() if i.host != LOCAL_HOST)
+        local = sorted(i.name for i in servers.values() if i.host == LOCAL_HOST)
+        if named and local:
+            problems.append(
+                Problem(
+                    "starter.json",
+                    "servers",
+                    f"{', '.join(local[:4])}{' ...' if len(local) > 4 else ''} have host "
+                    f'"@local" while {", ".join(named[:4])} name a host: on several hosts '
+                    '"@local" would be every host; name the host of every server',
+                )
+            )
         for full, rel in server_files.items():
             if full not in seen:
                 problems.append(

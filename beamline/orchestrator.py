@@ -130,8 +130,16 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     config = cfg.load(ctx.config_dir, ctx.run_dir)
     for w in config.warnings:
         report.warn(str(w))
+    if opts.host:
+        os.environ[cfg.HOST_ENV] = opts.host  # "@local" is this host everywhere below
     host = opts.host or cfg.short_hostname()
     levels = config.servers_by_level(host)
+    if not levels:
+        known = sorted({s.resolved_host(host) for s in config.servers.values()})
+        raise UpError(
+            f"no server of {ctx.config_dir / 'starter.json'} runs on host {host!r}; "
+            f"its hosts: {', '.join(known)} (choose one with --host)"
+        )
     bin_dir = venv_bin()
     missing = sorted(
         {

@@ -366,7 +366,7 @@ def up(
         maria = {"external": f"{host}:{mport}"}
     else:
         maria = state.get("mariadb") or {}
-        if not procs.alive(maria.get("pid")):
+        if not _running(db_dir, "mariadbd", maria.get("pid")):
             maria = start_private_mariadb(db_dir, mysql_port)
         host, mport = "127.0.0.1", int(maria["port"])
         admin = Admin(sock=Path(maria["socket"]))
@@ -377,7 +377,7 @@ def up(
         time.strftime("%Y-%m-%d %H:%M:%S") if created else "before"
     )
     dbds = state.get("databaseds") or {}
-    if not procs.alive(dbds.get("pid")):
+    if not _running(db_dir, "DataBaseds", dbds.get("pid")):
         dbds = start_databaseds(db_dir, mysql, port, bind=bind)
     state["databaseds"] = dbds
     save_state(db_dir, state)
@@ -385,16 +385,22 @@ def up(
     state["tango_host"] = tango_host
     if access_control:
         ac = state.get("access_control") or {}
-        if not procs.alive(ac.get("pid")):
+        if not _running(db_dir, "TangoAccessControl", ac.get("pid")):
             ac = start_access_control(db_dir, mysql, tango_host)
         state["access_control"] = ac
     else:
         ac = state.pop("access_control", None)
-        if ac and procs.alive(ac.get("pid")):
+        if ac and _running(db_dir, "TangoAccessControl", ac.get("pid")):
             procs.stop([ac["pid"]])
         disable_access_control(tango_host)
     save_state(db_dir, state)
     return state
+
+
+def _running(db_dir: Path, program: str, pid: int | None) -> bool:
+    """``pid`` is that program of this database directory (a pid in a state
+    file may have been reused after a reboot or a container restart)."""
+    return any(p == pid and program in cmd for p, cmd in _processes_of(db_dir))
 
 
 def _processes_of(db_dir: Path) -> list[tuple[int, str]]:

@@ -77,6 +77,7 @@ p00_overview = PanelDescription(
     widget_properties={
         "sections": _layout.sections,
         "missing": _layout.missing,
+        "error": _found.error,
         "shutter": SHUTTER if SHUTTER in _found.devices else "",
         "gauge": GAUGE if GAUGE in _found.devices else "",
         "supervisor": SUPERVISOR if SUPERVISOR in _found.devices else "",

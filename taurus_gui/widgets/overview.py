@@ -89,6 +89,7 @@ class BeamlineOverview(Qt.QWidget):
         self.queue = ""
         self.tiles: dict[str, DeviceTile] = {}
         self.missing: list[str] = []
+        self.error = ""  # why the database could not be asked (empty: it answered)
         # device -> panel to raise when its tile is clicked (default: the
         # panel named after the device)
         self.panels: dict[str, str] = {}
@@ -136,6 +137,14 @@ class BeamlineOverview(Qt.QWidget):
         if self.queue:
             lines.addWidget(ValueLine("Queue", self.queue, "QueueState"))
             lines.addWidget(ValueLine("Queue blocked by", self.queue, "BlockedBy", model.or_none))
+        if self.error:
+            problem = Qt.QLabel(
+                f"The Tango database did not answer when the GUI started: {self.error}. "
+                "Start the beamline (beamline up) or check TANGO_HOST, then reopen the GUI."
+            )
+            problem.setWordWrap(True)
+            problem.setStyleSheet("color: #c00000;")
+            lines.addWidget(problem)
         if self.missing:
             note = Qt.QLabel("Not in the database: " + ", ".join(self.missing))
             note.setStyleSheet("color: #a06000;")
@@ -146,9 +155,12 @@ class BeamlineOverview(Qt.QWidget):
     def open_panel(self, device: str) -> None:
         """Raise the device's panel (panels are named after their device,
         unless ``panels`` names another one)."""
-        window = self.window()
-        if hasattr(window, "setFocusToPanel"):
-            window.setFocusToPanel(self.panels.get(device, device))
+        # the TaurusGui: an ancestor (also while this panel floats)
+        holder = self.parent()
+        while holder is not None and not hasattr(holder, "setFocusToPanel"):
+            holder = holder.parent()
+        if holder is not None:
+            holder.setFocusToPanel(self.panels.get(device, device))
 
 
 def _arrow_label(text: str) -> Qt.QLabel:

@@ -277,7 +277,12 @@ class QueuePanel(Qt.QWidget):
         if not 0 <= target < len(self.rows):
             self.message.error("Move: the item is already at that end")
             return
-        self._call("Move", json.dumps({"uid": uids[0], "position": target}))
+        # the queue's positions are insertion points counted with the item
+        # still in place: one down is "before the item after the next one"
+        position: int | str = target + 1 if step > 0 else target
+        if step > 0 and target == len(self.rows) - 1:
+            position = "back"
+        self._call("Move", json.dumps({"uid": uids[0], "position": position}))
 
     def clear(self) -> None:
         self._call("Clear")

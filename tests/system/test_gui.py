@@ -222,6 +222,77 @@ def test_queue_panel_buttons_change_the_queue(gui, qtbot, queue_device):
     )
 
 
+def test_queue_panel_run_controls(gui, qtbot, queue_device):
+    """Down, Clear, and while an item runs: Stop (after the current item),
+    Pause and Resume."""
+    queue = panel(gui, "Queue")
+    q = queue_device
+    qtbot.waitUntil(lambda: queue.state.text() == "state: idle", timeout=TIMEOUT * 1000)
+    for line in ("ct 0.01", "ct 0.02"):
+        queue.macro_line.setText(line)
+        qtbot.mouseClick(queue.buttons["add"], _left())
+
+    def panel_shows_the_queue():
+        uids = [i["uid"] for i in json.loads(q.Items)]
+        return len(uids) == 2 and [r["uid"] for r in queue.rows] == uids
+
+    qtbot.waitUntil(panel_shows_the_queue, timeout=TIMEOUT * 1000)
+    queue.table.clearSelection()
+    queue.table.selectRow(0)
+    assert len(queue.selected_uids()) == 1
+    qtbot.mouseClick(queue.buttons["down"], _left())
+    try:
+        qtbot.waitUntil(
+            lambda: [i["args"] for i in json.loads(q.Items)] == [["0.02"], ["0.01"]],
+            timeout=TIMEOUT * 1000,
+        )
+    except qtbot.TimeoutError:
+        pytest.fail(f"Down did not move it: {q.Items}; panel says {queue.message.text()!r}")
+    qtbot.mouseClick(queue.buttons["clear"], _left())
+    qtbot.waitUntil(lambda: q.QueueLength == 0 and queue.rows == [], timeout=TIMEOUT * 1000)
+
+    for line in ("ct 3", "ct 0.01"):
+        queue.macro_line.setText(line)
+        qtbot.mouseClick(queue.buttons["add"], _left())
+    qtbot.waitUntil(lambda: q.QueueLength == 2, timeout=TIMEOUT * 1000)
+    qtbot.waitUntil(lambda: queue.buttons["start"].isEnabled(), timeout=TIMEOUT * 1000)
+    qtbot.mouseClick(queue.buttons["start"], _left())
+    qtbot.waitUntil(
+        lambda: q.QueueState == "running" and bool(q.RunningItem), timeout=TIMEOUT * 1000
+    )
+    # Stop first (after the current item), then Pause and Resume that item
+    qtbot.waitUntil(lambda: queue.buttons["stop"].isEnabled(), timeout=TIMEOUT * 1000)
+    qtbot.mouseClick(queue.buttons["stop"], _left())
+    qtbot.waitUntil(lambda: q.QueueState == "stopping", timeout=TIMEOUT * 1000)
+    qtbot.waitUntil(lambda: queue.buttons["pause"].isEnabled(), timeout=TIMEOUT * 1000)
+    qtbot.mouseClick(queue.buttons["pause"], _left())
+    qtbot.waitUntil(lambda: q.QueueState == "paused", timeout=TIMEOUT * 1000)
+    qtbot.waitUntil(lambda: queue.buttons["resume"].isEnabled(), timeout=TIMEOUT * 1000)
+    qtbot.mouseClick(queue.buttons["resume"], _left())
+    # the running item ends, the next one stays queued
+    qtbot.waitUntil(lambda: q.QueueState == "idle" and not q.RunningItem, timeout=60_000)
+    assert [i["macro"] for i in json.loads(q.Items)] == ["ct"]
+    assert json.loads(q.Items)[0]["args"] == ["0.01"]
+    qtbot.waitUntil(lambda: queue.state.text() == "state: idle", timeout=TIMEOUT * 1000)
+
+
+def test_overview_tile_opens_the_panel(gui, qtbot, monkeypatch):
+    overview = panel(gui, "Overview")
+    raised: list[str] = []
+    real = gui.setFocusToPanel
+
+    def spy(name):
+        raised.append(name)
+        real(name)
+
+    monkeypatch.setattr(gui, "setFocusToPanel", spy)
+    overview.tiles[MOTOR].button.click()
+    overview.tiles[QUEUE].button.click()  # the queue's tile: the Queue panel
+    overview.tiles["bl01/sardana/door"].button.click()  # Sardana: the macro executor
+    assert raised == [MOTOR, "Queue", "Macros"]
+    assert all(gui.getPanel(name) is not None for name in raised)
+
+
 def test_killed_server_shows_failed_then_recovered(gui, qtbot, beamline):
     sup = panel(gui, "Supervisor")
     overview = gui.getPanel("Overview").widget()

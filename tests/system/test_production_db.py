@@ -7,6 +7,7 @@ stops with `beamline down` and `beamline db down`."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from beamline import proddb
 from tango_devices.common.door import DoorClient
-from tests.helpers import BeamlineRun, free_port, wait_until
+from tests.helpers import PROJECT, BeamlineRun, free_port, wait_until
 
 pytestmark = [
     pytest.mark.system,
@@ -172,6 +173,82 @@ def test_access_rules_come_from_db_config_and_bad_rules_are_refused(production, 
     # nothing changed: the demo's rules still hold
     assert _client(run, f"tango://{run.tango_host}/{MOTOR}", AS_NOBODY)["access"] == "ACCESS_READ"
     assert _client(run, f"tango://{run.tango_host}/{MOTOR}", [])["access"] == "ACCESS_WRITE"
+
+
+def test_an_allowed_user_from_an_unlisted_address_may_only_read(production, tmp_path):
+    """Rules name hosts too: the same user from an address the rules do not
+    list is read-only, and `beamline config apply` says so and how to fix it."""
+    run, _db_dir, _state, _result = production
+    config = tmp_path / "db_config"
+    shutil.copytree(PROJECT / "db_config", config)
+    rules = json.loads((config / "access.json").read_text())
+    rules["users"]["${USER}"]["addresses"] = ["10.9.9.9"]
+    (config / "access.json").write_text(json.dumps(rules))
+    motors = json.loads((config / "tango" / "motors.json").read_text())
+    props = motors["servers"]["Motor"]["sample_y"]["Motor"]["bl01/mot/sample_y"]["properties"]
+    props["Description"] = ["changed by the access test"]  # something to write
+    (config / "tango" / "motors.json").write_text(json.dumps(motors))
+    env = {**run.env(), "TANGO_HOST": run.tango_host}
+    device = f"tango://{run.tango_host}/{MOTOR}"
+
+    def beamline(config_dir: Path, *args: str) -> subprocess.CompletedProcess:
+        cmd = [*_beamline(run), "--config-dir", str(config_dir), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    assert beamline(config, "db", "access").returncode == 0
+    try:
+        assert _client(run, device, [])["access"] == "ACCESS_READ"
+        refused = beamline(config, "config", "apply", "--tango-host", run.tango_host)
+        assert refused.returncode == 1, refused.stdout
+        assert "API_ReadOnlyMode" in refused.stderr and "access.json" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        restored = beamline(PROJECT / "db_config", "db", "access")
+    assert restored.returncode == 0, restored.stderr
+    assert _client(run, device, [])["access"] == "ACCESS_WRITE"
+
+
+def test_db_up_on_an_existing_mariadb(tmp_path):
+    """`--mysql HOST:PORT`: the schema and user are made over TCP by the
+    administrator named in MYSQL_ADMIN_USER/MYSQL_ADMIN_PASSWORD; a wrong
+    password is refused with the fix; a strict-mode server is refused."""
+    server_dir = tmp_path / "facility"
+    mysql_port = free_port()
+    run = BeamlineRun(tmp_path / "run")
+    # "the facility's MariaDB": a private one of another database directory
+    facility = run.cli(
+        *("db", "up", "--db-dir", str(server_dir), "--port", str(free_port())),
+        *("--mysql-port", str(mysql_port), "--json"),
+    )
+    sock = Path(json.loads(facility.stdout)["mariadb"]["socket"])
+    try:
+        proddb.Admin(sock=sock).run(
+            "CREATE USER 'dba'@'127.0.0.1' IDENTIFIED BY 's3cret';\n"
+            "GRANT ALL PRIVILEGES ON *.* TO 'dba'@'127.0.0.1' WITH GRANT OPTION;"
+        )
+        env = {**run.env(), "MYSQL_ADMIN_USER": "dba"}
+        args = ["db", "up", "--db-dir", str(tmp_path / "db"), "--port", str(free_port())]
+        args += ["--mysql", f"127.0.0.1:{mysql_port}", "--json"]
+        wrong = run.cli(*args, check=False, env={**env, "MYSQL_ADMIN_PASSWORD": "nope"})
+        assert wrong.returncode == 1
+        assert "MYSQL_ADMIN_USER and MYSQL_ADMIN_PASSWORD" in wrong.stderr
+
+        up = run.cli(*args, env={**env, "MYSQL_ADMIN_PASSWORD": "s3cret"})
+        state = json.loads(up.stdout)
+        assert state["mariadb"] == {"external": f"127.0.0.1:{mysql_port}"}
+        import tango
+
+        db = tango.Database(*state["tango_host"].split(":"))
+        assert "DataBaseds/2" in db.get_server_list("DataBaseds/*")
+        run.cli("db", "down", "--db-dir", str(tmp_path / "db"))
+        assert proddb.status(tmp_path / "db")["running"]["databaseds"] is False
+
+        proddb.Admin(sock=sock).run("SET GLOBAL sql_mode = 'STRICT_TRANS_TABLES';")
+        strict = run.cli(*args, check=False, env={**env, "MYSQL_ADMIN_PASSWORD": "s3cret"})
+        assert strict.returncode == 1 and "sql_mode=NO_ENGINE_SUBSTITUTION" in strict.stderr
+    finally:
+        run.cli("db", "down", "--db-dir", str(server_dir), check=False)
+    assert proddb.status(server_dir)["running"]["mariadb"] is False
 
 
 def _beamline(run: BeamlineRun) -> list[str]:

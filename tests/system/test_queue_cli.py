@@ -185,7 +185,8 @@ def test_pause_resume_stop_and_abort_the_running_macro(beamline, queue):
     assert "pauses after the current item" in ok(beamline, "list")
     ok(beamline, "resume")  # cancels the deferred pause
 
-    assert js(beamline, "abort", "--timeout", "5") == {
+    # (20 s per escalation step: Sardana ends an ascan slowly on a loaded machine)
+    assert js(beamline, "abort", "--timeout", "20") == {
         "command": "AbortMacro",
         "ended_by": "abort",
     }
@@ -202,7 +203,7 @@ def test_stop_macro_and_halt_end_the_running_macro(beamline, queue):
     js(beamline, "add", *LONG)
     ok(beamline, "start")
     wait_until(lambda: queue.RunningItem, 20, "the item running")
-    assert "the running macro ended after stop" in ok(beamline, "stop-macro", "--timeout", "5")
+    assert "the running macro ended after stop" in ok(beamline, "stop-macro", "--timeout", "20")
     wait_until(lambda: not queue.RunningItem, 20, "the item ended")
     assert js(beamline, "history")[0]["outcome"] == "stopped"
     assert "no macro is running" in refused(beamline, "halt")

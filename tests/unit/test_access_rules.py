@@ -16,13 +16,18 @@ def write(tmp_path, doc) -> proddb.Path:
     return tmp_path
 
 
-def test_the_demo_rules_load_with_user_and_local_addresses():
+def test_the_demo_rules_load_with_the_user():
     rules = {r.user: r for r in proddb.load_access(PROJECT_CONFIG, user="alice")}
     assert rules["*"].devices == (("*/*/*", "read"),)
     assert rules["alice"].devices == (("*/*/*", "write"),)
-    assert "127.0.0.1" in rules["alice"].addresses
-    assert set(rules["alice"].addresses) == set(proddb.local_addresses())
     assert rules["operator"].devices == (("bl01/*/*", "write"), ("sys/*/*", "read"))
+
+
+def test_local_stands_for_this_hosts_addresses(tmp_path):
+    doc = {"users": {"bob": {"addresses": ["@local", "10.0.1.*"], "devices": {"*/*/*": "write"}}}}
+    rules = {r.user: r for r in proddb.load_access(write(tmp_path, doc))}
+    assert "127.0.0.1" in rules["bob"].addresses and "10.0.1.*" in rules["bob"].addresses
+    assert set(rules["bob"].addresses) == set(proddb.local_addresses()) | {"10.0.1.*"}
 
 
 @pytest.mark.parametrize(

@@ -243,3 +243,28 @@ def test_sardana_server_needs_a_starter_entry(cfgdir):
     edit(cfgdir / "starter.json", lambda d: d["servers"].pop("Sardana/bl01"))
     (p,) = problems(cfgdir)
     assert p.startswith("starter.json: servers: server Sardana/bl01 (defined in sardana/bl01.yaml)")
+
+
+def test_local_and_named_hosts_cannot_mix(cfgdir):
+    def two_hosts(data):
+        data["servers"]["Motor/det_z"]["host"] = "hostb"
+
+    edit(cfgdir / "starter.json", two_hosts)
+    found = [p for p in problems(cfgdir) if "@local" in p]
+    assert found and "Motor/det_z" in found[0] and "name the host of every server" in found[0]
+
+
+def test_servers_of_a_host(cfgdir):
+    config = cfg.load(cfgdir)
+    every = {s.name for lvl in config.servers_by_level("anyname").values() for s in lvl}
+    assert "Motor/sample_x" in every  # "@local": the host that asks
+
+    def named(data):
+        for name, info in data["servers"].items():
+            info["host"] = "hostb" if name == "Motor/det_z" else "hosta"
+
+    edit(cfgdir / "starter.json", named)
+    config = cfg.load(cfgdir)
+    b = {s.name for lvl in config.servers_by_level("hostb").values() for s in lvl}
+    assert b == {"Motor/det_z"}
+    assert config.servers_by_level("nosuchhost") == {}
