@@ -328,8 +328,15 @@ def _files_open(archive: Path) -> tuple[list[str], list[str]]:
     return plain, swmr
 
 
-def _kill_and_check(bl, how: str) -> None:
+def _wait_logger_on(bl):
+    """The logger may still be restarting after an earlier test's kill."""
     logger = bl.proxy(LOGGER, timeout_ms=15000)
+    wait_until(lambda: logger.state() == S.ON, 60, "the logger ON")
+    return logger
+
+
+def _kill_and_check(bl, how: str) -> None:
+    logger = _wait_logger_on(bl)
     archive = bl.run_dir / "archive"
     cam = bl.proxy("bl01/det/cam1")
     cam.ExposureTime = 0.005
@@ -393,7 +400,7 @@ def test_kill_9_from_outside_every_file_opens_with_the_data_up_to_the_last_flush
 
 # ---------------------------------------------------------- statistics
 def test_statistics_are_published_with_change_events(bl):
-    logger = bl.proxy(LOGGER, timeout_ms=15000)
+    logger = _wait_logger_on(bl)
     seen: list[int] = []
     sid = logger.subscribe_event(
         "EventsWritten",
