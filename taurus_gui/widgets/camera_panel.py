@@ -15,7 +15,7 @@ from taurus.external.qt import Qt
 
 from taurus_gui import model
 from taurus_gui.discovery import trl
-from taurus_gui.widgets.common import AttrWatcher, CommandRunner, MessageLine, StateLabel
+from taurus_gui.widgets.common import MessageLine, StateLabel, connect_panel
 
 
 class _ImageSignals(Qt.QObject):
@@ -85,17 +85,9 @@ class CameraPanel(Qt.QWidget):
         layout.addWidget(self.message)
 
     def setModel(self, model_name, **kwargs) -> None:
-        if isinstance(model_name, (list, tuple)):
-            model_name = model_name[0] if model_name else ""
-        self.device = str(model_name)
-        self.runner = CommandRunner(self.device, self)
-        self.runner.error.connect(self.message.error)
-        self.watcher = AttrWatcher(
-            self.device, ["State", "FrameCounter", "RoiSum", "CentroidX", "CentroidY", "Roi"], self
+        connect_panel(
+            self, model_name, ["State", "FrameCounter", "RoiSum", "CentroidX", "CentroidY", "Roi"]
         )
-        self.watcher.changed.connect(self._on_value)
-        self.watcher.failed.connect(self._on_failed)
-        self.watcher.start()
 
     def getModel(self, **kwargs):
         return self.device

@@ -281,6 +281,23 @@ class CommandRunner(Qt.QObject):
         self.call(command, json.dumps(payload), decode)
 
 
+def connect_panel(panel, model_name, attributes: Iterable[str]) -> str:
+    """What every panel's ``setModel`` does: the device name from Taurus'
+    model (a name or a one-item list), a :class:`CommandRunner` whose errors
+    go to ``panel.message``, and a started :class:`AttrWatcher` feeding
+    ``panel._on_value`` / ``panel._on_failed``. Returns the device name."""
+    if isinstance(model_name, (list, tuple)):
+        model_name = model_name[0] if model_name else ""
+    panel.device = str(model_name)
+    panel.runner = CommandRunner(panel.device, panel)
+    panel.runner.error.connect(panel.message.error)
+    panel.watcher = AttrWatcher(panel.device, attributes, panel)
+    panel.watcher.changed.connect(panel._on_value)
+    panel.watcher.failed.connect(panel._on_failed)
+    panel.watcher.start()
+    return panel.device
+
+
 class StateLabel(Qt.QLabel):
     """A device state in Tango's colours; grey with the reason when the
     device does not answer."""

@@ -16,7 +16,13 @@ from taurus.qt.qtgui.panel import TaurusForm
 
 from taurus_gui import model
 from taurus_gui.discovery import trl
-from taurus_gui.widgets.common import AttrWatcher, CommandRunner, MessageLine, StateLabel
+from taurus_gui.widgets.common import (
+    AttrWatcher,
+    CommandRunner,
+    MessageLine,
+    StateLabel,
+    connect_panel,
+)
 
 RETRY_MS = 3000
 
@@ -123,17 +129,8 @@ class DevicePanel(TaurusWidget):
 
     # Taurus calls setModel with the PanelDescription's model
     def setModel(self, model_name, **kwargs):
-        if isinstance(model_name, (list, tuple)):
-            model_name = model_name[0] if model_name else ""
-        self.device = str(model_name)
-        self.title.setText(self.device)
-        self.runner = CommandRunner(self.device, self)
-        self.runner.error.connect(self.message.error)
+        self.title.setText(connect_panel(self, model_name, ["State", "Status"]))
         self.runner.finished.connect(lambda cmd, _r: self.message.info(f"{cmd}: done"))
-        self.watcher = AttrWatcher(self.device, ["State", "Status"], self)
-        self.watcher.changed.connect(self._on_value)
-        self.watcher.failed.connect(self._on_failed)
-        self.watcher.start()
         self._build()
 
     def getModel(self, **kwargs):

@@ -15,7 +15,7 @@ import json
 from taurus.external.qt import Qt
 
 from taurus_gui import model
-from taurus_gui.widgets.common import AttrWatcher, CommandRunner, MessageLine
+from taurus_gui.widgets.common import AttrWatcher, CommandRunner, MessageLine, connect_panel
 
 QUEUE_COLUMNS = ("macro", "repeat", "meta", "uid")
 HISTORY_COLUMNS = ("outcome", "macro", "repetitions", "started", "ended", "error")
@@ -156,19 +156,11 @@ class QueuePanel(Qt.QWidget):
 
     # ----------------------------------------------------------------- model
     def setModel(self, model_name, **kwargs) -> None:
-        if isinstance(model_name, (list, tuple)):
-            model_name = model_name[0] if model_name else ""
-        self.device = str(model_name)
-        self.runner = CommandRunner(self.device, self)
-        self.runner.error.connect(self.message.error)
-        self.watcher = AttrWatcher(
-            self.device,
-            ["QueueState", "QueueLength", "RunningItem", "BlockedBy", "LastError", "Items"],
+        connect_panel(
             self,
+            model_name,
+            ["QueueState", "QueueLength", "RunningItem", "BlockedBy", "LastError", "Items"],
         )
-        self.watcher.changed.connect(self._on_value)
-        self.watcher.failed.connect(self._on_failed)
-        self.watcher.start()
         self.refresh_history()
 
     def getModel(self, **kwargs):

@@ -7,7 +7,13 @@ from __future__ import annotations
 from taurus.external.qt import Qt
 
 from taurus_gui import model
-from taurus_gui.widgets.common import AttrWatcher, CommandRunner, MessageLine, StateLabel
+from taurus_gui.widgets.common import (
+    AttrWatcher,
+    CommandRunner,
+    MessageLine,
+    StateLabel,
+    connect_panel,
+)
 
 COLUMNS = ("server", "state", "pid", "restarts", "uptime", "last_cause", "last_recovery")
 HEADERS = ("Server", "State", "PID", "Restarts", "Uptime", "Last failure", "Last recovery")
@@ -56,15 +62,7 @@ class SupervisorPanel(Qt.QWidget):
         layout.addWidget(self.message)
 
     def setModel(self, model_name, **kwargs) -> None:
-        if isinstance(model_name, (list, tuple)):
-            model_name = model_name[0] if model_name else ""
-        self.device = str(model_name)
-        self.runner = CommandRunner(self.device, self)
-        self.runner.error.connect(self.message.error)
-        self.watcher = AttrWatcher(self.device, ["State", "Summary", "Report"], self)
-        self.watcher.changed.connect(self._on_value)
-        self.watcher.failed.connect(self._on_failed)
-        self.watcher.start()
+        connect_panel(self, model_name, ["State", "Summary", "Report"])
 
     def getModel(self, **kwargs):
         return self.device
