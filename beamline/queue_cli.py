@@ -407,6 +407,25 @@ def remove(client: QueueClient, uids, as_json):
         console.print(f"removed {item['uid']}: {escape(_line(item))}")
 
 
+@queue.command("duplicate")
+@click.argument("uid")
+@position_option
+@json_option
+@click.pass_obj
+def duplicate(client: QueueClient, uid, position, as_json):
+    """Queue a copy of an item (queued, running or from the history) under a new
+    uid: right after the original if it is queued, else at the back."""
+    spec: dict[str, Any] = {"uid": uid}
+    if position is not None:
+        spec["position"] = parse_position(position)
+    item = client.call("Duplicate", spec)
+    if as_json:
+        _emit(item)
+        return
+    extra = f" x{item['repeat']}" if item.get("repeat", 1) != 1 else ""
+    console.print(f"added {item['uid']} (copy of {uid}): {escape(_line(item))}{extra}")
+
+
 @queue.command("move")
 @click.argument("uid")
 @click.argument("position", metavar="POSITION")

@@ -257,10 +257,8 @@ class Component:
 
     # -------------------------------------------------------------- commands
     def require(self, command: str) -> None:
-        """Refuse ``command`` in the wrong state (with the cause when in FAULT/DISABLE)."""
-        state = self.machine.state
-        reason = self.machine.status if state in (State.FAULT, State.DISABLE) else ""
-        self.machine.check(command, reason)
+        """Refuse ``command`` in the wrong state (the same refusal as the device's)."""
+        self.machine.check(command)
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a driver call; turn driver failures into ``error_class`` naming ``what``.

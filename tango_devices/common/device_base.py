@@ -1,9 +1,14 @@
-"""Tango-side helpers shared by every device server of the suite.
+"""Tango-side helpers shared by every device server of the suite: one kernel.
 
-- :class:`BeamlineDevice` holds the component logic (``self.component``),
-  maps its :class:`State` to ``DevState``, pushes State change events, answers
-  ``is_*_allowed`` from the family's table and turns refusals and hardware
-  errors into DevFailed exceptions with a clear reason and description.
+- :class:`BeamlineDevice` holds the family's Tango-free logic (``self.logic``,
+  which owns the family's :class:`StateMachine`), mirrors its state into
+  ``DevState`` with State/Status events, answers every ``is_*_allowed`` from
+  the family's table with one :meth:`BeamlineDevice.check` and one refusal
+  text, publishes the table as ``CommandStates``, and turns refusals and
+  hardware errors into DevFailed exceptions with a clear reason.
+- :func:`component_command` and :func:`component_attribute` declare a command
+  or a (writable) attribute that hands off to the logic, allowed where the
+  table allows it, in one declaration.
 - :func:`run_server` is the ``main()`` of every server: it registers a
   faulthandler on SIGUSR1 (a supervisor can dump the stacks of every thread of
   a hung server into its log) and runs the Tango server.
@@ -18,14 +23,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import tango
-from tango import AttrQuality, DevState
+from tango import AttrQuality, AttrWriteType, DevState
 from tango.server import Device, attribute, command
 
 from tango_devices.common import lifecycle
 from tango_devices.common.component import Component, ComponentError
-from tango_devices.common.statemachine import CommandRefused, State, StateMachine
+from tango_devices.common.statemachine import CommandRefused, State, StateMachine, StateTable
 
 QUALITY = {
     "VALID": AttrQuality.ATTR_VALID,
@@ -37,7 +43,8 @@ QUALITY = {
 
 
 def to_devstate(state: State) -> DevState:
-    return getattr(DevState, state.value)
+    """The DevState a family's state shows as (its ``tango`` name)."""
+    return getattr(DevState, state.tango)
 
 
 def throw(reason: str, desc: str, origin: str) -> None:
@@ -92,26 +99,39 @@ class BeamlineDevice(Device):
                     }
         return spec
 
-    def init_state_events(self, machine: StateMachine) -> None:
-        """Mirror ``machine`` into the Tango state; State/Status events are
-        pushed by the code the moment the state changes."""
+    #: the family's Tango-free logic (motor logic, queue logic, ...): owns the
+    #: state machine; None while the device is not configured
+    logic: Any = None
+    _machine: StateMachine | None = None
+
+    def init_state_events(self, machine: StateMachine, listen: bool = True) -> None:
+        """Mirror ``machine`` into the Tango state and answer is_*_allowed and
+        CommandStates from its table. State/Status events are pushed the moment
+        the state changes (``listen``), or when the device calls
+        :meth:`mirror_state` itself (a logic that reports its changes through
+        its own listener)."""
         self._machine = machine
-        self._mirrored: tuple[State, str] | None = None
+        self._mirrored: tuple[DevState, str] | None = None
         self.set_change_event("State", True, False)
         self.set_change_event("Status", True, False)
-        machine.add_listener(self.mirror_state)
+        if listen:
+            machine.add_listener(self.mirror_state)
+
+    def tango_state(self) -> tuple[DevState, str]:
+        """The DevState and Status to show now (a family may add to what its
+        state machine says, e.g. ALARM while something blocks it)."""
+        return to_devstate(self._machine.state), self._machine.status
 
     def mirror_state(self, *_change) -> None:
         """StateMachine listener (any thread): copy the *current* state into
         Tango and push events. Runs under the device monitor, so mirrors from
         several threads are serialised and the last one shows the latest state."""
         with tango.AutoTangoMonitor(self):
-            state, status = self._machine.state, self._machine.status
-            if (state, status) == self._mirrored:
+            devstate, status = self.tango_state()
+            if (devstate, status) == self._mirrored:
                 return
-            state_changed = self._mirrored is None or self._mirrored[0] != state
-            self._mirrored = (state, status)
-            devstate = to_devstate(state)
+            state_changed = self._mirrored is None or self._mirrored[0] != devstate
+            self._mirrored = (devstate, status)
             self.set_state(devstate)
             self.set_status(status)
             try:
@@ -127,12 +147,9 @@ class BeamlineDevice(Device):
         "with the states that allow it. Clients (the GUI) enable their buttons from it.",
     )
     def CommandStates(self) -> str:
-        machine = getattr(self, "_machine", None)
-        if machine is None:
+        if self._machine is None:
             return "{}"
-        return json.dumps(
-            {cmd: sorted(str(s) for s in states) for cmd, states in machine.table.commands.items()}
-        )
+        return json.dumps(self._machine.table.command_states())
 
     def refuse(self, exc: Exception, origin: str) -> None:
         """Turn a logic-layer refusal into a DevFailed that names the problem."""
@@ -140,9 +157,7 @@ class BeamlineDevice(Device):
             throw("API_CommandNotAllowed", str(exc), origin)
         throw(f"{type(self).__name__.upper()}_ERROR", str(exc), origin)
 
-    # ------------------------------------------------ component plumbing
-    component: Component | None = None
-
+    # ------------------------------------------------ logic plumbing
     def init_device(self) -> None:
         super().init_device()
         lifecycle.clear_exit_marker(_server_name())
@@ -152,60 +167,67 @@ class BeamlineDevice(Device):
             self.add_command(command(f=_test_hang, dtype_in=float, doc_in=_test_hang.__doc__))
 
     def delete_device(self) -> None:
-        """Shutdown (DevStop, SIGTERM) or Init: stop the component; a shutdown
+        """Shutdown (DevStop, SIGTERM) or Init: stop the logic; a shutdown
         leaves a clean-exit marker (an Init removes it again in init_device)."""
         lifecycle.mark_clean_exit(_server_name())
-        self.stop_component()
+        self.stop_logic()
 
-    def start_component(self, make: Callable[[], Component], wait: float = 1.0) -> bool:
-        """Create the component logic, mirror its state, start polling.
+    def misconfigured(self, text: str) -> None:
+        """No logic: FAULT with a Status that says what to fix."""
+        self.logic = None
+        self._machine = None
+        self.set_state(DevState.FAULT)
+        self.set_status(f"{text}. Fix the device properties, then run Init.")
+
+    def start_logic(self, make: Callable[[], Component], wait: float = 1.0) -> bool:
+        """Create a hardware family's logic, mirror its state, start polling.
 
         ``make`` raises ComponentError for a bad configuration: the device then
         stays in FAULT with a Status that says what to fix. Waits up to ``wait``
         seconds for a first observation, so the first State read is real, but
         never blocks the server start on unreachable hardware.
         """
-        self.component = None
+        self.logic = None
         try:
-            component = make()
+            logic = make()
         except ComponentError as exc:
-            self.set_state(DevState.FAULT)
-            self.set_status(f"{exc}. Fix the device properties, then run Init.")
+            self.misconfigured(str(exc))
             return False
-        self.component = component
-        self.init_state_events(component.machine)
-        self.set_status(component.status)
-        component.start_polling()
-        component.wait_until_known(wait)
+        self.logic = logic
+        self.init_state_events(logic.machine)
+        self.set_status(logic.status)
+        logic.start_polling()
+        logic.wait_until_known(wait)
         return True
 
-    def stop_component(self) -> None:
-        if self.component is not None:
-            self.component.stop_polling()
-            self.component = None
+    def stop_logic(self) -> None:
+        if isinstance(self.logic, Component):
+            self.logic.stop_polling()
+            self.logic = None
 
-    def comp(self, origin: str) -> Component:
-        """The component, or a DevFailed saying why there is none."""
-        if self.component is None:
+    def need_logic(self, origin: str) -> Any:
+        """The logic, or a DevFailed saying why there is none."""
+        if self.logic is None:
             throw(f"{type(self).__name__.upper()}_NOT_CONFIGURED", self.get_status(), origin)
-        return self.component
+        return self.logic
 
     def run(self, origin: str, fn, *args):
-        """Run a component call; refusals and hardware errors become DevFailed."""
+        """Run a logic call; refusals and hardware errors become DevFailed."""
         try:
             return fn(*args)
         except (CommandRefused, ComponentError) as exc:
             self.refuse(exc, origin)
 
     def check(self, what: str) -> bool:
-        """is_*_allowed: refuse with the state, the allowed states and the cause."""
-        component = self.comp(f"is_{what}_allowed")
-        machine = component.machine
-        if not machine.is_allowed(what):
-            try:
-                machine.check(what, component.status)
-            except CommandRefused as exc:
-                throw("API_CommandNotAllowed", str(exc), f"{type(self).__name__}.{what}")
+        """Every is_*_allowed: refuse with the state, the cause and the states
+        that allow ``what`` (one text for every family)."""
+        machine = self._machine
+        if machine is None or self.logic is None:
+            throw(f"{type(self).__name__.upper()}_NOT_CONFIGURED", self.get_status(), what)
+        try:
+            machine.check(what)
+        except CommandRefused as exc:
+            throw("API_CommandNotAllowed", str(exc), f"{type(self).__name__}.{what}")
         return True
 
     def check_write(self, req_type, what: str) -> bool:
@@ -237,11 +259,11 @@ class BeamlineDevice(Device):
 
 
 def component_command(name: str, method: str, doc: str):
-    """A Tango command ``name`` that runs the component's ``method`` and is
+    """A Tango command ``name`` that runs the logic's ``method`` and is
     allowed in the states the family's table allows for ``name``."""
 
     def run_command(self):
-        self.run(name, getattr(self.comp(name), method))
+        self.run(name, getattr(self.need_logic(name), method))
 
     def is_allowed(self) -> bool:
         return self.check(name)
@@ -249,6 +271,68 @@ def component_command(name: str, method: str, doc: str):
     run_command.__name__ = run_command.__qualname__ = name
     is_allowed.__name__ = f"is_{name}_allowed"
     return command(run_command, doc_in=doc, fisallowed=is_allowed)
+
+
+def table_checks(table: StateTable) -> dict[str, Callable]:
+    """``is_<command>_allowed`` for every command of ``table`` (``write_``
+    entries excepted): a device whose commands are written out by hand
+    answers them all from its table with ``locals().update(table_checks(T))``
+    in its class body."""
+    checks = {}
+    for name in table.commands:
+        if name.startswith("write_"):
+            continue
+
+        def is_allowed(self, _name=name) -> bool:
+            return self.check(_name)
+
+        is_allowed.__name__ = f"is_{name}_allowed"
+        checks[is_allowed.__name__] = is_allowed
+    return checks
+
+
+def component_attribute(
+    name: str,
+    read: str | Callable[[Any], Any],
+    write: str | None = None,
+    *,
+    known: bool = True,
+    **kwargs: Any,
+):
+    """A Tango attribute ``name`` served by the logic, in one declaration.
+
+    ``read``: the logic's attribute or method that gives the value (or a
+    function of the logic); with ``known`` a None value is refused with
+    "not known yet" and the device's Status. ``write``: the logic's method
+    that takes a written value; the write is allowed in the states the
+    family's table allows for ``write_<name>`` (reads always are). Other
+    keywords go to ``tango.server.attribute`` (dtype, unit, memorized, ...).
+    """
+
+    def fget(self):
+        logic = self.need_logic(f"read_{name}")
+        if callable(read):
+            value = read(logic)
+        else:
+            value = getattr(logic, read)
+            if callable(value):
+                value = value()
+        return self.value_or_fail(value, name) if known else value
+
+    fget.__name__ = f"read_{name}"
+    if write is None:
+        return attribute(fget=fget, name=name, **kwargs)
+
+    def fset(self, value) -> None:
+        self.run(f"write_{name}", getattr(self.need_logic(f"write_{name}"), write), value)
+
+    def fisallowed(self, req_type) -> bool:
+        return self.check_write(req_type, f"write_{name}")
+
+    fset.__name__ = f"write_{name}"
+    fisallowed.__name__ = f"is_{name}_allowed"
+    kwargs.setdefault("access", AttrWriteType.READ_WRITE)
+    return attribute(fget=fget, fset=fset, fisallowed=fisallowed, name=name, **kwargs)
 
 
 def _server_name() -> str:

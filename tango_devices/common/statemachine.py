@@ -9,6 +9,11 @@ commands never set the state. The Tango layer maps :class:`State` to
 
 A test walks every (state, trigger) pair and every (state, command) pair of
 each table, so the table is the single place where behaviour is decided.
+
+Most families use :class:`State` (the Tango states themselves). A family
+whose own states are finer than Tango's (the experiment queue: running and
+stopping are both Tango RUNNING) declares its own enum; each member's
+``tango`` property names the Tango state it shows as.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import enum
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 class State(enum.Enum):
@@ -31,10 +37,16 @@ class State(enum.Enum):
     ALARM = "ALARM"
     FAULT = "FAULT"
     DISABLE = "DISABLE"
+    STANDBY = "STANDBY"
     INIT = "INIT"
     UNKNOWN = "UNKNOWN"
 
     def __str__(self) -> str:
+        return self.value
+
+    @property
+    def tango(self) -> str:
+        """The name of the Tango DevState this state shows as."""
         return self.value
 
 
@@ -53,7 +65,7 @@ class CommandRefused(Exception):
     def __init__(self, command: str, state: State, allowed: Iterable[State], reason: str = ""):
         self.command = command
         self.state = state
-        self.allowed = tuple(sorted(allowed, key=lambda s: s.value))
+        self.allowed = tuple(sorted(allowed, key=str))
         allowed_text = ", ".join(str(s) for s in self.allowed) or "no state"
         detail = f" ({reason})" if reason else ""
         super().__init__(
@@ -80,21 +92,25 @@ class StateTable:
     ``transitions`` maps a trigger to ``{source_state: dest_state}``; a
     (state, trigger) pair missing from it is refused. ``commands`` maps a
     command (or ``write_<Attribute>``) to the states in which it is allowed.
+    ``refusals`` says, per command, why it is refused when the state alone
+    explains it better than the device's Status (``"nothing to pause"``).
     """
 
     def __init__(
         self,
         name: str,
-        states: Iterable[State],
-        initial: State,
-        transitions: Mapping[str, Mapping[State, State]],
-        commands: Mapping[str, Iterable[State]],
+        states: Iterable[Any],
+        initial: Any,
+        transitions: Mapping[str, Mapping[Any, Any]],
+        commands: Mapping[str, Iterable[Any]],
+        refusals: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.states = frozenset(states)
         self.initial = initial
         self.transitions = {t: dict(m) for t, m in transitions.items()}
         self.commands = {c: frozenset(s) for c, s in commands.items()}
+        self.refusals = dict(refusals or {})
         self._validate()
 
     def _validate(self) -> None:
@@ -108,6 +124,9 @@ class StateTable:
             unknown = allowed - self.states
             if unknown:
                 raise ValueError(f"{self.name}: {command} allowed in unknown states {unknown}")
+        for command in self.refusals:
+            if command not in self.commands:
+                raise ValueError(f"{self.name}: refusal text for unknown command {command}")
 
     @property
     def triggers(self) -> list[str]:
@@ -123,6 +142,11 @@ class StateTable:
         if command not in self.commands:
             raise KeyError(f"{self.name}: unknown command '{command}'")
         return state in self.commands[command]
+
+    def command_states(self) -> dict[str, list[str]]:
+        """Every command with the names of the states that allow it (what the
+        devices publish as ``CommandStates`` for clients such as the GUI)."""
+        return {c: sorted(s.name for s in states) for c, states in self.commands.items()}
 
 
 StateListener = Callable[[State, State, str], None]
@@ -186,10 +210,17 @@ class StateMachine:
         for listener in list(self._listeners):
             listener(*pending)
 
-    def check(self, command: str, reason: str = "") -> None:
-        """Raise :class:`CommandRefused` if ``command`` is not allowed now."""
+    def check(self, command: str, reason: str | None = None) -> None:
+        """Raise :class:`CommandRefused` if ``command`` is not allowed now.
+
+        The refusal names the state, the cause and the states that allow the
+        command. The cause is ``reason`` if given, else the table's text for
+        the command, else the current Status (what the device is doing, or
+        why it is in FAULT)."""
         state = self._state
         if not self.table.allowed(command, state):
+            if reason is None:
+                reason = self.table.refusals.get(command) or self._status
             raise CommandRefused(command, state, self.table.commands[command], reason)
 
     def is_allowed(self, command: str) -> bool:

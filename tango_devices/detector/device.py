@@ -15,7 +15,12 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, component_command, run_server
+from tango_devices.common.device_base import (
+    BeamlineDevice,
+    component_attribute,
+    component_command,
+    run_server,
+)
 from tango_devices.detector.detector_logic import AcquisitionMode, DetectorConfig, DetectorLogic
 
 MAX_SIZE = 4096
@@ -59,7 +64,7 @@ class Detector(BeamlineDevice):
             logic.add_value_listener(self._publish)
             return logic
 
-        self.start_component(make, wait=min(1.0, 2 * self.Timeout))
+        self.start_logic(make, wait=min(1.0, 2 * self.Timeout))
 
     def _saved_roi(self) -> list[int]:
         """The ROI saved by the last Roi write (device property "_Roi": runtime
@@ -73,7 +78,7 @@ class Detector(BeamlineDevice):
     def _publish(self) -> None:
         """A new frame (or a new ROI): events at a bounded rate, newest frame wins."""
         with tango.AutoTangoMonitor(self):
-            logic = self.component
+            logic = self.logic
             now = time.monotonic()
             counter = logic.frame_counter
             final = not logic.acquiring
@@ -101,15 +106,20 @@ class Detector(BeamlineDevice):
         description="The newest frame (uint16). A data-ready event announces each new one.",
     )
     def Image(self):
-        return self.value_or_fail(self.comp("read_Image").image, "Image")
+        return self.value_or_fail(self.need_logic("read_Image").image, "Image")
 
-    @attribute(dtype=int, description="Counter of the newest frame (as counted by the camera).")
-    def FrameCounter(self) -> int:
-        return self.comp("read_FrameCounter").frame_counter
+    FrameCounter = component_attribute(
+        "FrameCounter",
+        "frame_counter",
+        dtype=int,
+        description="Counter of the newest frame (as counted by the camera).",
+    )
 
-    @attribute(
+    ExposureTime = component_attribute(
+        "ExposureTime",
+        "exposure",
+        "set_exposure",
         dtype=float,
-        access=AttrWriteType.READ_WRITE,
         memorized=True,
         hw_memorized=True,
         unit="s",
@@ -118,51 +128,28 @@ class Detector(BeamlineDevice):
         max_value="60",
         description="Exposure time of each frame. Memorized.",
     )
-    def ExposureTime(self) -> float:
-        return self.comp("read_ExposureTime").exposure
 
-    @ExposureTime.write
-    def ExposureTime(self, value: float) -> None:
-        self.run("write_ExposureTime", self.comp("write_ExposureTime").set_exposure, value)
-
-    def is_ExposureTime_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_ExposureTime")
-
-    @attribute(
+    AcquisitionMode = component_attribute(
+        "AcquisitionMode",
+        "mode",
+        "set_mode",
         dtype=AcquisitionMode,
-        access=AttrWriteType.READ_WRITE,
         memorized=True,
         hw_memorized=True,
         description="What Start does: SINGLE frame, MULTIPLE (NumberOfFrames) or CONTINUOUS "
         "until Stop. Memorized.",
     )
-    def AcquisitionMode(self) -> AcquisitionMode:
-        return self.comp("read_AcquisitionMode").mode
 
-    @AcquisitionMode.write
-    def AcquisitionMode(self, value: int) -> None:
-        self.run("write_AcquisitionMode", self.comp("write_AcquisitionMode").set_mode, value)
-
-    def is_AcquisitionMode_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_AcquisitionMode")
-
-    @attribute(
+    NumberOfFrames = component_attribute(
+        "NumberOfFrames",
+        "frames",
+        "set_frames",
         dtype=int,
-        access=AttrWriteType.READ_WRITE,
         memorized=True,
         hw_memorized=True,
         min_value="1",
         description="Frames per Start in MULTIPLE mode. Memorized.",
     )
-    def NumberOfFrames(self) -> int:
-        return self.comp("read_NumberOfFrames").frames
-
-    @NumberOfFrames.write
-    def NumberOfFrames(self, value: int) -> None:
-        self.run("write_NumberOfFrames", self.comp("write_NumberOfFrames").set_frames, value)
-
-    def is_NumberOfFrames_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_NumberOfFrames")
 
     @attribute(
         dtype=(int,),
@@ -171,11 +158,11 @@ class Detector(BeamlineDevice):
         description="Region of interest [x, y, width, height] in pixels (saved in the database).",
     )
     def Roi(self):
-        return list(self.value_or_fail(self.comp("read_Roi").roi, "Roi"))
+        return list(self.value_or_fail(self.need_logic("read_Roi").roi, "Roi"))
 
     @Roi.write
     def Roi(self, value) -> None:
-        self.run("write_Roi", self.comp("write_Roi").set_roi, value)
+        self.run("write_Roi", self.need_logic("write_Roi").set_roi, value)
         try:
             tango.Util.instance().get_database().put_device_property(
                 self.get_name(), {"_Roi": [str(int(v)) for v in value]}
@@ -186,32 +173,48 @@ class Detector(BeamlineDevice):
     def is_Roi_allowed(self, req_type) -> bool:
         return self.check_write(req_type, "write_Roi")
 
-    def _stats(self, name: str):
-        return self.value_or_fail(self.comp(f"read_{name}").stats, name)
-
-    @attribute(dtype=float, format="%.6g", unit="counts", description="Sum of the ROI pixels.")
-    def RoiSum(self) -> float:
-        return self._stats("RoiSum").total
-
-    @attribute(
-        dtype=float, format="%8.2f", unit="px", description="Intensity centroid x in the ROI."
+    RoiSum = component_attribute(
+        "RoiSum",
+        lambda logic: logic.stats and logic.stats.total,
+        dtype=float,
+        format="%.6g",
+        unit="counts",
+        description="Sum of the ROI pixels.",
     )
-    def CentroidX(self) -> float:
-        return self._stats("CentroidX").centroid_x
 
-    @attribute(
-        dtype=float, format="%8.2f", unit="px", description="Intensity centroid y in the ROI."
+    CentroidX = component_attribute(
+        "CentroidX",
+        lambda logic: logic.stats and logic.stats.centroid_x,
+        dtype=float,
+        format="%8.2f",
+        unit="px",
+        description="Intensity centroid x in the ROI.",
     )
-    def CentroidY(self) -> float:
-        return self._stats("CentroidY").centroid_y
 
-    @attribute(dtype=int, unit="px", description="Image width.")
-    def Width(self) -> int:
-        return self.value_or_fail(self.comp("read_Width").size, "Width")[0]
+    CentroidY = component_attribute(
+        "CentroidY",
+        lambda logic: logic.stats and logic.stats.centroid_y,
+        dtype=float,
+        format="%8.2f",
+        unit="px",
+        description="Intensity centroid y in the ROI.",
+    )
 
-    @attribute(dtype=int, unit="px", description="Image height.")
-    def Height(self) -> int:
-        return self.value_or_fail(self.comp("read_Height").size, "Height")[1]
+    Width = component_attribute(
+        "Width",
+        lambda logic: logic.size and logic.size[0],
+        dtype=int,
+        unit="px",
+        description="Image width.",
+    )
+
+    Height = component_attribute(
+        "Height",
+        lambda logic: logic.size and logic.size[1],
+        dtype=int,
+        unit="px",
+        description="Image height.",
+    )
 
     # -------------------------------------------------------------- commands
     Snap = component_command(

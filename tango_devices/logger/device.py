@@ -1,11 +1,12 @@
 """DataLogger: every change of every beamline device archived to HDF5 (Tango layer).
 
-The engine is :class:`~tango_devices.logger.logger_logic.LoggerCore` (queue,
+The logic is :class:`~tango_devices.logger.logger_logic.LoggerLogic` (queue,
 writer thread, statistics) over an
 :class:`~tango_devices.logger.store.ArchiveWriter`; the subscriptions are
 :class:`~tango_devices.logger.tango_sources.LoggerSources`; queries are an
 :class:`~tango_devices.logger.reader.ArchiveReader`. This file declares the
-properties, the statistics attributes (with change events) and the commands.
+properties, the statistics attributes (with change events) and the commands,
+each allowed where the logger's table (``logger/states.py``) allows it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from tango import DevState
 from tango.server import attribute, command, device_property
 
 from tango_devices.common import lifecycle
-from tango_devices.common.device_base import BeamlineDevice, run_server, throw
-from tango_devices.logger.logger_logic import CoreConfig, LoggerCore, Stats
+from tango_devices.common.device_base import BeamlineDevice, run_server, table_checks, throw
+from tango_devices.logger.logger_logic import LoggerConfig, LoggerLogic, Stats
 from tango_devices.logger.model import parse_time, to_jsonable
 from tango_devices.logger.reader import QueryError
 from tango_devices.logger.selection import Selection
+from tango_devices.logger.states import LOGGER_TABLE
 from tango_devices.logger.store import ArchiveWriter, MiB, StoreError, WriterPolicy
 from tango_devices.logger.tango_sources import LoggerSources, SourceSettings, decode_event
 
@@ -126,7 +128,7 @@ class DataLogger(BeamlineDevice):
         self._stats = Stats()
         self._pushed: dict[str, object] = {}
         self.sources = None
-        self.core = None
+        self.logic = None
         for name in [*STATISTICS, *SOURCE_STATISTICS]:
             self.set_change_event(name, True, False)
         _DEVICES[0] = self
@@ -136,7 +138,7 @@ class DataLogger(BeamlineDevice):
         try:
             selection = Selection(self.Include, self.Exclude)
         except ValueError as exc:
-            self._misconfigured(f"Include/Exclude: {exc}")
+            self.misconfigured(f"Include/Exclude: {exc}")
             return
         directory = self._directory()
         writer = ArchiveWriter(
@@ -148,21 +150,21 @@ class DataLogger(BeamlineDevice):
                 max_value_bytes=self.MaxValueSize,
             ),
         )
-        self.core = LoggerCore(
+        self.logic = LoggerLogic(
             writer,
             decode_event,
-            CoreConfig(flush_period=self.FlushPeriod, max_backlog=self.MaxBacklog),
+            LoggerConfig(flush_period=self.FlushPeriod, max_backlog=self.MaxBacklog),
             thread_context=tango.EnsureOmniThread,
         )
-        self.init_state_events(self.core.machine)
-        self.core.on_stats(self._publish)
-        self.core.status_extra = self._sources_status
+        self.init_state_events(self.logic.machine)
+        self.logic.on_stats(self._publish)
+        self.logic.status_extra = self._sources_status
         try:
-            self.core.start()
+            self.logic.start()
         except StoreError:
             return  # FAULT with the reason in the Status; Init retries
         self.sources = LoggerSources(
-            self.core,
+            self.logic,
             selection,
             SourceSettings(
                 fallback_poll_period=self.FallbackPollPeriod,
@@ -173,10 +175,6 @@ class DataLogger(BeamlineDevice):
             own_device=self.get_name(),
         )
         self.sources.start()
-
-    def _misconfigured(self, text: str) -> None:
-        self.set_state(DevState.FAULT)
-        self.set_status(f"{text}. Fix the device properties, then run Init.")
 
     def _directory(self) -> Path:
         if self.Directory:
@@ -189,9 +187,9 @@ class DataLogger(BeamlineDevice):
         if self.sources is not None:
             self.sources.stop()
             self.sources = None
-        if self.core is not None:
-            self.core.stop()
-            self.core = None
+        if self.logic is not None:
+            self.logic.stop()
+            self.logic = None
 
     # ------------------------------------------------------ publishing
     def _sources_status(self) -> str:
@@ -244,19 +242,19 @@ class DataLogger(BeamlineDevice):
         return json.dumps(
             {
                 "statistics": to_jsonable(self._stats.as_dict()),
-                "directory": str(self.core.directory) if self.core else None,
+                "directory": str(self.logic.directory) if self.logic else None,
                 "devices": self.sources.report() if self.sources else [],
             },
             indent=1,
         )
 
     # -------------------------------------------------------- commands
+    # Every command is allowed where LOGGER_TABLE allows it (is_<command>_allowed).
+    locals().update(table_checks(LOGGER_TABLE))
+
     def _query(self, name: str, fn):
-        core = self.core
-        if core is None:
-            throw("LOGGER_NOT_CONFIGURED", self.get_status(), name)
         try:
-            return fn(core)
+            return fn(self.logic)
         except (QueryError, ValueError, KeyError, TypeError) as exc:
             throw("LOGGER_QUERY_ERROR", str(exc), name)
         except OSError as exc:
@@ -282,7 +280,7 @@ class DataLogger(BeamlineDevice):
         "qualities, gaps, errors}",
     )
     def GetHistory(self, argin: str) -> str:
-        def run(core):
+        def run(logic):
             args = self._args(argin)
             name = args.get("attribute") or args.get("name")
             if not name:
@@ -293,7 +291,7 @@ class DataLogger(BeamlineDevice):
             limit = self.MaxQueryPoints
             wanted = int(args.get("max_points", 1000))
             max_points = limit if wanted <= 0 else min(wanted, limit)
-            result = core.reader.history(name, start, end, max_points)
+            result = logic.reader.history(name, start, end, max_points)
             return json.dumps(result, allow_nan=False, default=_json_default)
 
         return self._query("GetHistory", run)
@@ -307,13 +305,13 @@ class DataLogger(BeamlineDevice):
         "properties}}, properties, logger_gap}",
     )
     def GetConfigurationAt(self, argin: str) -> str:
-        def run(core):
+        def run(logic):
             args = self._args(argin)
             device = args.get("device") or args.get("name")
             if not device:
                 raise QueryError('say which device: {"device": "domain/family/member"}')
             t = parse_time(args.get("time", "now"))
-            result = core.reader.configuration_at(device, t)
+            result = logic.reader.configuration_at(device, t)
             return json.dumps(result, allow_nan=False, default=_json_default)
 
         return self._query("GetConfigurationAt", run)
@@ -327,44 +325,24 @@ class DataLogger(BeamlineDevice):
     def ListArchived(self, pattern: str) -> str:
         return self._query(
             "ListArchived",
-            lambda core: json.dumps(
-                core.reader.list_attributes(pattern or "*"), default=_json_default
+            lambda logic: json.dumps(
+                logic.reader.list_attributes(pattern or "*"), default=_json_default
             ),
         )
 
     @command(dtype_out=float, doc_out="Wall time (epoch s) of the flush")
     def Flush(self) -> float:
         """Write and flush everything received so far, now."""
-        if self.core is None:
-            throw("LOGGER_NOT_CONFIGURED", self.get_status(), "Flush")
         try:
-            return self.core.flush_now()
+            return self.logic.flush_now()
         except TimeoutError as exc:
             throw("LOGGER_TIMEOUT", str(exc), "Flush")
-
-    def is_Flush_allowed(self) -> bool:
-        return self._allowed("Flush")
 
     @command
     def Rescan(self) -> None:
         """Read the device list from the database now (new devices are archived)."""
         if self.sources is not None:
             self.sources.rescan()
-
-    def is_Rescan_allowed(self) -> bool:
-        return self._allowed("Rescan")
-
-    def _allowed(self, what: str) -> bool:
-        if self.core is None:
-            return True  # the command itself explains
-        machine = self.core.machine
-        if not machine.is_allowed(what):
-            throw(
-                "API_CommandNotAllowed",
-                f"{what} is not allowed in state {machine.state} ({machine.status})",
-                f"DataLogger.{what}",
-            )
-        return True
 
 
 _DEVICES: list[DataLogger | None] = [None]  # the server's one DataLogger (test hook)
@@ -374,8 +352,8 @@ def _test_kill_mid_write(*_args) -> None:
     """Test hook (BEAMLINE_TEST_HOOKS=1 only): SIGKILL this server half-way
     through its next write, between two attributes, before the flush."""
     device = _DEVICES[0]
-    if device is not None and device.core is not None:
-        device.core.kill_mid_write()
+    if device is not None and device.logic is not None:
+        device.logic.kill_mid_write()
 
 
 _test_kill_mid_write.__name__ = "TestKillMidWrite"

@@ -49,7 +49,7 @@ SIZE_SCAN_PERIOD = 5.0  # s between scans of the archive directory's size
 
 
 @dataclass
-class CoreConfig:
+class LoggerConfig:
     flush_period: float = 1.0
     max_backlog: int = 2_000_000
     max_batch: int = 1_000_000  # events decoded per cycle at most
@@ -79,18 +79,18 @@ class Stats:
         return asdict(self)
 
 
-class LoggerCore:
+class LoggerLogic:
     def __init__(
         self,
         writer: ArchiveWriter,
         decode: Decoder,
-        config: CoreConfig | None = None,
+        config: LoggerConfig | None = None,
         thread_context: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.writer = writer
         self.decode = decode
-        self.config = config or CoreConfig()
+        self.config = config or LoggerConfig()
         self.clock = clock
         self.thread_context = thread_context
         self.reader = ArchiveReader(writer.directory, live=writer)

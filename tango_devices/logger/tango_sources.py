@@ -4,7 +4,7 @@
   (``DbGetDeviceWideList``) every ``discovery_period`` and keeps one
   :class:`DeviceWatch` per device the include/exclude lists select.
 - A :class:`DeviceWatch` (one thread per device) connects when the device
-  answers, describes each selected attribute to the core, and subscribes to
+  answers, describes each selected attribute to the logic, and subscribes to
   its CHANGE event, else its ARCHIVE event, else reads it every
   ``fallback_poll_period`` and archives changes of value or quality (an
   attribute that sends no events is still archived). It also subscribes to
@@ -34,7 +34,7 @@ import numpy as np
 import tango
 
 from tango_devices.common.events import SUPERVISORS
-from tango_devices.logger.logger_logic import LoggerCore
+from tango_devices.logger.logger_logic import LoggerLogic
 from tango_devices.logger.model import ERROR, STATE_NAMES, AttrMeta, attr_key, kind_for
 from tango_devices.logger.selection import Selection
 
@@ -141,10 +141,10 @@ class DeviceWatch:
     """Everything the logger archives of one device, in one thread."""
 
     def __init__(
-        self, device: str, core: LoggerCore, selection: Selection, settings: SourceSettings
+        self, device: str, logic: LoggerLogic, selection: Selection, settings: SourceSettings
     ) -> None:
         self.device = device
-        self.core = core
+        self.logic = logic
         self.selection = selection
         self.settings = settings
         self.proxy = None
@@ -225,7 +225,7 @@ class DeviceWatch:
                 if not self.selection.wants(self.device, info.name):
                     continue
                 meta = meta_from_info(self.device, info)
-                self.core.register(meta)
+                self.logic.register(meta)
                 mode = self._subscribe_values(proxy, info.name, meta.key, subscribed)
                 if mode is None:
                     poll.append(info.name)
@@ -261,7 +261,7 @@ class DeviceWatch:
         return True
 
     def _subscribe_values(self, proxy, name: str, key: str, subscribed: list[int]) -> str | None:
-        callback = self.core.sink(key)
+        callback = self.logic.sink(key)
         for event_type, mode in EVENT_MODES:
             try:
                 subscribed.append(proxy.subscribe_event(name, event_type, callback))
@@ -290,14 +290,14 @@ class DeviceWatch:
         if self._configs.get(name.lower()) == config:
             return
         self._configs[name.lower()] = config
-        self.core.settings(self.device, t, {"kind": "config", "attribute": name, "config": config})
+        self.logic.settings(self.device, t, {"kind": "config", "attribute": name, "config": config})
 
     def _on_interface(self, event) -> None:
         if event.err:
             return
         names = {a.name.lower() for a in (event.att_list or ())}
         if names and names != self._attr_names:
-            self.core.journal(
+            self.logic.journal(
                 {
                     "kind": "interface",
                     "time": time.time(),
@@ -318,7 +318,7 @@ class DeviceWatch:
             now = time.time()
             for name in names:
                 self._polled.pop(name, None)
-                self.core.put(
+                self.logic.put(
                     attr_key(self.device, name), now, None, ERROR, (err.reason, err.desc.strip())
                 )
             return
@@ -329,7 +329,7 @@ class DeviceWatch:
                 reason = stack[0].reason if stack else "READ_FAILED"
                 desc = stack[0].desc.strip() if stack else ""
                 self._polled.pop(name, None)
-                self.core.put(key, time.time(), None, ERROR, (reason, desc))
+                self.logic.put(key, time.time(), None, ERROR, (reason, desc))
                 continue
             quality = int(result.quality)
             signature = _signature(result.value, quality)
@@ -337,7 +337,7 @@ class DeviceWatch:
                 if self._polled.get(name) == signature:
                     continue
             self._polled[name] = signature
-            self.core.put(key, result.time.totime(), result.value, quality)
+            self.logic.put(key, result.time.totime(), result.value, quality)
 
     def _poll_properties(self) -> None:
         try:
@@ -359,7 +359,7 @@ class DeviceWatch:
         }
         if snapshot != self._properties:
             self._properties = snapshot
-            self.core.settings(self.device, time.time(), {"kind": "properties", **snapshot})
+            self.logic.settings(self.device, time.time(), {"kind": "properties", **snapshot})
 
     def report(self) -> dict:
         return {
@@ -378,14 +378,14 @@ class LoggerSources:
 
     def __init__(
         self,
-        core: LoggerCore,
+        logic: LoggerLogic,
         selection: Selection,
         settings: SourceSettings,
         own_device: str,
         supervisors: tuple[str, ...] = SUPERVISORS,
         watch_factory: Callable[..., DeviceWatch] = DeviceWatch,
     ) -> None:
-        self.core = core
+        self.logic = logic
         self.selection = selection
         self.settings = settings
         self.own = own_device.lower()
@@ -453,7 +453,7 @@ class LoggerSources:
                     self.watches.pop(low).stop(join=0.5)
             for low, name in wanted.items():
                 if low not in self.watches:
-                    watch = self.watch_factory(name, self.core, self.selection, self.settings)
+                    watch = self.watch_factory(name, self.logic, self.selection, self.settings)
                     self.watches[low] = watch
                     watch.start()
 

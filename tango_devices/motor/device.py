@@ -23,7 +23,13 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, command, device_property
 
-from tango_devices.common.device_base import QUALITY, BeamlineDevice, component_command, run_server
+from tango_devices.common.device_base import (
+    QUALITY,
+    BeamlineDevice,
+    component_attribute,
+    component_command,
+    run_server,
+)
 from tango_devices.motor.motor_logic import MotorConfig, MotorLogic, Quality
 
 POSITION_EVENT_PERIOD = 0.1  # s, while moving
@@ -89,11 +95,7 @@ class Motor(BeamlineDevice):
             logic.add_value_listener(self._publish_position)
             return logic
 
-        self.start_component(make, wait=min(1.0, 2 * self.Timeout))
-
-    @property
-    def logic(self) -> MotorLogic | None:
-        return self.component
+        self.start_logic(make, wait=min(1.0, 2 * self.Timeout))
 
     def _publish_position(self) -> None:
         """Value listener (any thread): fill the Position cache and push the
@@ -135,8 +137,8 @@ class Motor(BeamlineDevice):
         """The server is up and its polling configured: fill the cache now."""
         self._server_ready = True
         self._cache_grace = time.monotonic() + CACHE_GRACE
-        if self.component is not None:
-            self.component.republish()
+        if self.logic is not None:
+            self.logic.republish()
 
     # ------------------------------------------------------------ attributes
     @attribute(
@@ -148,11 +150,11 @@ class Motor(BeamlineDevice):
         "move; min_value/max_value are the soft limits.",
     )
     def Position(self):
-        return self._reading(self.comp("read_Position").position(), "Position")
+        return self._reading(self.need_logic("read_Position").position(), "Position")
 
     @Position.write
     def Position(self, value: float) -> None:
-        self.run("write_Position", self.comp("write_Position").move_to, value)
+        self.run("write_Position", self.need_logic("write_Position").move_to, value)
 
     def is_Position_allowed(self, req_type) -> bool:
         return self.check_write(req_type, "write_Position")
@@ -163,61 +165,40 @@ class Motor(BeamlineDevice):
         description="Position of the axis as the controller counts it (steps / StepsPerUnit).",
     )
     def DialPosition(self):
-        return self._reading(self.comp("read_DialPosition").dial_position(), "DialPosition")
+        return self._reading(self.need_logic("read_DialPosition").dial_position(), "DialPosition")
 
-    @attribute(
+    Offset = component_attribute(
+        "Offset",
+        "offset",
+        "set_offset",
         dtype=float,
-        access=AttrWriteType.READ_WRITE,
         memorized=True,
         hw_memorized=True,
         format="%10.4f",
         description="User offset: Position = DialPosition + Offset. Memorized in the database.",
     )
-    def Offset(self) -> float:
-        return self.comp("read_Offset").offset
 
-    @Offset.write
-    def Offset(self, value: float) -> None:
-        self.run("write_Offset", self.comp("write_Offset").set_offset, value)
-
-    def is_Offset_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_Offset")
-
-    @attribute(
+    Velocity = component_attribute(
+        "Velocity",
+        "velocity",
+        "set_velocity",
         dtype=float,
-        access=AttrWriteType.READ_WRITE,
         format="%8.4f",
         description="Slew velocity in user units per second.",
     )
-    def Velocity(self):
-        return self.value_or_fail(self.comp("read_Velocity").velocity, "Velocity")
 
-    @Velocity.write
-    def Velocity(self, value: float) -> None:
-        self.run("write_Velocity", self.comp("write_Velocity").set_velocity, value)
-
-    def is_Velocity_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_Velocity")
-
-    @attribute(
+    Acceleration = component_attribute(
+        "Acceleration",
+        "acceleration",
+        "set_acceleration",
         dtype=float,
-        access=AttrWriteType.READ_WRITE,
         unit="s",
         format="%6.3f",
         description="Acceleration (and deceleration) time to reach the velocity, in seconds.",
     )
-    def Acceleration(self):
-        return self.value_or_fail(self.comp("read_Acceleration").acceleration, "Acceleration")
-
-    @Acceleration.write
-    def Acceleration(self, value: float) -> None:
-        self.run("write_Acceleration", self.comp("write_Acceleration").set_acceleration, value)
-
-    def is_Acceleration_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_Acceleration")
 
     def _switch(self, name: str, field: str) -> bool:
-        status = self.comp(f"read_{name}").axis_status
+        status = self.need_logic(f"read_{name}").axis_status
         return bool(getattr(self.value_or_fail(status, name), field))
 
     @attribute(dtype=bool, description="Low (negative) hardware limit switch active.")
@@ -249,7 +230,7 @@ class Motor(BeamlineDevice):
 
     @command(doc_in="Search the home switch (direction from the HomeDirection property).")
     def Home(self) -> None:
-        self.run("Home", self.comp("Home").home, self.HomeDirection)
+        self.run("Home", self.need_logic("Home").home, self.HomeDirection)
 
     def is_Home_allowed(self) -> bool:
         return self.check("Home")
@@ -262,7 +243,7 @@ class Motor(BeamlineDevice):
         "which is memorized; the motor does not move).",
     )
     def SetPosition(self, position: float) -> None:
-        offset = self.run("SetPosition", self.comp("SetPosition").set_position, position)
+        offset = self.run("SetPosition", self.need_logic("SetPosition").set_position, position)
         self.memorize("Offset", offset)
 
     def is_SetPosition_allowed(self) -> bool:

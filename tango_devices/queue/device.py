@@ -2,6 +2,8 @@
 
 Commands take and return JSON. Every edit is committed to SQLite (WAL)
 before the command returns; a rejected edit changes nothing and says why.
+Every command is allowed where the queue's table (``queue/states.py``) allows
+it; the table is published as ``CommandStates``, keyed by ``QueueState``.
 """
 
 from __future__ import annotations
@@ -16,26 +18,13 @@ import tango
 from tango import AttrQuality, DevState
 from tango.server import attribute, command, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, run_server, throw
-from tango_devices.queue.queue_logic import (
-    IDLE,
-    PAUSED,
-    RUNNING,
-    STOPPING,
-    QueueEngine,
-    QueueError,
-)
+from tango_devices.common.device_base import BeamlineDevice, run_server, table_checks, throw
+from tango_devices.queue.queue_logic import QueueError, QueueLogic
+from tango_devices.queue.states import QUEUE_TABLE, RUNNING
 from tango_devices.queue.store import QueueStore
 from tango_devices.queue.tango_ports import DoorPort, HealthPort, Interlock, MacroPort
 
 log = logging.getLogger(__name__)
-
-STATES = {
-    IDLE: DevState.ON,
-    RUNNING: DevState.RUNNING,
-    STOPPING: DevState.RUNNING,
-    PAUSED: DevState.STANDBY,
-}
 
 
 def _json(text: str, what: str) -> Any:
@@ -74,24 +63,20 @@ class ExperimentQueue(BeamlineDevice):
         super().init_device()
         # StopMacro/AbortMacro wait for the macro to end: without NO_SYNC they
         # would hold the device's lock and State reads (the supervisor's hang
-        # probe) would wait. The engine and the publisher have their own locks.
+        # probe) would wait. The logic and the publisher have their own locks.
         tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
         self._publish_lock = threading.RLock()
         self.set_state(DevState.INIT)
         for name in ("QueueState", "RunningItem", "QueueLength", "LastError", "BlockedBy", "Items"):
             self.set_change_event(name, True, False)
-        self.set_change_event("State", True, False)
-        self.set_change_event("Status", True, False)
         try:
             interlocks = [Interlock.parse(t) for t in self.Interlocks]
         except ValueError as exc:
-            self.set_state(DevState.FAULT)
-            self.set_status(f"Interlocks property: {exc}")
-            self.engine = None
+            self.misconfigured(f"Interlocks property: {exc}")
             return
         path = Path(self.Database) if self.Database else self._default_db()
         self.store = QueueStore(path)
-        self.engine = QueueEngine(
+        self.logic = QueueLogic(
             self.store,
             MacroPort(self.MacroServer, self.Door),
             DoorPort(self.Door),
@@ -103,7 +88,9 @@ class ExperimentQueue(BeamlineDevice):
         self._items_version = -1
         self._items_json = "[]"
         self._items_pushed = -1
-        self.engine.open()
+        # the logic reports its changes through on_change: _publish mirrors them
+        self.init_state_events(self.logic.machine, listen=False)
+        self.logic.open()
         self._publish(items=True)
         # the running item's progress (from the Door's MacroStatus) changes
         # without an edit, and the item list is pushed from here: a few times a
@@ -114,7 +101,7 @@ class ExperimentQueue(BeamlineDevice):
 
     def _tick(self) -> None:
         while not self._ticker_stop.wait(0.5):
-            if self.engine.current is not None or self.store.version != self._items_pushed:
+            if self.logic.current is not None or self.store.version != self._items_pushed:
                 try:
                     self._publish(items=True)
                 except Exception:  # never let the ticker die
@@ -130,18 +117,34 @@ class ExperimentQueue(BeamlineDevice):
         super().delete_device()
         if getattr(self, "_ticker_stop", None):
             self._ticker_stop.set()
-        if getattr(self, "engine", None):
-            self.engine.close()
+        if self.logic is not None:
+            self.logic.close()
             self.store.close()
 
     # ------------------------------------------------------------ publishing
+    def tango_state(self) -> tuple[DevState, str]:
+        """The queue's state as Tango shows it: ALARM while running but
+        blocked (interlock, devices down); a Status with the length and the
+        running item."""
+        logic = self.logic
+        state, blocked, current = logic.state, logic.blocked_by, logic.current
+        devstate = (
+            DevState.ALARM if blocked and state == RUNNING else getattr(DevState, state.tango)
+        )
+        status = f"Queue {state}, {len(self.store.items)} item(s)"
+        if current is not None:
+            status += f"; running {current.item.uid} ({current.item.macro})"
+        if blocked:
+            status += f"; blocked by {blocked}"
+        return devstate, status
+
     def _publish(self, items: bool = False) -> None:
         """Push what changed. The item list is pushed by the ticker (at most
         twice a second), not on the runner's path: a long queue would add its
         serialisation to every item."""
-        snap = self.engine.snapshot(items=False)
+        snap = self.logic.snapshot(items=False)
         values = {
-            "QueueState": snap["state"],
+            "QueueState": str(snap["state"]),
             "RunningItem": json.dumps(snap["running"]) if snap["running"] else "",
             "QueueLength": snap["length"],
             "LastError": snap["last_error"],
@@ -152,20 +155,8 @@ class ExperimentQueue(BeamlineDevice):
             if version != self._items_pushed:  # 10,000 items: ~0.15 s, so not on every change
                 self._items_pushed = version
                 values["Items"] = self._items_text()
+        self.mirror_state()
         with self._publish_lock:
-            state = STATES[snap["state"]]
-            if snap["blocked_by"] and snap["state"] == RUNNING:
-                state = DevState.ALARM
-            status = f"Queue {snap['state']}, {snap['length']} item(s)"
-            if snap["running"]:
-                status += f"; running {snap['running']['uid']} ({snap['running']['macro']})"
-            if snap["blocked_by"]:
-                status += f"; blocked by {snap['blocked_by']}"
-            if self.get_state() != state:
-                self.set_state(state)
-                self.push_change_event("State", state)
-            self.set_status(status)
-            self.push_change_event("Status", status)
             for name, value in values.items():
                 if self._last.get(name) != value:
                     self._last[name] = value
@@ -174,7 +165,7 @@ class ExperimentQueue(BeamlineDevice):
     # ------------------------------------------------------------ attributes
     @attribute(dtype=str, description="idle, running, paused or stopping")
     def QueueState(self) -> str:
-        return self.engine.state
+        return str(self.logic.state)
 
     @attribute(
         dtype=str, description="The running item as JSON (with repetition and progress), or empty"
@@ -188,11 +179,11 @@ class ExperimentQueue(BeamlineDevice):
 
     @attribute(dtype=str, description="The last failure of an item or of the queue")
     def LastError(self) -> str:
-        return self.engine.last_error
+        return self.logic.last_error
 
     @attribute(dtype=str, description="Why the queue is not running an item (interlock, devices)")
     def BlockedBy(self) -> str:
-        return self.engine.blocked_by
+        return self.logic.blocked_by
 
     @attribute(dtype=str, description="The queued items as JSON")
     def Items(self) -> str:
@@ -206,9 +197,10 @@ class ExperimentQueue(BeamlineDevice):
             return self._items_json
 
     # -------------------------------------------------------------- commands
+    # Every command is allowed where QUEUE_TABLE allows it (is_<command>_allowed).
+    locals().update(table_checks(QUEUE_TABLE))
+
     def _do(self, origin: str, fn, *args) -> str:
-        if self.engine is None:
-            throw("QUEUE_FAULT", self.get_status(), origin)
         try:
             result = fn(*args)
         except QueueError as exc:
@@ -227,7 +219,7 @@ class ExperimentQueue(BeamlineDevice):
         if not isinstance(spec, dict):
             throw("QUEUE_BAD_INPUT", "Add takes one item as a JSON object", "Add")
         position = spec.pop("position", "back")
-        return self._do("Add", self.engine.add, spec, position)
+        return self._do("Add", self.logic.add, spec, position)
 
     @command(
         dtype_in=str, dtype_out=str, doc_in='{"items": [...], "position": "back"}: all or nothing'
@@ -239,7 +231,7 @@ class ExperimentQueue(BeamlineDevice):
         if not isinstance(spec, dict):
             throw("QUEUE_BAD_INPUT", 'AddBatch takes {"items": [...]}', "AddBatch")
         return self._do(
-            "AddBatch", self.engine.add_batch, spec.get("items"), spec.get("position", "back")
+            "AddBatch", self.logic.add_batch, spec.get("items"), spec.get("position", "back")
         )
 
     @command(dtype_in=str, dtype_out=str, doc_in='{"uid": "...", "args": [...], "repeat": 2, ...}')
@@ -248,7 +240,7 @@ class ExperimentQueue(BeamlineDevice):
         if not isinstance(spec, dict) or "uid" not in spec:
             throw("QUEUE_BAD_INPUT", 'Update takes {"uid": ..., fields to change}', "Update")
         uid = str(spec.pop("uid"))
-        return self._do("Update", self.engine.update, uid, spec)
+        return self._do("Update", self.logic.update, uid, spec)
 
     @command(
         dtype_in=str,
@@ -259,7 +251,28 @@ class ExperimentQueue(BeamlineDevice):
         spec = _json(text, "Move")
         if not isinstance(spec, dict) or "uid" not in spec or "position" not in spec:
             throw("QUEUE_BAD_INPUT", 'Move takes {"uid": ..., "position": ...}', "Move")
-        return self._do("Move", self.engine.move, str(spec["uid"]), spec["position"])
+        return self._do("Move", self.logic.move, str(spec["uid"]), spec["position"])
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"uid": ..., "position": ...} or one uid: a copy of a queued, running or '
+        "finished item under a new uid (default: after the original, or at the back)",
+        doc_out="The new item as JSON",
+    )
+    def Duplicate(self, text: str) -> str:
+        spec = _json(text, "Duplicate") if text.strip().startswith("{") else text.strip()
+        if isinstance(spec, dict):
+            uid, position = spec.get("uid"), spec.get("position")
+        else:
+            uid, position = spec, None
+        if not isinstance(uid, str) or not uid:
+            throw(
+                "QUEUE_BAD_INPUT",
+                'Duplicate takes {"uid": ..., "position": ...} or a uid',
+                "Duplicate",
+            )
+        return self._do("Duplicate", self.logic.duplicate, uid, position)
 
     @command(dtype_in=str, dtype_out=str, doc_in='{"uids": ["...", ...]} or one uid')
     def Remove(self, text: str) -> str:
@@ -274,36 +287,36 @@ class ExperimentQueue(BeamlineDevice):
             uids = [uids]
         if not isinstance(uids, list) or not uids:
             throw("QUEUE_BAD_INPUT", 'Remove takes {"uids": [...]} or a uid', "Remove")
-        return self._do("Remove", self.engine.remove, [str(u) for u in uids])
+        return self._do("Remove", self.logic.remove, [str(u) for u in uids])
 
     @command(dtype_out=str, doc_out="The whole queue: state, running item, items, BlockedBy")
     def Get(self) -> str:
-        return self._do("Get", self.engine.snapshot)
+        return self._do("Get", self.logic.snapshot)
 
     @command(dtype_out=str)
     def Clear(self) -> str:
-        return self._do("Clear", self.engine.clear)
+        return self._do("Clear", self.logic.clear)
 
     @command
     def Start(self) -> None:
-        self._do("Start", self.engine.start)
+        self._do("Start", self.logic.start)
 
     @command(doc_in="Stop after the current item")
     def Stop(self) -> None:
-        self._do("Stop", self.engine.stop)
+        self._do("Stop", self.logic.stop)
 
     @command
     def StopCancel(self) -> None:
-        self._do("StopCancel", self.engine.stop_cancel)
+        self._do("StopCancel", self.logic.stop_cancel)
 
     @command(dtype_in=str, doc_in='"" or {"deferred": true} (pause after the current item)')
     def Pause(self, text: str) -> None:
         spec = _json(text, "Pause") or {}
-        self._do("Pause", self.engine.pause, bool(spec.get("deferred", False)))
+        self._do("Pause", self.logic.pause, bool(spec.get("deferred", False)))
 
     @command
     def Resume(self) -> None:
-        self._do("Resume", self.engine.resume)
+        self._do("Resume", self.logic.resume)
 
     def _macro(self, action: str, text: str) -> str:
         spec = _json(text, action) or {}
@@ -319,7 +332,7 @@ class ExperimentQueue(BeamlineDevice):
                 action,
             )
         return self._do(
-            action, self.engine.macro_action, action.lower().replace("macro", ""), timeout
+            action, self.logic.macro_action, action.lower().replace("macro", ""), timeout
         )
 
     @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: stop, then abort, then release')

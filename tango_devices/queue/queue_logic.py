@@ -20,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tango_devices.common.statemachine import CommandRefused, StateMachine
+from tango_devices.queue import states as st
+from tango_devices.queue.states import IDLE, PAUSED, QUEUE_TABLE, RUNNING, STOPPING, QueueState
 from tango_devices.queue.store import HistoryEntry, Item, QueueStore
 
 log = logging.getLogger(__name__)
 
-IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
 POLICIES = ("wait", "fail")
 OUTCOMES = {"finish": "finished", "stop": "stopped", "abort": "aborted", "exception": "failed"}
 
@@ -69,7 +71,10 @@ def _item_from(spec: Any, where: str) -> Item:
     return Item(macro.strip(), [str(a) for a in args], repeat, meta, spec.get("uid", ""))
 
 
-class QueueEngine:
+class QueueLogic:
+    """The queue's behaviour. Its state follows :data:`QUEUE_TABLE`: every
+    change is a trigger of the table, fired here and nowhere else."""
+
     def __init__(
         self,
         store: QueueStore,
@@ -87,7 +92,9 @@ class QueueEngine:
         self.on_change = on_change
         self.readiness_timeout = readiness_timeout
         self.hold_period = hold_period
-        self.state = IDLE
+        # changes are reported through on_change (outside the locks), not the
+        # machine's listeners
+        self.machine = StateMachine(QUEUE_TABLE, "Queue idle")
         self.blocked_by = ""
         self.last_error = ""
         self.current: Current | None = None
@@ -99,15 +106,31 @@ class QueueEngine:
         self._resumed = threading.Event()
         self.reconciled = threading.Event()  # set once an interrupted item is dealt with
 
+    # ---------------------------------------------------------------- state
+    @property
+    def state(self) -> QueueState:
+        return self.machine.state
+
+    def _fire(self, trigger: str) -> None:
+        self.machine.fire(trigger, notify=False)
+
+    def require(self, command: str) -> None:
+        """Refuse ``command`` if the queue's table does not allow it now (the
+        same text the device's is_*_allowed gives)."""
+        try:
+            self.machine.check(command)
+        except CommandRefused as exc:
+            raise QueueError(str(exc)) from None
+
     # ------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Serve at once; the runner thread first reconciles an item a previous
         process was running (that may mean waiting for its macro to end: the
         device must answer meanwhile, or the supervisor would think it hung)."""
         if self.store.get_meta("paused", False):
-            self.state = PAUSED
+            self._fire(st.RESTORE_PAUSED)
         elif self.store.get_meta("running", False):
-            self.state = RUNNING
+            self._fire(st.START)
         self._thread = threading.Thread(target=self._serve, name="queue-runner", daemon=True)
         self._thread.start()
 
@@ -193,6 +216,33 @@ class QueueEngine:
         self._changed()
         return item
 
+    def duplicate(self, uid: str, position: Any = None) -> Item:
+        """A copy of an item under a new uid, checked like a new one. The item
+        may be queued (the copy goes right after it), running or in the
+        history (the copy goes to the back); ``position`` overrides."""
+        with self._lock:
+            queued = any(i.uid == uid for i in self.store.items)
+            if queued:
+                source: Any = self.store.get(uid)
+            elif self.current is not None and self.current.item.uid == uid:
+                source = self.current.item
+            else:
+                source = self.store.history_entry(uid)
+                if source is None:
+                    raise QueueError(f"no item with uid {uid!r} in the queue or its history")
+            spec = {
+                "macro": source.macro,
+                "args": list(source.args),
+                "repeat": source.repeat,
+                "meta": dict(source.meta),
+            }
+            item = self._validated(spec, f"copy of {uid}")
+            if position is None:
+                position = {"after": uid} if queued else "back"
+            self.store.insert([item], self._position(position))
+        self._changed()
+        return item
+
     def move(self, uid: str, position: Any) -> None:
         with self._lock:
             try:
@@ -223,9 +273,8 @@ class QueueEngine:
     # ------------------------------------------------------------- controls
     def start(self) -> None:
         with self._lock:
-            if self.state == PAUSED:
-                raise QueueError("the queue is paused: Resume it")
-            self.state = RUNNING
+            self.require("Start")
+            self._fire(st.START)
             self.store.set_meta("running", True)
             self.last_error = ""
         self._changed()
@@ -234,16 +283,16 @@ class QueueEngine:
     def stop(self) -> None:
         """Stop after the current item (at once when nothing runs)."""
         with self._lock:
+            self.require("Stop")
             self.store.set_meta("running", False)
             if self.state != PAUSED:  # paused stays paused; Resume ends the item
-                self.state = STOPPING if self.current else IDLE
+                self._fire(st.STOP_AFTER_ITEM if self.current else st.WENT_IDLE)
         self._changed()
 
     def stop_cancel(self) -> None:
         with self._lock:
-            if self.state != STOPPING:
-                raise QueueError(f"no stop is pending (the queue is {self.state})")
-            self.state = RUNNING
+            self.require("StopCancel")
+            self._fire(st.CANCEL_STOP)
             self.store.set_meta("running", True)
         self._changed()
 
@@ -251,13 +300,12 @@ class QueueEngine:
         """Immediate: pause the running macro at its next check point.
         Deferred: pause after the current item."""
         with self._lock:
-            if self.state not in (RUNNING, STOPPING):
-                raise QueueError(f"nothing to pause: the queue is {self.state}")
+            self.require("Pause")
             if deferred:
                 self._pause_deferred = True
             else:
                 self._resumed.clear()
-                self.state = PAUSED  # no new item or repetition starts from now
+                self._fire(st.PAUSE)  # no new item or repetition starts from now
                 self.store.set_meta("paused", True)
                 pause_macro = self.current is not None
         self._changed()
@@ -271,6 +319,7 @@ class QueueEngine:
 
     def resume(self) -> None:
         with self._lock:
+            self.require("Resume")
             if self.state != PAUSED and not self._pause_deferred:
                 raise QueueError(f"the queue is not paused (it is {self.state})")
             self._pause_deferred = False
@@ -278,7 +327,11 @@ class QueueEngine:
                 if self.current is not None and self.door.busy():
                     self.door.resume()
                 running = self.store.get_meta("running", False)
-                self.state = RUNNING if running else (STOPPING if self.current else IDLE)
+                self._fire(
+                    st.RESUME_RUNNING
+                    if running
+                    else (st.RESUME_STOPPING if self.current else st.RESUME_IDLE)
+                )
                 self.store.set_meta("paused", False)
             self._resumed.set()
         self._changed()
@@ -293,11 +346,12 @@ class QueueEngine:
         if chain is None:
             raise QueueError(f"unknown action {action!r}: stop, abort or halt")
         with self._lock:
+            self.require(f"{action.capitalize()}Macro")
             if self.current is None:
                 raise QueueError("no macro is running")
             self.store.set_meta("running", False)
             self.store.set_meta("paused", False)
-            self.state = IDLE
+            self._fire(st.WENT_IDLE)
             self._resumed.set()
         for step in chain:
             getattr(self.door, step)()
@@ -365,7 +419,7 @@ class QueueEngine:
         if self._pause_deferred:
             with self._lock:
                 self._pause_deferred = False
-                self.state = PAUSED
+                self._fire(st.PAUSE)
                 self.store.set_meta("paused", True)
             self._changed()
             return False
@@ -375,7 +429,7 @@ class QueueEngine:
             return False
         if not self.store.items:
             with self._lock:
-                self.state = IDLE
+                self._fire(st.WENT_IDLE)
                 self.store.set_meta("running", False)
             self._set_blocked("")
             self._changed()
@@ -495,11 +549,11 @@ class QueueEngine:
             self.current = None
             if outcome != "finished":
                 self.last_error = f"{item.uid} ({item.line}): {outcome}: {error}"
-            if outcome in ("stopped", "aborted", "lost"):
+            stopped = outcome in ("stopped", "aborted", "lost")
+            if stopped:
                 self.store.set_meta("running", False)
-                self.state = IDLE
-            if self.state == STOPPING:
-                self.state = IDLE
+            if stopped or self.state == STOPPING:
+                self._fire(st.WENT_IDLE)
         self._changed()
 
     # -------------------------------------------------------- reconciliation
@@ -548,5 +602,5 @@ class QueueEngine:
             self.store.set_meta("running", False)
             with self._lock:
                 if self.state != PAUSED:
-                    self.state = IDLE
+                    self._fire(st.WENT_IDLE)
             self.last_error = f"{item.uid} ({item.line}): {recorded}: {error}"

@@ -321,6 +321,21 @@ class QueueStore:
             for i, uid, macro, args, rep, done, outcome, error, st, en, meta in reversed(rows)
         ]
 
+    def history_entry(self, uid: str) -> HistoryEntry | None:
+        """The newest history entry of the item ``uid``, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, uid, macro, args, repeat, repetitions_done, outcome, error, started, "
+                "ended, meta FROM history WHERE uid = ? ORDER BY id DESC LIMIT 1",
+                (uid,),
+            ).fetchone()
+        if row is None:
+            return None
+        i, uid, macro, args, rep, done, outcome, error, st, en, meta = row
+        return HistoryEntry(
+            uid, macro, json.loads(args), rep, done, outcome, error, st, en, json.loads(meta), i
+        )
+
     def clear_history(self) -> int:
         with self._lock:
             n = self._db.execute("SELECT COUNT(*) FROM history").fetchone()[0]

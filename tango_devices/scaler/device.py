@@ -10,10 +10,15 @@ from __future__ import annotations
 import time
 
 import tango
-from tango import AttrWriteType, DevState
+from tango import DevState
 from tango.server import attribute, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, component_command, run_server
+from tango_devices.common.device_base import (
+    BeamlineDevice,
+    component_attribute,
+    component_command,
+    run_server,
+)
 from tango_devices.scaler.scaler_logic import ScalerConfig, ScalerLogic
 
 EVENT_PERIOD = 0.1  # s, while counting
@@ -56,7 +61,7 @@ class Scaler(BeamlineDevice):
             logic.add_value_listener(self._publish)
             return logic
 
-        self.start_component(make, wait=min(1.0, 2 * self.Timeout))
+        self.start_logic(make, wait=min(1.0, 2 * self.Timeout))
 
     def initialize_dynamic_attributes(self) -> None:
         for index, name in enumerate(self.Channels, start=1):
@@ -73,7 +78,7 @@ class Scaler(BeamlineDevice):
 
     def _publish(self) -> None:
         with tango.AutoTangoMonitor(self):
-            logic = self.component
+            logic = self.logic
             counts = logic.counts()
             if counts is None:
                 return
@@ -89,12 +94,14 @@ class Scaler(BeamlineDevice):
             self.push("ElapsedTime", logic.elapsed)
 
     def _read_channel(self, attr) -> int:
-        counts = self.value_or_fail(self.comp("read_channel").counts(), attr.get_name())
+        counts = self.value_or_fail(self.need_logic("read_channel").counts(), attr.get_name())
         return counts[attr.get_name()]
 
-    @attribute(
+    PresetTime = component_attribute(
+        "PresetTime",
+        "preset",
+        "set_preset",
         dtype=float,
-        access=AttrWriteType.READ_WRITE,
         memorized=True,
         hw_memorized=True,
         unit="s",
@@ -103,19 +110,15 @@ class Scaler(BeamlineDevice):
         max_value="3600",
         description="Counting time of Start, in seconds. Memorized.",
     )
-    def PresetTime(self) -> float:
-        return self.comp("read_PresetTime").preset
 
-    @PresetTime.write
-    def PresetTime(self, value: float) -> None:
-        self.run("write_PresetTime", self.comp("write_PresetTime").set_preset, value)
-
-    def is_PresetTime_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_PresetTime")
-
-    @attribute(dtype=float, unit="s", format="%8.3f", description="Time counted so far.")
-    def ElapsedTime(self) -> float:
-        return self.comp("read_ElapsedTime").elapsed
+    ElapsedTime = component_attribute(
+        "ElapsedTime",
+        "elapsed",
+        dtype=float,
+        unit="s",
+        format="%8.3f",
+        description="Time counted so far.",
+    )
 
     @attribute(
         dtype=(tango.DevLong64,),
@@ -123,7 +126,7 @@ class Scaler(BeamlineDevice):
         description="Counts of every channel, in the order of the Channels property.",
     )
     def Counts(self):
-        counts = self.value_or_fail(self.comp("read_Counts").counts(), "Counts")
+        counts = self.value_or_fail(self.need_logic("read_Counts").counts(), "Counts")
         return list(counts.values())
 
     @attribute(dtype=(str,), max_dim_x=64, description="The channel names, in hardware order.")

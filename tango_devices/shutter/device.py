@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import tango
 from tango import DevState
-from tango.server import attribute, device_property
+from tango.server import device_property
 
-from tango_devices.common.device_base import BeamlineDevice, component_command, run_server
+from tango_devices.common.device_base import (
+    BeamlineDevice,
+    component_attribute,
+    component_command,
+    run_server,
+)
 from tango_devices.shutter.shutter_logic import ShutterConfig, ShutterLogic
 
 
@@ -41,22 +46,28 @@ class Shutter(BeamlineDevice):
             logic.add_value_listener(self._publish)
             return logic
 
-        self.start_component(make, wait=min(1.0, 2 * self.Timeout))
+        self.start_logic(make, wait=min(1.0, 2 * self.Timeout))
 
     def _publish(self) -> None:
         with tango.AutoTangoMonitor(self):
-            logic = self.component
+            logic = self.logic
             if logic.interlock is not None:
                 self.push("Interlock", logic.interlock)
                 self.push("InterlockReason", logic.interlock_text)
 
-    @attribute(dtype=bool, description="A PLC interlock is active (Open is refused).")
-    def Interlock(self) -> bool:
-        return self.value_or_fail(self.comp("read_Interlock").interlock, "Interlock")
+    Interlock = component_attribute(
+        "Interlock",
+        "interlock",
+        dtype=bool,
+        description="A PLC interlock is active (Open is refused).",
+    )
 
-    @attribute(dtype=str, description="Why the interlock is active (empty when it is not).")
-    def InterlockReason(self) -> str:
-        return self.comp("read_InterlockReason").interlock_text
+    InterlockReason = component_attribute(
+        "InterlockReason",
+        "interlock_text",
+        dtype=str,
+        description="Why the interlock is active (empty when it is not).",
+    )
 
     Open = component_command(
         "Open", "open", "Open the shutter (refused while an interlock is active)."

@@ -18,11 +18,12 @@ import tango
 from tango import DevState
 from tango.server import attribute, command, device_property
 
-from tango_devices.common.device_base import BeamlineDevice, run_server
-from tango_devices.common.statemachine import State, StateMachine, StateTable, from_any
-from tango_devices.supervisor.model import Policy, ServerState
+from tango_devices.common.device_base import BeamlineDevice, run_server, table_checks
+from tango_devices.common.statemachine import State
+from tango_devices.supervisor.model import Policy
 from tango_devices.supervisor.processes import ProcessWatcher
-from tango_devices.supervisor.supervisor_logic import Supervisor as SupervisorLogic
+from tango_devices.supervisor.states import SUPERVISOR_TABLE
+from tango_devices.supervisor.supervisor_logic import SupervisorLogic
 from tango_devices.supervisor.tango_backends import (
     Starter,
     StarterLauncher,
@@ -31,24 +32,6 @@ from tango_devices.supervisor.tango_backends import (
 )
 
 log = logging.getLogger(__name__)
-
-HEALTHY, GAVE_UP, BLIND = "healthy", "gave_up", "blind"
-SUPERVISOR_STATES = (State.INIT, State.ON, State.ALARM, State.FAULT)
-SUPERVISOR_TABLE = StateTable(
-    name="Supervisor",
-    states=SUPERVISOR_STATES,
-    initial=State.INIT,
-    transitions={
-        HEALTHY: from_any(SUPERVISOR_STATES, State.ON),
-        GAVE_UP: from_any(SUPERVISOR_STATES, State.ALARM),
-        BLIND: from_any(SUPERVISOR_STATES, State.FAULT),
-    },
-    commands={
-        "StopServer": {State.ON, State.ALARM},
-        "StartServer": {State.ON, State.ALARM},
-        "RestartServer": {State.ON, State.ALARM},
-    },
-)
 
 SPECTRUM = 256
 
@@ -81,8 +64,6 @@ class Supervisor(BeamlineDevice):
     def init_device(self) -> None:
         BeamlineDevice.init_device(self)
         self.set_state(DevState.INIT)
-        self.machine = StateMachine(SUPERVISOR_TABLE, "Starting: reading the servers of this host")
-        self.init_state_events(self.machine)
         for name in self._published_attributes():
             self.set_change_event(name, True, False)
         self._lock = threading.Lock()
@@ -107,6 +88,7 @@ class Supervisor(BeamlineDevice):
         self.logic = SupervisorLogic(
             self._watcher, self._prober, StarterLauncher(self._starter), policy
         )
+        self.init_state_events(self.logic.machine)
         self.logic.on_change(lambda rec: self._mark_dirty())
         self.logic.on_restart(self._on_restart)
         self.logic.on_expected_change(self._persist_expected)
@@ -133,20 +115,15 @@ class Supervisor(BeamlineDevice):
                 if now >= next_refresh:
                     next_refresh = now + self.RefreshPeriod
                     self._refresh()
-                if self.machine.state is not State.FAULT or self.logic.records:
+                if self.logic.machine.state is not State.FAULT or self.logic.records:
                     with self._lock:
                         self.logic.step()
                         wall = time.time()
                         snapshot = [r.as_dict(wall) for r in self.logic.records.values()]
-                        failed = [
-                            r for r in self.logic.records.values() if r.state is ServerState.FAILED
-                        ]
                         summary = self.logic.summary()
                     self._snapshot = snapshot
                     self._summary = summary
-                    self.machine.fire(
-                        GAVE_UP if failed else HEALTHY, summary or "No server to supervise."
-                    )
+                    self.logic.machine.notify()  # outside our lock: commands take it
                     self._publish()
                 self._watcher.wait(self.StepPeriod)
 
@@ -154,11 +131,11 @@ class Supervisor(BeamlineDevice):
         try:
             specs = host_servers(self._starter, self._own, self.Supervise)
         except tango.DevFailed as exc:
-            self.machine.fire(
-                BLIND,
+            self.logic.blind(
                 f"Cannot read the servers of host {self._host} from {self._starter.device}: "
-                f"{exc.args[0].desc.strip()}. Retrying every {self.RefreshPeriod:g} s.",
+                f"{exc.args[0].desc.strip()}. Retrying every {self.RefreshPeriod:g} s."
             )
+            self.logic.machine.notify()
             return
         with self._lock:
             known = {r.name.lower() for r in self.logic.records.values()}
@@ -340,31 +317,16 @@ class Supervisor(BeamlineDevice):
     def StopServer(self, name: str) -> None:
         self._operator(name, self.logic.stop_server)
 
-    def is_StopServer_allowed(self) -> bool:
-        return self.check_machine("StopServer")
-
     @command(dtype_in=str, doc_in="Start a server (also after a crash loop) and supervise it.")
     def StartServer(self, name: str) -> None:
         self._operator(name, self.logic.start_server)
-
-    def is_StartServer_allowed(self) -> bool:
-        return self.check_machine("StartServer")
 
     @command(dtype_in=str, doc_in="Kill and restart a server now.")
     def RestartServer(self, name: str) -> None:
         self._operator(name, self.logic.restart_server)
 
-    def is_RestartServer_allowed(self) -> bool:
-        return self.check_machine("RestartServer")
-
-    def check_machine(self, what: str) -> bool:
-        if not self.machine.is_allowed(what):
-            tango.Except.throw_exception(
-                "API_CommandNotAllowed",
-                f"{what} is not allowed in state {self.machine.state} ({self.machine.status})",
-                f"Supervisor.{what}",
-            )
-        return True
+    # Every command is allowed where SUPERVISOR_TABLE allows it (is_<command>_allowed).
+    locals().update(table_checks(SUPERVISOR_TABLE))
 
 
 def main(args=None) -> None:

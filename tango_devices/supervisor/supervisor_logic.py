@@ -4,7 +4,9 @@ Everything that touches the world is injected, so the rules are tested with
 fakes and a fake clock: a :class:`ProcessTable` (which server runs as which
 pid), a :class:`Prober` (when did each device last answer a State read), and a
 :class:`Launcher` (start, kill, stack dumps, logs, clean-exit markers).
-:meth:`Supervisor.step` is called several times a second by the device.
+:meth:`SupervisorLogic.step` is called several times a second by the device;
+after each step the supervisor's own state follows :data:`SUPERVISOR_TABLE`
+(ALARM once a crash loop is given up).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from tango_devices.common.statemachine import StateMachine
+from tango_devices.supervisor import states as st
 from tango_devices.supervisor.model import (
     Policy,
     ServerRecord,
@@ -68,7 +72,7 @@ class Launcher(Protocol):
 Listener = Callable[[ServerRecord], None]
 
 
-class Supervisor:
+class SupervisorLogic:
     def __init__(
         self,
         processes: ProcessTable,
@@ -90,6 +94,10 @@ class Supervisor:
         self._expected_changed: list[Callable[[set[str]], None]] = []
         self._since: dict[str, float] = {}  # server -> monotonic time its pid was first seen
         self._kill_deadline: dict[str, float] = {}
+        # fired with notify=False: the caller notifies once its own locks are released
+        self.machine = StateMachine(
+            st.SUPERVISOR_TABLE, "Starting: reading the servers of this host"
+        )
 
     # ------------------------------------------------------------ set-up
     def on_change(self, listener: Listener) -> None:
@@ -143,6 +151,16 @@ class Supervisor:
                 log.exception("supervising %s failed", rec.name)
             if (rec.state, rec.pid, rec.restarts, rec.last_cause) != before:
                 self._notify(self._changed, rec)
+        failed = any(r.state is S.FAILED for r in self.records.values())
+        self.machine.fire(
+            st.GAVE_UP if failed else st.HEALTHY,
+            self.summary() or "No server to supervise.",
+            notify=False,
+        )
+
+    def blind(self, text: str) -> None:
+        """The servers of the host cannot be read (FAULT, with ``text``)."""
+        self.machine.fire(st.BLIND, text, notify=False)
 
     def _step_one(self, rec: ServerRecord, pid: int | None, now: float, wall: float) -> None:
         if rec.state in (S.STOPPED, S.FAILED, S.NOT_STARTED) and pid is None:

@@ -57,11 +57,11 @@ class VacuumGauge(_EpicsDevice):
             logic.add_value_listener(self._publish)
             return logic
 
-        self.start_component(make, wait=self.Timeout + 0.5)
+        self.start_logic(make, wait=self.Timeout + 0.5)
 
     def _publish(self) -> None:
         with tango.AutoTangoMonitor(self):
-            logic = self.component
+            logic = self.logic
             if logic.pressure is None:
                 return
             if logic.link_ok:
@@ -80,7 +80,7 @@ class VacuumGauge(_EpicsDevice):
         description="Pressure at the gauge. The device goes to ALARM above max_alarm.",
     )
     def Pressure(self):
-        logic = self.comp("read_Pressure")
+        logic = self.need_logic("read_Pressure")
         value = self.value_or_fail(logic.pressure, "Pressure")
         if not logic.link_ok:
             return value, time.time(), tango.AttrQuality.ATTR_INVALID
@@ -96,7 +96,7 @@ class Valve(_EpicsDevice):
         super().init_device()
         self.set_state(DevState.INIT)
         config = self.epics_config(self.PollPeriod)
-        self.start_component(
+        self.start_logic(
             lambda: ValveLogic(config, thread_context=tango.EnsureOmniThread),
             wait=self.Timeout + 0.5,
         )

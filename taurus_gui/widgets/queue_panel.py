@@ -28,6 +28,22 @@ OUTCOME_COLOURS = {
     "aborted": "#ffffc0",
 }
 HISTORY_LIMIT = 200
+#: the queue command behind each button: the button is enabled exactly where
+#: the queue's own table (its CommandStates) allows that command
+BUTTON_COMMANDS = {
+    "start": "Start",
+    "stop": "Stop",
+    "stop_cancel": "StopCancel",
+    "pause": "Pause",
+    "pause_deferred": "Pause",
+    "resume": "Resume",
+    "abort": "AbortMacro",
+    "add": "Add",
+    "remove": "Remove",
+    "up": "Move",
+    "down": "Move",
+    "clear": "Clear",
+}
 
 
 def _table(columns) -> Qt.QTableWidget:
@@ -49,6 +65,8 @@ class QueuePanel(Qt.QWidget):
         self.rows: list[dict[str, str]] = []
         self.runner: CommandRunner | None = None
         self.watcher: AttrWatcher | None = None
+        self.table: dict[str, frozenset[str]] = {}  # the queue's CommandStates
+        self.queue_state: str | None = None
 
         layout = Qt.QVBoxLayout(self)
         top = Qt.QHBoxLayout()
@@ -80,6 +98,7 @@ class QueuePanel(Qt.QWidget):
         # run control
         controls = Qt.QHBoxLayout()
         self.buttons: dict[str, Qt.QPushButton] = {}
+        self.tips: dict[str, str] = {}
         for key, text, tip in (
             ("start", "Start", "run the queue"),
             ("stop", "Stop", "stop after the current item"),
@@ -92,6 +111,7 @@ class QueuePanel(Qt.QWidget):
             button = Qt.QPushButton(text)
             button.setObjectName(f"queue_{key}")
             button.setToolTip(tip)
+            self.tips[key] = tip
             controls.addWidget(button)
             self.buttons[key] = button
         controls.addStretch(1)
@@ -159,7 +179,15 @@ class QueuePanel(Qt.QWidget):
         connect_panel(
             self,
             model_name,
-            ["QueueState", "QueueLength", "RunningItem", "BlockedBy", "LastError", "Items"],
+            [
+                "QueueState",
+                "QueueLength",
+                "RunningItem",
+                "BlockedBy",
+                "LastError",
+                "Items",
+                "CommandStates",
+            ],
         )
         self.refresh_history()
 
@@ -170,6 +198,13 @@ class QueuePanel(Qt.QWidget):
         if name == "QueueState":
             self.state.setText(f"state: {value}")
             self._enable(str(value))
+        elif name == "CommandStates":
+            try:
+                self.table = model.parse_command_states(str(value))
+            except ValueError as exc:
+                self.message.error(f"CommandStates: {exc}")
+                self.table = {}
+            self._enable(self.queue_state)
         elif name == "QueueLength":
             self.length.setText(f"{value} queued")
         elif name == "RunningItem":
@@ -188,22 +223,23 @@ class QueuePanel(Qt.QWidget):
     def _on_failed(self, name: str, text: str) -> None:
         if name == "QueueState":
             self.state.setText(f"state: queue not answering ({text})")
-            self._enable("")
+            self._enable(None)
 
-    def _enable(self, state: str) -> None:
-        """Run-control buttons that make sense in the queue's state (the
-        queue still decides: a refusal shows its reason)."""
-        answering = bool(state)
-        allowed = {
-            "idle": {"start"},
-            "running": {"stop", "pause", "pause_deferred", "abort"},
-            "stopping": {"stop_cancel", "pause", "abort"},
-            "paused": {"resume", "stop", "abort"},
-        }.get(state, set())
-        for key in ("start", "stop", "stop_cancel", "pause", "pause_deferred", "resume", "abort"):
-            self.buttons[key].setEnabled(key in allowed)
-        for key in ("add", "remove", "up", "down", "clear"):
-            self.buttons[key].setEnabled(answering)
+    def _enable(self, state: str | None) -> None:
+        """Each button enabled where the queue's table allows its command in
+        the queue's state (``QueueState``); nothing while the queue does not
+        answer or its table is not known yet."""
+        self.queue_state = state
+        for key, command in BUTTON_COMMANDS.items():
+            button = self.buttons[key]
+            enabled = bool(self.table) and model.command_enabled(command, state, self.table)
+            button.setEnabled(enabled)
+            tip = self.tips.get(key, "")
+            allowed = self.table.get(command)
+            if allowed is not None and not enabled:
+                where = f"{command} is allowed in: {', '.join(sorted(allowed)).lower()}"
+                tip = f"{tip} ({where})" if tip else where
+            button.setToolTip(tip)
 
     def _fill(self, rows: list[dict[str, str]]) -> None:
         selected = self.selected_uids()

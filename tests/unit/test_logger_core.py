@@ -13,7 +13,7 @@ import pytest
 
 from tango_devices.common.statemachine import State, StateMachine
 from tango_devices.logger import states
-from tango_devices.logger.logger_logic import CoreConfig, LoggerCore
+from tango_devices.logger.logger_logic import LoggerConfig, LoggerLogic
 from tango_devices.logger.model import VALID, WARNING, AttrMeta
 from tango_devices.logger.store import ArchiveWriter, StoreError, WriterPolicy, list_files
 
@@ -42,9 +42,9 @@ def decode(ev: Ev):
 def core(tmp_path):
     made = []
 
-    def make(**config) -> LoggerCore:
+    def make(**config) -> LoggerLogic:
         writer = ArchiveWriter(tmp_path, WriterPolicy(schema_delay=0.0))
-        c = LoggerCore(writer, decode, CoreConfig(**config))
+        c = LoggerLogic(writer, decode, LoggerConfig(**config))
         made.append(c)
         return c
 
@@ -53,7 +53,7 @@ def core(tmp_path):
         c.stop()
 
 
-def started(c: LoggerCore) -> LoggerCore:
+def started(c: LoggerLogic) -> LoggerLogic:
     c.writer.open()
     c.machine.fire(states.ARCHIVING, "test")
     for meta in (POS, STATUS):
@@ -61,7 +61,7 @@ def started(c: LoggerCore) -> LoggerCore:
     return c
 
 
-def history(c: LoggerCore, name: str = f"{DEV}/Position"):
+def history(c: LoggerLogic, name: str = f"{DEV}/Position"):
     return c.reader.history(name, 0, 1e12, 0)
 
 
@@ -162,7 +162,7 @@ def test_a_failing_store_gives_fault_and_the_next_cycle_recovers(core, monkeypat
 def test_start_on_an_unusable_directory_is_a_fault_with_the_reason(tmp_path):
     blocker = tmp_path / "archive"
     blocker.write_text("a file where the directory should be")
-    c = LoggerCore(ArchiveWriter(blocker), decode)
+    c = LoggerLogic(ArchiveWriter(blocker), decode)
     with pytest.raises(StoreError):
         c.start()
     assert c.machine.state is State.FAULT

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tango_devices.queue.queue_logic import QueueEngine, QueueError
+from tango_devices.queue.queue_logic import QueueError, QueueLogic
 from tango_devices.queue.store import Item, QueueStore
 from tests.helpers import wait_until
 
@@ -140,16 +140,16 @@ class Rig:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.engines: list[QueueEngine] = []
+        self.logics: list[QueueLogic] = []
         self.doors: list[FakeDoor] = []
         self.blocked_seen: list[str] = []
 
-    def engine(
+    def logic(
         self, door: FakeDoor | None = None, health: FakeHealth | None = None, start: bool = True
-    ) -> QueueEngine:
+    ) -> QueueLogic:
         store = QueueStore(self.path)
         door = door or FakeDoor()
-        eng = QueueEngine(
+        eng = QueueLogic(
             store,
             FakeMacros(),
             door,
@@ -158,7 +158,7 @@ class Rig:
             hold_period=0.01,
         )
         eng.on_change = lambda: self.blocked_seen.append(eng.blocked_by)
-        self.engines.append(eng)
+        self.logics.append(eng)
         self.doors.append(door)
         if start:
             eng.open()
@@ -171,7 +171,7 @@ class Rig:
             for run in door.runs:
                 if not run.done.is_set():
                     run.end("abort")
-        for eng in self.engines:
+        for eng in self.logics:
             eng._resumed.set()
             eng.close()
             eng.store.close()
@@ -184,7 +184,7 @@ def rig(tmp_path):
     r.close()
 
 
-def uids(eng: QueueEngine) -> list[str]:
+def uids(eng: QueueLogic) -> list[str]:
     return [i.uid for i in eng.store.items]
 
 
@@ -196,7 +196,7 @@ def on_disk(path: Path) -> list[dict]:
         s.close()
 
 
-def history(eng: QueueEngine) -> list:
+def history(eng: QueueLogic) -> list:
     return eng.store.history()
 
 
@@ -210,7 +210,7 @@ def wait_run(door: FakeDoor, n: int, what: str = "") -> FakeRun:
     return door.runs[n - 1]
 
 
-def wait_history(eng: QueueEngine, n: int) -> list:
+def wait_history(eng: QueueLogic, n: int) -> list:
     wait_until(
         lambda: len(history(eng)) >= n,
         5,
@@ -241,7 +241,7 @@ def wait_history(eng: QueueEngine, n: int) -> list:
     ],
 )
 def test_a_rejected_item_says_what_is_wrong_and_changes_nothing(rig, spec, words):
-    eng = rig.engine()
+    eng = rig.logic()
     first = eng.add(ct())
     before = on_disk(rig.path)
     with pytest.raises(QueueError) as info:
@@ -252,7 +252,7 @@ def test_a_rejected_item_says_what_is_wrong_and_changes_nothing(rig, spec, words
 
 
 def test_a_batch_with_one_bad_item_names_it_and_adds_nothing(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     eng.add(ct())
     before = on_disk(rig.path)
     batch = [ct(0.1), ct(0.2), {"macro": "mv", "args": ["sample_x", "far"]}, ct(0.3)]
@@ -265,7 +265,7 @@ def test_a_batch_with_one_bad_item_names_it_and_adds_nothing(rig):
 
 
 def test_a_batch_with_a_uid_already_queued_or_twice_adds_nothing(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     a = eng.add(ct())
     before = on_disk(rig.path)
     with pytest.raises(ValueError, match="duplicate"):
@@ -276,7 +276,7 @@ def test_a_batch_with_a_uid_already_queued_or_twice_adds_nothing(rig):
 
 
 def test_a_valid_item_with_a_bad_position_adds_nothing(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     eng.add(ct())
     for position in ("middle", {"before": "nope"}, {"beside": eng.store.items[0].uid}, 5, -3, True):
         with pytest.raises(QueueError):
@@ -285,7 +285,7 @@ def test_a_valid_item_with_a_bad_position_adds_nothing(rig):
 
 
 def test_arguments_are_validated_and_stored_as_text(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     item = eng.add({"macro": "mv", "args": ["sample_x", 1.5], "repeat": 2, "meta": {"k": 1}})
     assert eng.macros.validated[-1] == ("mv", ["sample_x", "1.5"])
     (stored,) = on_disk(rig.path)
@@ -294,7 +294,7 @@ def test_arguments_are_validated_and_stored_as_text(rig):
 
 
 def test_update_validates_the_merged_item_and_keeps_its_place(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     a, b, c = (eng.add(ct(t)) for t in (0.1, 0.2, 0.3))
     with pytest.raises(QueueError, match=f"item {b.uid}: ct: 'slow' is not float"):
         eng.update(b.uid, {"args": ["slow"]})
@@ -307,7 +307,7 @@ def test_update_validates_the_merged_item_and_keeps_its_place(rig):
 
 
 def test_remove_of_one_missing_uid_removes_nothing(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     a, b = eng.add(ct()), eng.add(ct())
     with pytest.raises(QueueError, match="nothing was removed"):
         eng.remove([a.uid, "nope"])
@@ -315,9 +315,57 @@ def test_remove_of_one_missing_uid_removes_nothing(rig):
     assert [i.uid for i in eng.remove([b.uid])] == [b.uid] and uids(eng) == [a.uid]
 
 
+def test_duplicate_of_a_queued_item_goes_right_after_it_under_a_new_uid(rig):
+    eng = rig.logic()
+    a = eng.add({"macro": "mv", "args": ["sample_x", 1.5], "repeat": 3, "meta": {"k": 1}})
+    b = eng.add(ct())
+    copy = eng.duplicate(a.uid)
+    assert copy.uid not in (a.uid, b.uid)
+    assert uids(eng) == [a.uid, copy.uid, b.uid]
+    stored = on_disk(rig.path)[1]
+    assert (stored["macro"], stored["args"], stored["repeat"], stored["meta"]) == (
+        "mv",
+        ["sample_x", "1.5"],
+        3,
+        {"k": 1},
+    )
+    front = eng.duplicate(b.uid, "front")
+    assert uids(eng) == [front.uid, a.uid, copy.uid, b.uid]
+
+
+def test_duplicate_of_a_running_or_finished_item_goes_to_the_back(rig):
+    door = FakeDoor()
+    eng = rig.logic(door)
+    a, b = eng.add(ct(0.1)), eng.add(ct(0.2))
+    eng.start()
+    run = wait_run(door, 1)
+    copy = eng.duplicate(a.uid)  # a runs now
+    assert uids(eng) == [b.uid, copy.uid]
+    run.end()
+    wait_run(door, 2).end()
+    wait_history(eng, 2)
+    again = eng.duplicate(a.uid)  # from the history
+    assert uids(eng)[-1] == again.uid and on_disk(rig.path)[-1]["args"] == ["0.1"]
+
+
+def test_duplicate_of_an_unknown_or_no_longer_valid_item_changes_nothing(rig):
+    eng = rig.logic()
+    a = eng.add(ct())
+    before = on_disk(rig.path)
+    with pytest.raises(QueueError, match="no item with uid 'nope' in the queue or its history"):
+        eng.duplicate("nope")
+    with pytest.raises(QueueError, match="position"):
+        eng.duplicate(a.uid, "middle")
+    # the macro is gone from the MacroServer since the item was queued
+    eng.macros.SIGNATURES = {k: v for k, v in FakeMacros.SIGNATURES.items() if k != "ct"}
+    with pytest.raises(QueueError, match=f"copy of {a.uid}: no macro 'ct'"):
+        eng.duplicate(a.uid)
+    assert on_disk(rig.path) == before
+
+
 # --------------------------------------------------------------- positions
 def test_add_at_the_back_front_an_index_and_before_or_after_an_item(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     a = eng.add(ct())  # back by default
     b = eng.add(ct(), "back")
     c = eng.add(ct(), "front")
@@ -333,7 +381,7 @@ def test_add_at_the_back_front_an_index_and_before_or_after_an_item(rig):
 
 
 def test_move_to_the_front_the_back_and_before_or_after_an_item(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     a, b, c, d = (eng.add(ct()) for _ in range(4))
     eng.move(d.uid, "front")
     assert uids(eng) == [d.uid, a.uid, b.uid, c.uid]
@@ -357,7 +405,7 @@ def test_move_to_the_front_the_back_and_before_or_after_an_item(rig):
 # ------------------------------------------------------------- running
 def test_items_run_in_order_with_their_repetitions_then_the_queue_is_idle(rig):
     door = FakeDoor(auto=True)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a = eng.add(ct(0.1, repeat=3))
     b = eng.add({"macro": "mv", "args": ["sample_x", 2]})
     eng.start()
@@ -375,7 +423,7 @@ def test_items_run_in_order_with_their_repetitions_then_the_queue_is_idle(rig):
 
 def test_an_empty_queue_started_goes_idle_and_runs_what_is_added_after_a_new_start(rig):
     door = FakeDoor(auto=True)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     eng.start()
     wait_until(lambda: eng.state == "idle", 5, "idle")
     a = eng.add(ct())
@@ -385,7 +433,7 @@ def test_an_empty_queue_started_goes_idle_and_runs_what_is_added_after_a_new_sta
 
 def test_the_running_item_is_shown_with_its_repetition(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a = eng.add(ct(0.1, repeat=2))
     eng.start()
     wait_run(door, 1).end()
@@ -397,7 +445,7 @@ def test_the_running_item_is_shown_with_its_repetition(rig):
 
 def test_a_failed_macro_is_recorded_and_the_queue_goes_on(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a = eng.add(ct(0.1, repeat=3))
     b = eng.add(ct(0.2))
     eng.start()
@@ -412,7 +460,7 @@ def test_a_failed_macro_is_recorded_and_the_queue_goes_on(rig):
 @pytest.mark.parametrize("outcome,recorded", [("stop", "stopped"), ("abort", "aborted")])
 def test_a_stopped_or_aborted_macro_stops_the_queue(rig, outcome, recorded):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a = eng.add(ct())
     b = eng.add(ct())
     eng.start()
@@ -425,7 +473,7 @@ def test_a_stopped_or_aborted_macro_stops_the_queue(rig, outcome, recorded):
 
 def test_a_lost_door_stops_the_queue_with_the_item_recorded_as_lost(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a = eng.add(ct())
     eng.add(ct())
     eng.start()
@@ -439,7 +487,7 @@ def test_a_lost_door_stops_the_queue_with_the_item_recorded_as_lost(rig):
 def test_a_macro_the_door_refuses_fails_its_item_and_the_next_one_runs(rig):
     door = FakeDoor(auto=True)
     door.refusals = ["the Door runs another macro"]
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a = eng.add(ct())
     b = eng.add(ct())
     eng.start()
@@ -452,7 +500,7 @@ def test_a_macro_the_door_refuses_fails_its_item_and_the_next_one_runs(rig):
 # ------------------------------------------------------- stop and pause
 def test_stop_ends_the_queue_after_the_current_item_with_all_its_repetitions(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a = eng.add(ct(0.1, repeat=2))
     b = eng.add(ct(0.2))
     eng.start()
@@ -472,7 +520,7 @@ def test_stop_ends_the_queue_after_the_current_item_with_all_its_repetitions(rig
 
 def test_stop_cancel_lets_the_queue_go_on(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     with pytest.raises(QueueError, match="no stop is pending"):
         eng.stop_cancel()
     a, b = eng.add(ct()), eng.add(ct())
@@ -490,7 +538,7 @@ def test_stop_of_an_idle_queue_and_start_again(rig):
     door = FakeDoor(auto=True)
     health = FakeHealth()
     health.active = ["vacuum"]
-    eng = rig.engine(door, health)
+    eng = rig.logic(door, health)
     eng.add(ct())
     eng.start()
     wait_until(lambda: "vacuum" in eng.blocked_by, 5, "held by the interlock")
@@ -504,7 +552,7 @@ def test_stop_of_an_idle_queue_and_start_again(rig):
 
 def test_deferred_pause_pauses_after_the_current_item(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a, b = eng.add(ct()), eng.add(ct())
     with pytest.raises(QueueError, match="nothing to pause"):
         eng.pause(deferred=True)
@@ -523,7 +571,7 @@ def test_deferred_pause_pauses_after_the_current_item(rig):
 
 def test_immediate_pause_pauses_the_macro_and_no_repetition_starts_until_resume(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     eng.add(ct(0.1, repeat=2))
     eng.start()
     first = wait_run(door, 1)
@@ -544,7 +592,7 @@ def test_immediate_pause_pauses_the_macro_and_no_repetition_starts_until_resume(
 
 
 def test_resume_of_a_queue_that_is_not_paused_is_refused(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     with pytest.raises(QueueError, match="not paused"):
         eng.resume()
     with pytest.raises(QueueError, match="nothing to pause"):
@@ -553,7 +601,7 @@ def test_resume_of_a_queue_that_is_not_paused_is_refused(rig):
 
 def test_start_of_a_paused_queue_is_refused(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     eng.add(ct())
     eng.start()
     wait_run(door, 1)
@@ -566,7 +614,7 @@ def test_start_of_a_paused_queue_is_refused(rig):
 def test_stop_of_the_running_macro_escalates_to_abort_and_stops_the_queue(rig):
     door = FakeDoor()
     door.deaf_to = {"stop"}
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     a, b = eng.add(ct()), eng.add(ct())
     eng.start()
     wait_run(door, 1)
@@ -580,7 +628,7 @@ def test_stop_of_the_running_macro_escalates_to_abort_and_stops_the_queue(rig):
 def test_a_macro_that_ignores_everything_is_reported(rig):
     door = FakeDoor()
     door.deaf_to = {"abort", "release"}
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     eng.add(ct())
     eng.start()
     wait_run(door, 1)
@@ -589,7 +637,7 @@ def test_a_macro_that_ignores_everything_is_reported(rig):
 
 
 def test_macro_actions_need_a_running_macro_and_a_known_action(rig):
-    eng = rig.engine()
+    eng = rig.logic()
     with pytest.raises(QueueError, match="no macro is running"):
         eng.macro_action("abort")
     with pytest.raises(QueueError, match="unknown action"):
@@ -600,7 +648,7 @@ def test_macro_actions_need_a_running_macro_and_a_known_action(rig):
 def test_an_interlock_drops_the_remaining_repetitions_and_holds_the_queue(rig):
     door = FakeDoor()
     health = FakeHealth()
-    eng = rig.engine(door, health)
+    eng = rig.logic(door, health)
     a = eng.add(ct(0.1, repeat=3))
     b = eng.add(ct(0.2))
     eng.start()
@@ -624,7 +672,7 @@ def test_an_interlock_active_before_start_holds_every_item(rig):
     door = FakeDoor(auto=True)
     health = FakeHealth()
     health.active = ["front-end shutter interlock", "vacuum"]
-    eng = rig.engine(door, health)
+    eng = rig.logic(door, health)
     eng.add(ct())
     eng.start()
     wait_until(lambda: eng.blocked_by, 5, "BlockedBy")
@@ -639,7 +687,7 @@ def test_an_item_whose_device_is_down_fails_or_waits_by_policy(rig):
     door = FakeDoor(auto=True)
     health = FakeHealth()
     health.dead = {"sample_y"}
-    eng = rig.engine(door, health)
+    eng = rig.logic(door, health)
     failing = eng.add({"macro": "mv", "args": ["sample_y", 1], "meta": {"on_device_down": "fail"}})
     waiting = eng.add({"macro": "mv", "args": ["sample_y", 2]})  # wait is the default
     other = eng.add({"macro": "mv", "args": ["sample_x", 3]})
@@ -660,7 +708,7 @@ def test_a_down_door_holds_every_item(rig):
     door = FakeDoor(auto=True)
     health = FakeHealth()
     health.dead = {DOOR}
-    eng = rig.engine(door, health)
+    eng = rig.logic(door, health)
     eng.add(ct())
     eng.start()
     wait_until(lambda: DOOR in eng.blocked_by, 5, "BlockedBy naming the Door")
@@ -688,7 +736,7 @@ def crashed_mid_item(path: Path, door_started: bool, rep: int = 0, repeat: int =
 def test_reconcile_an_item_whose_macro_never_started_puts_it_back_at_the_front(rig):
     crashed_mid_item(rig.path, door_started=False)
     door = FakeDoor(auto=True)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     assert uids(eng) == ["cur", "next"] and eng.store.get_meta("current") is None
     assert history(eng) == [] and door.calls == []  # no need to ask the Door
     eng.start()
@@ -700,7 +748,7 @@ def test_reconcile_of_an_item_the_door_finished_records_it_and_the_queue_goes_on
     crashed_mid_item(rig.path, door_started=True, running=True)
     door = FakeDoor(auto=True)
     door.verdict = SimpleNamespace(outcome="finish", error_text="", run=None)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     assert door.calls == ["reconcile ct"]
     first = history(eng)[0]
     assert (first.uid, first.outcome, first.repetitions_done) == ("cur", "finished", 1)
@@ -721,7 +769,7 @@ def test_reconcile_of_an_item_that_did_not_finish_records_it_and_holds_the_queue
     crashed_mid_item(rig.path, door_started=True, running=True)
     door = FakeDoor(auto=True)
     door.verdict = SimpleNamespace(outcome=verdict, error_text="", run=None)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     (h,) = history(eng)
     assert (h.uid, h.outcome, h.repetitions_done) == ("cur", outcome, 0)
     assert "reconciled" in h.error and f"cur (ct 0.5): {outcome}" in eng.last_error
@@ -735,7 +783,7 @@ def test_reconcile_an_item_the_door_knows_nothing_of_records_its_outcome_as_unkn
     crashed_mid_item(rig.path, door_started=True)
     door = FakeDoor(auto=True)
     door.verdict = SimpleNamespace(outcome="unknown", error_text="the Door has no record", run=None)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     (h,) = history(eng)
     assert (h.uid, h.outcome) == ("cur", "unknown") and "the Door has no record" in h.error
     assert uids(eng) == ["next"] and door.runs == []
@@ -748,7 +796,7 @@ def test_reconcile_of_a_repeated_item_counts_what_ran_and_runs_no_more(rig):
     crashed_mid_item(rig.path, door_started=True, rep=1, repeat=3)
     door = FakeDoor(auto=True)
     door.verdict = SimpleNamespace(outcome="finish", error_text="", run=None)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     (h,) = history(eng)
     assert (h.outcome, h.repetitions_done) == ("finished", 2)
     assert "1 repetition(s) not run" in h.error
@@ -759,7 +807,7 @@ def test_reconcile_keeps_watching_a_macro_the_door_still_runs(rig):
     door = FakeDoor(auto=True)
     still = FakeRun(["ct", "0.5"])
     door.verdict = SimpleNamespace(outcome="running", error_text="", run=still)
-    eng = rig.engine(door, start=False)
+    eng = rig.logic(door, start=False)
     opener = threading.Thread(target=eng.open, daemon=True)
     opener.start()
     wait_until(lambda: door.calls == ["reconcile ct"], 5, "the Door asked")
@@ -775,12 +823,12 @@ def test_a_reconciled_item_is_never_reconciled_twice(rig):
     crashed_mid_item(rig.path, door_started=True)
     door = FakeDoor(auto=True)
     door.verdict = SimpleNamespace(outcome="finish", error_text="", run=None)
-    first = rig.engine(door)
+    first = rig.logic(door)
     first.close()
     first.store.close()
-    rig.engines.remove(first)
+    rig.logics.remove(first)
     second_door = FakeDoor(auto=True)
-    again = rig.engine(second_door)
+    again = rig.logic(second_door)
     assert second_door.calls == [] and len(history(again)) == 1
 
 
@@ -796,7 +844,7 @@ def test_killed_between_runmacro_and_its_record_the_item_is_not_run_twice(rig, t
     door = FakeDoor(auto=True)
     crash = tmp_path / "at-crash.sqlite"
     door.on_start = lambda run: crash.exists() or _snapshot(rig.path, crash)
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     eng.add(ct(0.5))
     eng.start()
     wait_history(eng, 1)
@@ -805,7 +853,7 @@ def test_killed_between_runmacro_and_its_record_the_item_is_not_run_twice(rig, t
     try:
         door2 = FakeDoor(auto=True)
         door2.verdict = SimpleNamespace(outcome="finish", error_text="", run=None)
-        eng2 = after.engine(door2)
+        eng2 = after.logic(door2)
         wait_until(lambda: eng2.state == "idle" and not eng2.store.items, 5, "idle")
         assert door2.runs == [], "the item ran a second time"
     finally:
@@ -817,14 +865,14 @@ def test_killed_while_putting_a_never_started_item_back_the_next_start_works(rig
     s = QueueStore(rig.path)
     s.insert([Item(**s.get_meta("current")["item"])], 0)  # the first of the two steps
     s.close()
-    eng = rig.engine(FakeDoor(auto=True))
+    eng = rig.logic(FakeDoor(auto=True))
     assert uids(eng) == ["cur", "next"]
 
 
 def test_a_paused_queue_is_still_paused_after_a_restart(rig):
     health = FakeHealth()
     health.dead = {"sample_y"}
-    eng = rig.engine(FakeDoor(auto=True), health)
+    eng = rig.logic(FakeDoor(auto=True), health)
     eng.add({"macro": "mv", "args": ["sample_y", 1]})
     eng.start()
     wait_until(lambda: "sample_y" in eng.blocked_by, 5, "waiting for sample_y")
@@ -832,14 +880,14 @@ def test_a_paused_queue_is_still_paused_after_a_restart(rig):
     assert eng.state == "paused"
     eng.close()
     eng.store.close()
-    rig.engines.remove(eng)
-    again = rig.engine(FakeDoor(auto=True), FakeHealth())
+    rig.logics.remove(eng)
+    again = rig.logic(FakeDoor(auto=True), FakeHealth())
     assert again.state == "paused"
 
 
 def test_a_paused_queue_told_to_stop_can_still_be_resumed(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     eng.add(ct(0.1, repeat=2))
     eng.start()
     wait_run(door, 1)
@@ -851,7 +899,7 @@ def test_a_paused_queue_told_to_stop_can_still_be_resumed(rig):
 
 def test_abort_while_paused_between_repetitions_starts_nothing_more(rig):
     door = FakeDoor()
-    eng = rig.engine(door)
+    eng = rig.logic(door)
     eng.add(ct(0.1, repeat=3))
     eng.start()
     first = wait_run(door, 1)
@@ -870,7 +918,7 @@ def test_open_returns_while_the_door_still_runs_the_reconciled_macro(rig):
     door = FakeDoor(auto=True)
     still = FakeRun(["ct", "0.5"])
     door.verdict = SimpleNamespace(outcome="running", error_text="", run=still)
-    eng = rig.engine(door, start=False)
+    eng = rig.logic(door, start=False)
     opener = threading.Thread(target=eng.open, daemon=True)
     opener.start()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tango_devices.supervisor.model import Policy, ServerSpec, ServerState, cause_from_log
-from tango_devices.supervisor.supervisor_logic import Supervisor
+from tango_devices.supervisor.supervisor_logic import SupervisorLogic
 
 S = ServerState
 MOTOR = ServerSpec("Motor/sample_x", ("bl01/mot/sample_x",))
@@ -90,7 +90,7 @@ def world():
 
 
 def make(world, specs=(MOTOR, GAUGE), expected=(), policy=None):
-    sup = Supervisor(
+    sup = SupervisorLogic(
         world, world, world, policy or Policy(), clock=lambda: world.now, wall=lambda: world.now
     )
     sup.set_servers(specs, expected)
