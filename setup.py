@@ -5,19 +5,21 @@ name (``Motor``), because the Tango Starter recognises a server's process by
 the executable name in its command line.
 """
 
+import importlib.util
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-TANGO_SERVERS = {
-    "Motor": "tango_devices.motor.device:main",
-    "Shutter": "tango_devices.shutter.device:main",
-    "Scaler": "tango_devices.scaler.device:main",
-    "Detector": "tango_devices.detector.device:main",
-    "VacuumGauge": "tango_devices.vacuum.device:gauge_main",
-    "Valve": "tango_devices.vacuum.device:valve_main",
-    "Supervisor": "tango_devices.supervisor.device:main",
-    "DataLogger": "tango_devices.logger.device:main",
-    "ExperimentQueue": "tango_devices.queue.device:main",
-}
+
+def _servers() -> dict[str, tuple[str, str]]:
+    """The server list of tango_devices/registry.py (the one place it is kept),
+    read without importing the package or its dependencies."""
+    path = Path(__file__).resolve().parent / "tango_devices" / "registry.py"
+    spec = importlib.util.spec_from_file_location("_beamline_registry", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SERVERS
+
 
 setup(
     name="beamline-suite",
@@ -61,7 +63,7 @@ setup(
         "console_scripts": [
             "beamline=beamline.cli:main",
             "beamline-sim=tango_devices.simulators.__main__:main",
-            *(f"{name}={target}" for name, target in TANGO_SERVERS.items()),
+            *(f"{name}={entry}" for name, (_cls, entry) in _servers().items()),
         ],
     },
 )

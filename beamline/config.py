@@ -26,29 +26,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from beamline import sardana_yaml
+from beamline.problems import ConfigError, Problem, key_path
+
 LOCAL_HOST = "@local"
 SARDANA_EXECUTABLES = ("sardana", "pool", "macroserver")  # lower case
 MAX_LEVEL = 5  # the Starter's default NbStartupLevels
 DEVICE_NAME = re.compile(r"^[\w.@-]+/[\w.@-]+/[\w.@-]+$")
-
-
-class ConfigError(Exception):
-    """One or more problems in the configuration files."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}: {self.key}" if self.key else self.file
-        return f"{where}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -186,10 +170,6 @@ def _dsconfig_schema() -> dict:
         return json.load(f)
 
 
-def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
-
-
 def default_run_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "var"
 
@@ -230,7 +210,7 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
             continue
         data = expand_config(data)
         for err in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
-            problems.append(Problem(rel, _key(err.absolute_path), _schema_message(err)))
+            problems.append(Problem(rel, key_path(err.absolute_path), _schema_message(err)))
         _merge_servers(data, rel, merged, server_files, devices, problems)
         for cls, cdata in data.get("classes", {}).items():
             if cls in merged["classes"]:
@@ -321,8 +301,6 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
 
 
 def _load_sardana(root, run_dir, merged, server_files, devices, problems) -> list[Any]:
-    from beamline import sardana_yaml
-
     sardana_dir = root / sardana_yaml.SARDANA_DIR
     files = sorted(sardana_dir.glob("*.yaml")) if sardana_dir.is_dir() else []
     environments = []

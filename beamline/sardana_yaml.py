@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from beamline.problems import Problem, key_path
+
 SARDANA_DIR = "sardana"
 
 
@@ -51,14 +53,8 @@ def project_dir() -> Path:
     return Path(sardana_macros.__file__).resolve().parent.parent
 
 
-def _path_key(path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
-
-
 def load_file(path: Path, rel: str, run_dir: Path, problems: list) -> SardanaDoc | None:
     """Parse, substitute, validate and convert one YAML file; problems are appended."""
-    from beamline.config import Problem
-
     try:
         text = path.read_text()
     except OSError as exc:
@@ -98,11 +94,11 @@ def load_file(path: Path, rel: str, run_dir: Path, problems: list) -> SardanaDoc
         Configuration(**doc)
     except pydantic.ValidationError as exc:
         for e in exc.errors():
-            problems.append(Problem(rel, _path_key(e.get("loc", ())), e.get("msg", str(e))))
+            problems.append(Problem(rel, key_path(e.get("loc", ())), e.get("msg", str(e))))
         return None
     errors = list(check_config(doc, False))
     for where, message in errors:
-        problems.append(Problem(rel, _path_key(where), str(message)))
+        problems.append(Problem(rel, key_path(where), str(message)))
     if errors:
         return None
 
