@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BeamlineRun
+from tests.helpers import running_beamline
 
 
 def _conflicting_processes() -> list[str]:
@@ -48,18 +48,8 @@ def _isolation_guard(request):
 @pytest.fixture(scope="module")
 def beamline(tmp_path_factory):
     """The demo beamline, up for one test module; torn down and checked at its end."""
-    run = BeamlineRun(tmp_path_factory.mktemp("beamline"))
-    try:
-        run.up()
-    except Exception:
-        run.cli("down", check=False)
-        raise
-    os.environ["TANGO_HOST"] = run.tango_host
-    yield run
-    os.environ.pop("TANGO_HOST", None)
-    run.down()
-    left = run.processes()
-    assert left == [], f"processes left after beamline down: {left}"
+    with running_beamline(tmp_path_factory.mktemp("beamline")) as run:
+        yield run
 
 
 @pytest.fixture

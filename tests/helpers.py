@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ class BeamlineRun:
             )
         return proc
 
-    def up(self, *extra: str) -> dict:
+    def up(self, *extra: str, env: dict | None = None) -> dict:
         proc = self.cli(
             "up",
             "--port",
@@ -103,6 +104,7 @@ class BeamlineRun:
             "--sim-auto-ports",
             "--json",
             *extra,
+            env=env,
         )
         return json.loads(proc.stdout)
 
@@ -143,3 +145,30 @@ class BeamlineRun:
         from beamline import procs
 
         return procs.find_processes(self.run_dir)
+
+
+@contextlib.contextmanager
+def running_beamline(run_dir: Path, *, hooks: bool = False) -> Iterator[BeamlineRun]:
+    """The demo beamline up for the block, with TANGO_HOST pointing at it (and
+    the servers' test hooks with ``hooks``); down after it, and checked that
+    no process is left."""
+    run = BeamlineRun(run_dir)
+    env = run.env()
+    if hooks:
+        env["BEAMLINE_TEST_HOOKS"] = "1"
+    try:
+        run.up(env=env)
+    except Exception:
+        run.cli("down", check=False)
+        raise
+    os.environ["TANGO_HOST"] = run.tango_host
+    try:
+        yield run
+    except BaseException:  # the set-up after `up` failed: stop it all the same
+        os.environ.pop("TANGO_HOST", None)
+        run.cli("down", check=False)
+        raise
+    os.environ.pop("TANGO_HOST", None)
+    run.down()
+    left = run.processes()
+    assert left == [], f"processes left after beamline down: {left}"

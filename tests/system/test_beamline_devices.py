@@ -5,7 +5,6 @@ that ties them together and the vacuum interlock chain."""
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import numpy as np
@@ -13,36 +12,11 @@ import pytest
 import tango
 
 from tests.helpers import wait_until
+from tests.system.conftest import Events, wait_state
 
 pytestmark = pytest.mark.system
 
 S = tango.DevState
-
-
-def wait_state(proxy, state, timeout=10.0):
-    wait_until(
-        lambda: proxy.state() == state, timeout, f"{proxy.dev_name()} {state} ({proxy.status()})"
-    )
-
-
-class Events:
-    def __init__(self, proxy, attr, kind=tango.EventType.CHANGE_EVENT):
-        self.proxy, self.items, self.cond = proxy, [], threading.Condition()
-        self.id = proxy.subscribe_event(attr, kind, self._cb)
-
-    def _cb(self, ev):
-        if ev.err:
-            return
-        with self.cond:
-            self.items.append(ev)
-            self.cond.notify_all()
-
-    def wait_for(self, predicate, timeout, what):
-        with self.cond:
-            assert self.cond.wait_for(lambda: predicate(self.items), timeout), f"no {what}"
-
-    def close(self):
-        self.proxy.unsubscribe_event(self.id)
 
 
 def count(scaler, preset=0.2):
@@ -84,7 +58,7 @@ def test_shutter_open_close_with_travel_and_events(dev):
         assert dev.shutter.state() in (S.MOVING, S.OPEN)
         wait_state(dev.shutter, S.OPEN)
         states.wait_for(
-            lambda it: [e.attr_value.value for e in it][-2:] == [S.MOVING, S.OPEN],
+            lambda it: [v.value for v in it][-2:] == [S.MOVING, S.OPEN],
             5,
             "MOVING then OPEN events",
         )
@@ -187,7 +161,7 @@ def test_scaler_events_while_counting(dev):
         wait_state(dev.shutter, S.OPEN)
         count(dev.scaler, 1.0)
         events.wait_for(lambda it: len(it) >= 4, 5, "several i0 events during a 1 s count")
-        values = [e.attr_value.value for e in events.items]
+        values = [v.value for v in events.items]
         assert values == sorted(values[1:]) or values[1:] == sorted(values[1:])
         assert values[-1] == dev.scaler.i0
     finally:

@@ -17,6 +17,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from tests.helpers import wait_until  # noqa: E402
+from tests.system.conftest import reset_queue  # noqa: E402
 
 pytestmark = [
     pytest.mark.system,
@@ -64,13 +65,7 @@ def gui(beamline, tmp_path_factory):
 def queue_device(beamline):
     q = beamline.proxy(QUEUE, timeout_ms=10000)
     yield q
-    try:
-        q.Stop()
-        if q.RunningItem:
-            q.AbortMacro(json.dumps({"timeout": 5}))
-        q.Clear()
-    except Exception:  # noqa: BLE001 - best effort between tests
-        pass
+    reset_queue(q)
 
 
 def panel(gui, name):

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from tango_devices.logger import seal
 from tango_devices.logger.configuration import diff
 from tango_devices.logger.reader import ArchiveReader
 from tango_devices.logger.store import list_files, open_for_read
-from tests.helpers import BeamlineRun, wait_until
+from tests.helpers import running_beamline, wait_until
+from tests.system.conftest import Events, wait_state
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -37,40 +37,18 @@ LOGGER = "bl01/sys/logger"
 
 @pytest.fixture(scope="module")
 def bl(tmp_path_factory):
-    run = BeamlineRun(tmp_path_factory.mktemp("logger"))
-    env = run.env()
-    env["BEAMLINE_TEST_HOOKS"] = "1"
-    try:
-        run.cli(
-            "up",
-            "--port",
-            str(run.port),
-            "--db-bind",
-            "127.0.0.1",
-            "--listen",
-            "127.0.0.1",
-            "--sim-auto-ports",
-            "--json",
-            env=env,
+    with running_beamline(tmp_path_factory.mktemp("logger"), hooks=True) as run:
+        logger = run.proxy(LOGGER, timeout_ms=15000)
+        wait_until(lambda: logger.state() == S.ON, 30, "the logger ON")
+        wait_until(
+            lambda: (
+                {"bl01/mot/sample_x", "bl01/mot/sample_y", "bl01/mot/det_z", "bl01/det/cam1"}
+                <= connected(logger)
+            ),
+            60,
+            "the logger subscribed to the motors and the camera",
         )
-    except Exception:
-        run.cli("down", check=False)
-        raise
-    os.environ["TANGO_HOST"] = run.tango_host
-    logger = run.proxy(LOGGER, timeout_ms=15000)
-    wait_until(lambda: logger.state() == S.ON, 30, "the logger ON")
-    wait_until(
-        lambda: (
-            {"bl01/mot/sample_x", "bl01/mot/sample_y", "bl01/mot/det_z", "bl01/det/cam1"}
-            <= connected(logger)
-        ),
-        60,
-        "the logger subscribed to the motors and the camera",
-    )
-    yield run
-    os.environ.pop("TANGO_HOST", None)
-    run.down()
-    assert run.processes() == []
+        yield run
 
 
 def connected(logger) -> set[str]:
@@ -84,31 +62,6 @@ def history(logger, name, start, end="now", max_points=0) -> dict:
 
 def config_at(logger, device, t) -> dict:
     return json.loads(logger.GetConfigurationAt(json.dumps({"device": device, "time": t})))
-
-
-class Events:
-    """A client's own record of what a device published."""
-
-    def __init__(self, proxy, attr):
-        self.proxy = proxy
-        self.items: list[tuple[float, object, str]] = []
-        self.lock = threading.Lock()
-        self.id = proxy.subscribe_event(attr, tango.EventType.CHANGE_EVENT, self._cb)
-
-    def _cb(self, ev):
-        if ev.err:
-            return
-        v = ev.attr_value
-        with self.lock:
-            quality = str(v.quality).split(".")[-1].removeprefix("ATTR_")
-            self.items.append((v.time.totime(), v.value, quality))
-
-    def close(self):
-        self.proxy.unsubscribe_event(self.id)
-
-
-def wait_on(proxy, timeout=20.0):
-    wait_until(lambda: proxy.state() == S.ON, timeout, f"{proxy.dev_name()} ON ({proxy.status()})")
 
 
 def logger_pid(run) -> int:
@@ -125,17 +78,19 @@ def logger_pid(run) -> int:
 def test_a_move_comes_back_from_get_history_as_the_motor_published_it(bl):
     logger = bl.proxy(LOGGER, timeout_ms=15000)
     motor = bl.proxy("bl01/mot/sample_x")
-    wait_on(motor)
+    wait_state(motor, S.ON, 20)
     seen = Events(motor, "Position")
     try:
         t0 = time.time()
         motor.Position = 2.0
         wait_until(lambda: motor.state() == S.MOVING or motor.Position == 2.0, 5, "a move")
-        wait_on(motor)
+        wait_state(motor, S.ON, 20)
         motor.Position = 0.5
-        wait_on(motor)
-        wait_until(lambda: seen.items and seen.items[-1][1] == pytest.approx(0.5), 5, "last event")
-        mine = [item for item in seen.items if item[0] >= t0]
+        wait_state(motor, S.ON, 20)
+        wait_until(
+            lambda: seen.items and seen.items[-1].value == pytest.approx(0.5), 5, "last event"
+        )
+        mine = [item for item in seen.records() if item[0] >= t0]
         out = wait_until(
             lambda: (
                 (h := history(logger, "bl01/mot/sample_x/Position", t0))["count"] >= len(mine) and h
@@ -237,7 +192,7 @@ def test_a_changed_limit_differs_exactly_there(bl):
 def test_a_changed_offset_differs_exactly_there(bl):
     logger = bl.proxy(LOGGER, timeout_ms=15000)
     motor = bl.proxy("bl01/mot/det_z")
-    wait_on(motor)
+    wait_state(motor, S.ON, 20)
     old = motor.Offset
     wait_until(
         lambda: config_at(logger, "bl01/mot/det_z", time.time())["properties"],
@@ -296,7 +251,7 @@ def test_a_restarted_device_is_archived_again_at_once(bl):
     wait_until(lambda: motor.state() == S.ON, 20, "sample_x back (the supervisor restarts it)")
     back = time.time()
     motor.Position = 1.25
-    wait_on(motor)
+    wait_state(motor, S.ON, 20)
     out = wait_until(
         lambda: (
             (h := history(logger, "bl01/mot/sample_x/Position", t_kill))["values"]
@@ -348,9 +303,8 @@ def _kill_and_check(bl, how: str) -> None:
         wait_until(lambda: len(frames.items) > 20, 10, "frame events")
         t_request = time.time()
         logger.Flush()  # everything received before this call is durable now
-        with frames.lock:
-            # (the first item is the value read at subscription, ours alone)
-            expected = [item for item in frames.items[1:] if item[0] < t_request - 0.05]
+        # (the first item is the value read at subscription, ours alone)
+        expected = [item for item in frames.records()[1:] if item[0] < t_request - 0.05]
         if how == "hook":
             logger.TestKillMidWrite()  # SIGKILL half-way through the next write
         else:
@@ -386,7 +340,7 @@ def _kill_and_check(bl, how: str) -> None:
         frames.close()
         with contextlib.suppress(tango.DevFailed):
             cam.Stop()
-        wait_on(cam)
+        wait_state(cam, S.ON, 20)
         cam.AcquisitionMode = 0
 
 

@@ -4,51 +4,16 @@ real server processes, the virtual motion controller over TCP."""
 from __future__ import annotations
 
 import math
-import threading
 
 import pytest
 import tango
 
 from tests.helpers import wait_until
+from tests.system.conftest import Events, wait_state
 
 pytestmark = pytest.mark.system
 
 MOTORS = ["slit_h", "slit_v", "sample_x", "sample_y", "det_z"]
-
-
-class Events:
-    """Collects change events of one attribute; wait on a predicate, never sleep."""
-
-    def __init__(self, proxy, attr: str):
-        self.proxy = proxy
-        self.items: list = []
-        self.cond = threading.Condition()
-        self.id = proxy.subscribe_event(attr, tango.EventType.CHANGE_EVENT, self._cb)
-
-    def _cb(self, ev):
-        if ev.err:
-            return
-        with self.cond:
-            self.items.append(ev.attr_value)
-            self.cond.notify_all()
-
-    def wait_for(self, predicate, timeout: float, what: str):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: predicate(self.items), timeout)
-        assert ok, (
-            f"no {what} within {timeout} s; got {[(v.value, str(v.quality)) for v in self.items]}"
-        )
-
-    def close(self):
-        self.proxy.unsubscribe_event(self.id)
-
-
-def wait_state(proxy, state, timeout=10.0):
-    wait_until(
-        lambda: proxy.state() == state,
-        timeout,
-        f"{proxy.dev_name()} {state} (status: {proxy.status()})",
-    )
 
 
 def all_recovered(beamline, timeout=15.0):

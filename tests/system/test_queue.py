@@ -18,33 +18,6 @@ pytestmark = [pytest.mark.system, pytest.mark.slow]
 QUEUE = "bl01/sys/queue"
 
 
-@pytest.fixture(scope="module")
-def queue(beamline):
-    q = beamline.proxy(QUEUE, timeout_ms=10000)
-    wait_until(lambda: q.state() != tango.DevState.INIT, 20, "the queue ready")
-    door = beamline.proxy("bl01/sardana/door")
-    wait_until(lambda: door.state() == tango.DevState.ON, 60, "the Door ready")
-    return q
-
-
-@pytest.fixture(autouse=True)
-def _fresh_queue(request):
-    """Each test starts from an idle, empty queue, even after a failed one."""
-    yield
-    if "queue" not in request.fixturenames:
-        return
-    q = request.getfixturevalue("queue")
-    try:
-        if q.QueueState == "paused":
-            q.Resume()
-        q.Stop()
-        if q.RunningItem:
-            q.AbortMacro(json.dumps({"timeout": 5}))
-        q.Clear()
-    except tango.DevFailed:
-        pass
-
-
 def add(q, macro, *args, repeat=1, meta=None, position="back"):
     spec = {"macro": macro, "args": list(args), "repeat": repeat, "position": position}
     if meta:

@@ -18,33 +18,11 @@ QUEUE = "bl01/sys/queue"
 LONG = ("ascan", "sample_x", "0", "1", "100", "0.1")  # ~15 s: ended early by the tests
 
 
-@pytest.fixture(scope="module")
-def queue(beamline):
-    q = beamline.proxy(QUEUE, timeout_ms=10000)
-    wait_until(lambda: q.state() != tango.DevState.INIT, 20, "the queue ready")
-    door = beamline.proxy("bl01/sardana/door")
-    wait_until(lambda: door.state() == tango.DevState.ON, 60, "the Door ready")
-    return q
-
-
 @pytest.fixture(autouse=True)
-def _fresh_queue(request):
-    """Each test starts from an idle, empty queue with no history."""
+def _no_history(request):
+    """Each test starts with no history (and, by the conftest, an idle, empty queue)."""
     if "queue" in request.fixturenames:
         request.getfixturevalue("queue").HistoryClear()
-    yield
-    if "queue" not in request.fixturenames:
-        return
-    q = request.getfixturevalue("queue")
-    try:
-        if q.QueueState == "paused":
-            q.Resume()
-        q.Stop()
-        if q.RunningItem:
-            q.AbortMacro(json.dumps({"timeout": 5}))
-        q.Clear()
-    except tango.DevFailed:
-        pass
 
 
 def run(beamline, *args: str) -> subprocess.CompletedProcess:

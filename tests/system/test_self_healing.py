@@ -21,7 +21,7 @@ import psutil
 import pytest
 import tango
 
-from tests.helpers import BeamlineRun, wait_until
+from tests.helpers import running_beamline, wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -48,41 +48,17 @@ ALL_DEVICES = [d for _, d, _ in KINDS] + [
 
 @pytest.fixture(scope="module")
 def healing(tmp_path_factory):
-    run = BeamlineRun(tmp_path_factory.mktemp("healing"))
-    env = run.env()
-    env["BEAMLINE_TEST_HOOKS"] = "1"
-    try:
-        json.loads(
-            run.cli(
-                "up",
-                "--port",
-                str(run.port),
-                "--db-bind",
-                "127.0.0.1",
-                "--listen",
-                "127.0.0.1",
-                "--sim-auto-ports",
-                "--json",
-                env=env,
-            ).stdout
+    with running_beamline(tmp_path_factory.mktemp("healing"), hooks=True) as run:
+        supervisor = run.proxy("bl01/sys/supervisor")
+        wait_until(
+            lambda: all(st == "RUNNING" for st in supervisor.ServerStates) and supervisor.Servers,
+            30,
+            "the supervisor to see every server running",
         )
-    except Exception:
-        run.cli("down", check=False)
-        raise
-    os.environ["TANGO_HOST"] = run.tango_host
-    supervisor = run.proxy("bl01/sys/supervisor")
-    wait_until(
-        lambda: all(st == "RUNNING" for st in supervisor.ServerStates) and supervisor.Servers,
-        30,
-        "the supervisor to see every server running",
-    )
-    for _server, device, setting in KINDS:
-        if setting:
-            run.proxy(device).write_attribute(*setting)
-    yield run
-    os.environ.pop("TANGO_HOST", None)
-    run.down()
-    assert run.processes() == []
+        for _server, device, setting in KINDS:
+            if setting:
+                run.proxy(device).write_attribute(*setting)
+        yield run
 
 
 class Sampler:

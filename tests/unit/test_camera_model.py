@@ -13,6 +13,7 @@ import pytest
 from tango_devices.simulators.camera import CameraController, FrameRenderer
 from tango_devices.simulators.physics import BeamlinePhysics, Spot
 from tango_devices.simulators.server import ConfigError, parse_config
+from tests.unit.conftest import FakeClock
 
 CONFIG = {
     "kind": "camera",
@@ -25,17 +26,6 @@ CONFIG = {
 }
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 10.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class Knob:
     """A physics source we drive."""
 
@@ -44,11 +34,6 @@ class Knob:
 
     def __call__(self) -> float:
         return self.value
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

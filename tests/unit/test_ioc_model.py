@@ -15,19 +15,7 @@ from caproto import AccessRights, AlarmSeverity, AlarmStatus
 from tango_devices.simulators import ioc
 from tango_devices.simulators.physics import BeamlinePhysics
 from tango_devices.simulators.server import CONTROLLER_KINDS, PORT_KINDS, ConfigError, parse_config
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> float:
-        self.t += dt
-        return self.t
-
+from tests.unit.conftest import FakeClock
 
 GAUGE = {
     "pv": "VAC:GAUGE1",
@@ -65,11 +53,6 @@ def config(**changes):
     cfg = copy.deepcopy(CONFIG)
     cfg.update(changes)
     return cfg
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

@@ -12,17 +12,6 @@ from tango_devices.simulators.server import ConfigError, parse_config
 VACUUM_TEXT = "vacuum interlock: pressure above 1e-5 mbar at bl01/vac/gauge1"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class Gauge:
     """A physics source we drive: the pressure, mbar."""
 
@@ -40,11 +29,6 @@ def plc_config(**shutter: object) -> dict:
         "shutters": {"fe": {"travel_time": 0.3, "open": False, **shutter}},
         "interlocks": [{"name": "vacuum", "input": "pressure", "above": 1e-5, "text": VACUUM_TEXT}],
     }
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

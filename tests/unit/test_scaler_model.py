@@ -14,17 +14,6 @@ from tango_devices.simulators.scaler import ScalerController
 from tango_devices.simulators.server import ConfigError, parse_config
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 50.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class Switch:
     """A shutter source we drive (1.0 open, 0.0 closed)."""
 
@@ -36,11 +25,6 @@ class Switch:
 
 
 CONFIG = {"kind": "scaler", "port": 0, "channels": {"1": "i0", "2": "diode"}, "max_preset": 3600}
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -17,14 +17,6 @@ from tango_devices.simulators.server import (
 from tango_devices.simulators.smc import SmcController
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def axis_cfg(**overrides) -> dict:
     cfg = dict(
         label="slit_h",
@@ -39,11 +31,6 @@ def axis_cfg(**overrides) -> dict:
     )
     cfg.update(overrides)
     return cfg
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -1,0 +1,97 @@
+"""Helpers shared by the system tests (each lives here once)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import tango
+
+from tests.helpers import wait_until
+
+QUEUE = "bl01/sys/queue"
+
+
+def wait_state(proxy, state, timeout: float = 10.0) -> None:
+    """Poll until ``proxy`` is in ``state``; fail naming the device and its Status."""
+    wait_until(
+        lambda: proxy.state() == state,
+        timeout,
+        f"{proxy.dev_name()} {state}",
+        on_timeout=lambda: f"state {proxy.state()}, status: {proxy.status()}",
+    )
+
+
+class Events:
+    """A client's own record of one attribute's events (error events are
+    skipped): the attribute values of change events, or the events
+    themselves for data-ready events. Wait on a predicate, never sleep."""
+
+    def __init__(self, proxy, attr: str, kind=tango.EventType.CHANGE_EVENT):
+        self.proxy = proxy
+        self.kind = kind
+        self.items: list = []
+        self.cond = threading.Condition()
+        self.id = proxy.subscribe_event(attr, kind, self._cb)
+
+    def _cb(self, ev) -> None:
+        if ev.err:
+            return
+        item = ev if self.kind == tango.EventType.DATA_READY_EVENT else ev.attr_value
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: predicate(self.items), timeout)
+        assert ok, f"no {what} within {timeout} s; got {self._describe()}"
+
+    def records(self) -> list[tuple[float, object, str]]:
+        """(time, value, quality name) of each change event so far."""
+        with self.cond:
+            items = list(self.items)
+        return [
+            (v.time.totime(), v.value, str(v.quality).split(".")[-1].removeprefix("ATTR_"))
+            for v in items
+        ]
+
+    def _describe(self) -> str:
+        if self.kind == tango.EventType.DATA_READY_EVENT:
+            return f"{len(self.items)} event(s)"
+        return str([(v.value, str(v.quality)) for v in self.items][-20:])
+
+    def close(self) -> None:
+        self.proxy.unsubscribe_event(self.id)
+
+
+def reset_queue(q) -> None:
+    """Back to an idle, empty queue (best effort: also after a failed test)."""
+    try:
+        if q.QueueState == "paused":
+            q.Resume()
+        q.Stop()
+        if q.RunningItem:
+            q.AbortMacro(json.dumps({"timeout": 5}))
+        q.Clear()
+    except tango.DevFailed:
+        pass
+
+
+@pytest.fixture(scope="module")
+def queue(beamline):
+    """The experiment queue of the module's beamline, once it and the Door are ready."""
+    q = beamline.proxy(QUEUE, timeout_ms=10000)
+    wait_until(lambda: q.state() != tango.DevState.INIT, 20, "the queue ready")
+    door = beamline.proxy("bl01/sardana/door")
+    wait_until(lambda: door.state() == tango.DevState.ON, 60, "the Door ready")
+    return q
+
+
+@pytest.fixture(autouse=True)
+def _fresh_queue(request):
+    """Each test that uses the queue leaves it idle and empty, even when it fails."""
+    yield
+    if "queue" in request.fixturenames:
+        reset_queue(request.getfixturevalue("queue"))
