@@ -126,7 +126,34 @@ def _tango_host_for(bind: str, port: int) -> str:
 
 # ---------------------------------------------------------------------- up
 def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict[str, Any]:
+    """Bring the beamline up, phase by phase; each phase only does what is
+    missing. Returns the run state with the devices that did not answer."""
     report = report or Reporter()
+    config, host, levels = _plan(ctx, opts, report)
+    tango_host = _database(ctx, opts, report)
+    sim_state = _virtual_hardware(ctx, config, opts, report)
+    _configuration(ctx, config, opts, tango_host, sim_state, levels, report)
+    starter = _starter(ctx, opts, tango_host, host, report)
+    _fresh_supervisors(ctx, config, tango_host, host)
+    failures = _servers(ctx, config, opts, tango_host, starter, levels, report)
+    result_state = ctx.load_state()
+    result_state["failures"] = [
+        {
+            "device": c.device,
+            "error": c.error,
+            "server": _server_of(config, c.device),
+            "log_tail": procs.tail(ctx.server_log(_server_of(config, c.device))),
+        }
+        for c in failures
+    ]
+    return result_state
+
+
+def _plan(
+    ctx: RunContext, opts: UpOptions, report: Reporter
+) -> tuple[cfg.BeamlineConfig, str, dict[int, list[cfg.ServerInfo]]]:
+    """The configuration, this host and its servers by level; refuses a host
+    with no server and missing server executables before anything starts."""
     config = cfg.load(ctx.config_dir, ctx.run_dir)
     for w in config.warnings:
         report.warn(str(w))
@@ -156,9 +183,13 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
         )
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
-    state = ctx.load_state()
+    return config, host, levels
 
-    # -- database
+
+def _database(ctx: RunContext, opts: UpOptions, report: Reporter) -> str:
+    """The embedded database (started unless it already runs) or an existing
+    one that must answer; sets TANGO_HOST for what follows."""
+    state = ctx.load_state()
     tango_host, embedded = resolve_tango_host(ctx, opts.tango_host)
     if embedded:
         db = state.get("database", {})
@@ -172,7 +203,7 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
         else:
             info = tangodb.start_embedded(ctx, opts.port, opts.db_bind)
             tango_host = _tango_host_for(opts.db_bind, opts.port)
-            state = ctx.update_state(tango_host=tango_host, database={"embedded": True, **info})
+            ctx.update_state(tango_host=tango_host, database={"embedded": True, **info})
             report.step(
                 f"database: embedded PyDatabaseds on {ctx.db_file.name}, "
                 f"TANGO_HOST={tango_host} (pid {info['pid']})"
@@ -183,19 +214,35 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
                 f"no Tango database answers at TANGO_HOST={tango_host}; start it, or unset "
                 "TANGO_HOST (and drop --tango-host) to run the embedded database"
             )
-        state = ctx.update_state(tango_host=tango_host, database={"embedded": False})
+        ctx.update_state(tango_host=tango_host, database={"embedded": False})
         report.step(f"database: existing one at TANGO_HOST={tango_host}")
     os.environ["TANGO_HOST"] = tango_host
+    return tango_host
 
-    # -- virtual hardware
+
+def _virtual_hardware(
+    ctx: RunContext, config: cfg.BeamlineConfig, opts: UpOptions, report: Reporter
+) -> dict | None:
     sim_state = None
     if opts.simulate:
         sim_state = _ensure_simulator(ctx, config, opts, report)
     else:
         report.step("virtual hardware: not started (--no-sim): devices talk to real hardware")
-    state = ctx.update_state(simulated=opts.simulate, listen=opts.listen)
+    ctx.update_state(simulated=opts.simulate, listen=opts.listen)
+    return sim_state
 
-    # -- configuration
+
+def _configuration(
+    ctx: RunContext,
+    config: cfg.BeamlineConfig,
+    opts: UpOptions,
+    tango_host: str,
+    sim_state: dict | None,
+    levels: dict[int, list[cfg.ServerInfo]],
+    report: Reporter,
+) -> None:
+    """Write db_config/ into the database (what changed only), or, with
+    --no-config, check that the database defines this host's servers."""
     if opts.apply_config:
         result = tangodb.apply(config, tango_host, sim_state)
         report.step(
@@ -203,45 +250,56 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
             if result.changes
             else "configuration: database already up to date"
         )
-    else:
-        missing = _unconfigured(config, tango_host, levels)
-        if missing:
-            raise UpError(
-                f"the database at {tango_host} does not define {', '.join(missing)}: apply "
-                "the configuration first (`beamline config apply`, or `beamline up` without "
-                "--no-config on one host)"
-            )
-        report.step("configuration: not written here (--no-config): the database defines it")
+        return
+    missing = _unconfigured(config, tango_host, levels)
+    if missing:
+        raise UpError(
+            f"the database at {tango_host} does not define {', '.join(missing)}: apply "
+            "the configuration first (`beamline config apply`, or `beamline up` without "
+            "--no-config on one host)"
+        )
+    report.step("configuration: not written here (--no-config): the database defines it")
 
-    # -- Starter
+
+def _starter(
+    ctx: RunContext, opts: UpOptions, tango_host: str, host: str, report: Reporter
+) -> Starter:
+    """This host's Starter: registered, and started unless it already runs
+    (refused if a Starter of another run serves this host)."""
+    bin_dir = venv_bin()
     starter = Starter(tango_host, host)
-    env = server_env(ctx, tango_host, opts.listen)
     starter.register(bin_dir, ctx.log_dir)
-    st = state.get("starter", {})
+    st = ctx.load_state().get("starter", {})
     if procs.alive(st.get("pid")) and starter.answers():
         starter.update_servers_info()
         report.step(f"Starter: {starter.device} already running (pid {st['pid']})")
-    else:
-        foreign = [
-            p for p in procs.find_processes(None, [starter.server]) if p.pid != st.get("pid")
-        ]
-        if foreign:
-            raise UpError(
-                f"another Starter for host {host} is running "
-                f"(pid {foreign[0].pid}: {foreign[0].cmdline}); "
-                "stop it first (a second Starter would fight over the same servers)"
-            )
-        log = ctx.log_dir / "starter.log"
-        pid = starter.start_process(env, log)
-        starter.wait_ready(30.0, pid=pid, log=log)
-        ctx.update_state(
-            starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)}
+        return starter
+    foreign = [p for p in procs.find_processes(None, [starter.server]) if p.pid != st.get("pid")]
+    if foreign:
+        raise UpError(
+            f"another Starter for host {host} is running "
+            f"(pid {foreign[0].pid}: {foreign[0].cmdline}); "
+            "stop it first (a second Starter would fight over the same servers)"
         )
-        report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
+    log = ctx.log_dir / "starter.log"
+    pid = starter.start_process(server_env(ctx, tango_host, opts.listen), log)
+    starter.wait_ready(30.0, pid=pid, log=log)
+    ctx.update_state(starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)})
+    report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
+    return starter
 
-    _fresh_supervisors(ctx, config, tango_host, host)
 
-    # -- servers, level by level
+def _servers(
+    ctx: RunContext,
+    config: cfg.BeamlineConfig,
+    opts: UpOptions,
+    tango_host: str,
+    starter: Starter,
+    levels: dict[int, list[cfg.ServerInfo]],
+    report: Reporter,
+) -> list[DeviceCheck]:
+    """Every server not yet running, level by level: a level's servers all at
+    once, then wait until its devices answer. Returns the devices that did not."""
     failures: list[DeviceCheck] = []
     for level, servers in levels.items():
         devices = [d for s in servers for d in config.devices_of(s.name)]
@@ -266,18 +324,7 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
         )
         report.level_done(level, checks, time.monotonic() - t0)
         failures += [c for c in checks if c.state is None]
-
-    result_state = ctx.load_state()
-    result_state["failures"] = [
-        {
-            "device": c.device,
-            "error": c.error,
-            "server": _server_of(config, c.device),
-            "log_tail": procs.tail(ctx.server_log(_server_of(config, c.device))),
-        }
-        for c in failures
-    ]
-    return result_state
+    return failures
 
 
 def _server_of(config: cfg.BeamlineConfig, device: str) -> str:

@@ -102,6 +102,56 @@ def test_add_list_move_remove_clear(beamline, queue):
     assert queue.QueueLength == 0
 
 
+def test_duplicate_a_queued_and_a_finished_item(beamline, queue):
+    a = js(beamline, "add", "ct", "0.01", "--repeat", "2", "--meta", "sample=A1")
+    b = js(beamline, "add", "ct", "0.02")
+    out = ok(beamline, "duplicate", a["uid"])
+    assert f"(copy of {a['uid']}): ct 0.01 x2" in out
+    copy_uid = out.split()[1]
+    assert order(beamline) == [a["uid"], copy_uid, b["uid"]]
+    copy = next(i for i in js(beamline, "list")["items"] if i["uid"] == copy_uid)
+    assert (copy["macro"], copy["args"], copy["repeat"], copy["meta"]) == (
+        "ct",
+        ["0.01"],
+        2,
+        {"sample": "A1"},
+    )
+    front = js(beamline, "duplicate", b["uid"], "--position", "front")
+    assert order(beamline) == [front["uid"], a["uid"], copy_uid, b["uid"]]
+    assert "no item with uid 'nope'" in refused(beamline, "duplicate", "nope")
+    assert len(order(beamline)) == 4  # a refused copy added nothing
+    ok(beamline, "clear")
+    ok(beamline, "add", "ct", "0.01")
+    ok(beamline, "start")
+    wait_until(
+        lambda: len(js(beamline, "history")) == 1 and queue.QueueState == "idle",
+        60,
+        "the item run",
+    )
+    (done,) = js(beamline, "history")
+    again = js(beamline, "duplicate", done["uid"])  # from the history: to the back
+    assert order(beamline) == [again["uid"]] and again["args"] == ["0.01"]
+
+
+def test_queue_logger_and_supervisor_publish_their_tables(beamline, queue):
+    from tango_devices.logger.states import LOGGER_TABLE
+    from tango_devices.queue.states import QUEUE_TABLE
+    from tango_devices.supervisor.states import SUPERVISOR_TABLE
+
+    for device, table in (
+        (queue, QUEUE_TABLE),
+        (beamline.proxy("bl01/sys/logger"), LOGGER_TABLE),
+        (beamline.proxy("bl01/sys/supervisor"), SUPERVISOR_TABLE),
+    ):
+        assert json.loads(device.CommandStates) == table.command_states(), device.dev_name()
+    # the queue's refusals come from its table, with its reason
+    with pytest.raises(tango.DevFailed) as refused_resume:
+        queue.Resume()
+    err = refused_resume.value.args[0]
+    assert err.reason == "API_CommandNotAllowed"
+    assert err.desc.startswith("Resume is not allowed in state idle (the queue is not paused)")
+
+
 def test_add_batch_from_json_and_yaml_then_start_and_history(beamline, queue, tmp_path):
     as_json = tmp_path / "batch.json"
     as_json.write_text(
