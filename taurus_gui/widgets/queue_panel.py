@@ -65,7 +65,7 @@ class QueuePanel(Qt.QWidget):
         self.rows: list[dict[str, str]] = []
         self.runner: CommandRunner | None = None
         self.watcher: AttrWatcher | None = None
-        self.table: dict[str, frozenset[str]] = {}  # the queue's CommandStates
+        self.commands: dict[str, frozenset[str]] = {}  # the queue's CommandStates
         self.queue_state: str | None = None
 
         layout = Qt.QVBoxLayout(self)
@@ -200,10 +200,10 @@ class QueuePanel(Qt.QWidget):
             self._enable(str(value))
         elif name == "CommandStates":
             try:
-                self.table = model.parse_command_states(str(value))
+                self.commands = model.parse_command_states(str(value))
             except ValueError as exc:
                 self.message.error(f"CommandStates: {exc}")
-                self.table = {}
+                self.commands = {}
             self._enable(self.queue_state)
         elif name == "QueueLength":
             self.length.setText(f"{value} queued")
@@ -232,10 +232,10 @@ class QueuePanel(Qt.QWidget):
         self.queue_state = state
         for key, command in BUTTON_COMMANDS.items():
             button = self.buttons[key]
-            enabled = bool(self.table) and model.command_enabled(command, state, self.table)
+            enabled = bool(self.commands) and model.command_enabled(command, state, self.commands)
             button.setEnabled(enabled)
             tip = self.tips.get(key, "")
-            allowed = self.table.get(command)
+            allowed = self.commands.get(command)
             if allowed is not None and not enabled:
                 where = f"{command} is allowed in: {', '.join(sorted(allowed)).lower()}"
                 tip = f"{tip} ({where})" if tip else where
