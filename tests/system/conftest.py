@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import tango
@@ -95,3 +100,40 @@ def _fresh_queue(request):
     yield
     if "queue" in request.fixturenames:
         reset_queue(request.getfixturevalue("queue"))
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "20m") -> Iterator[Path]:
+    """A file system of ``size`` (tmpfs) mounted at ``path`` for the block, for
+    disk-full tests; needs root (the suite's run is root in its own mount
+    namespace, so nothing leaks to the host)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill_disk(path: Path, leave: int = 0) -> Path:
+    """Fill the file system holding ``path`` until ``leave`` bytes are free;
+    returns the filler file (delete it to give the space back)."""
+    filler = path / ".filler"
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "ab") as f:
+        while True:
+            free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+            if free <= leave:
+                break
+            try:
+                f.write(chunk[: max(1, min(len(chunk), free - leave))])
+                f.flush()
+            except OSError:  # ENOSPC: full
+                break
+    return filler
