@@ -28,6 +28,7 @@ from tango_devices.queue.store import HistoryEntry, Item, QueueStore
 log = logging.getLogger(__name__)
 
 POLICIES = ("wait", "fail")
+RESEND_PERIOD = 0.5  # s: a stop or abort the Door ignored is sent again
 OUTCOMES = {"finish": "finished", "stop": "stopped", "abort": "aborted", "exception": "failed"}
 
 
@@ -354,13 +355,19 @@ class QueueLogic:
             self._fire(st.WENT_IDLE)
             self._resumed.set()
         for step in chain:
-            getattr(self.door, step)()
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if not self.door.busy():
-                    self._changed()
-                    return step
-                time.sleep(0.02)
+            while True:
+                # Sardana ignores StopMacro/AbortMacro sent before the macro has
+                # really started: ask again until it ends or the step's time is up
+                getattr(self.door, step)()
+                again = min(deadline, time.monotonic() + RESEND_PERIOD)
+                while time.monotonic() < again:
+                    if not self.door.busy():
+                        self._changed()
+                        return step
+                    time.sleep(0.02)
+                if time.monotonic() >= deadline:
+                    break
         raise QueueError(f"the macro did not end after {' then '.join(chain)}")
 
     # -------------------------------------------------------------- queries

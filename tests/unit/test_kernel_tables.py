@@ -52,7 +52,8 @@ QUEUE_COMMANDS = {
     "StopCancel": {STOPPING},
     "Pause": {RUNNING, STOPPING},
     "Resume": {PAUSED, RUNNING, STOPPING},
-    **dict.fromkeys(["StopMacro", "AbortMacro", "HaltMacro"], {RUNNING, STOPPING, PAUSED}),
+    # a macro may still run while the queue is idle: the logic refuses them when none runs
+    **dict.fromkeys(["StopMacro", "AbortMacro", "HaltMacro"], ALL),
 }
 # what a refusal says, beside the state (what the CLI and GUI users read)
 QUEUE_REFUSALS = {
@@ -60,9 +61,6 @@ QUEUE_REFUSALS = {
     "StopCancel": "no stop is pending",
     "Pause": "nothing to pause",
     "Resume": "the queue is not paused",
-    "StopMacro": "no macro is running",
-    "AbortMacro": "no macro is running",
-    "HaltMacro": "no macro is running",
 }
 
 SUP_STATES = (State.INIT, State.ON, State.ALARM, State.FAULT)
