@@ -5,7 +5,8 @@ Layout of a configuration directory::
     tango/*.json       dsconfig JSON (servers, devices, properties, attribute
                        properties, class properties); merged, a server or a
                        device may be defined only once
-    starter.json       per server: Starter host, startup level, controlled flag
+    starter.json       per server: Starter host, startup level, controlled flag,
+                       external (a server from elsewhere: classes not checked)
     simulation.json    virtual hardware: controllers, and the device properties
                        they override when the beamline runs simulated
 
@@ -657,14 +658,14 @@ def _check_device_classes(uses: list[_ClassUse], external: set[str], problems) -
                     use.file,
                     use.key,
                     f"server {executable} runs class {servers[executable]} only, not "
-                    f"{use.device_class}; put these devices under a server of "
+                    f"{use.device_class}; put these devices under "
                     f"{_server_of_class(servers, use.device_class)}",
                 )
             )
 
 
 def _server_of_class(servers: dict[str, str], cls: str) -> str:
-    return next(f"servers.{s}.INSTANCE.{c}" for s, c in servers.items() if c == cls)
+    return next(f"servers.{s}.<instance>.{c}" for s, c in servers.items() if c == cls)
 
 
 def _check_device_properties(devices, problems, warnings) -> None:

@@ -354,7 +354,7 @@ def test_class_under_a_server_that_does_not_run_it(cfgdir):
     found = problems(cfgdir)
     assert (
         "tango/motors.json: servers.Motor.det_z.Shutter: server Motor runs class Motor only, "
-        "not Shutter; put these devices under a server of servers.Shutter.INSTANCE.Shutter"
+        "not Shutter; put these devices under servers.Shutter.<instance>.Shutter"
     ) in found
 
 
