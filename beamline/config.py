@@ -5,7 +5,8 @@ Layout of a configuration directory::
     tango/*.json       dsconfig JSON (servers, devices, properties, attribute
                        properties, class properties); merged, a server or a
                        device may be defined only once
-    starter.json       per server: Starter host, startup level, controlled flag
+    starter.json       per server: Starter host, startup level, controlled flag,
+                       external (a server from elsewhere: classes not checked)
     simulation.json    virtual hardware: controllers, and the device properties
                        they override when the beamline runs simulated
 
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import socket
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +34,7 @@ from beamline.problems import ConfigError, Problem, key_path
 LOCAL_HOST = "@local"
 SARDANA_EXECUTABLES = ("sardana", "pool", "macroserver")  # lower case
 MAX_LEVEL = 5  # the Starter's default NbStartupLevels
+ACCESS_FILE = "access.json"  # Tango Access Control rules (beamline.proddb)
 DEVICE_NAME = re.compile(r"^[\w.@-]+/[\w.@-]+/[\w.@-]+$")
 
 
@@ -43,6 +46,7 @@ class ServerInfo:
     host: str  # a host name, or "@local" for the host running `beamline up`
     level: int
     controlled: bool = True
+    external: bool = False  # not one of the suite's servers: its classes are not checked
 
     @property
     def executable(self) -> str:
@@ -63,7 +67,9 @@ class DeviceEntry:
     name: str
     properties: dict[str, list[str]]
     file: str
-    origin: str = "tango"  # "tango" (tango/*.json) or "sardana" (sardana/*.yaml)
+    # "tango" (tango/*.json), "sardana" (sardana/*.yaml) or "external" (tango/*.json,
+    # a server marked external in starter.json: its classes are not the suite's)
+    origin: str = "tango"
 
 
 @dataclass
@@ -148,19 +154,95 @@ def default_config_dir() -> Path:
 
 
 # ---------------------------------------------------------------- loading
-def _read_json(path: Path, problems: list[Problem], rel: str) -> Any:
+#: A dsconfig file of a whole beamline is well under 1 MiB.
+MAX_JSON_CHARS = 16 * 2**20
+
+
+def _read_json(path: Path, problems: list[Problem], rel: str, tango_names: bool = False) -> Any:
+    """The JSON document in ``path``, or None with the problems appended: a key
+    twice in one object is refused (json would keep the last one silently),
+    also when the two differ only in case if the keys are Tango names
+    (``tango_names``: servers, classes, devices, properties ignore case)."""
     try:
-        text = path.read_text()
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_JSON_CHARS + 1)
     except OSError as exc:
         problems.append(Problem(rel, "", f"cannot read: {exc.strerror}"))
         return None
+    except ValueError as exc:  # UnicodeDecodeError
+        problems.append(Problem(rel, "", f"not UTF-8 text: {exc}"))
+        return None
+    if len(text) > MAX_JSON_CHARS:
+        problems.append(
+            Problem(rel, "", f"larger than {MAX_JSON_CHARS // 2**20} MiB; split it into files")
+        )
+        return None
+    duplicates = _Duplicates(tango_names)
     try:
-        return json.loads(text)
+        data = json.loads(text, object_pairs_hook=duplicates.hook)
     except json.JSONDecodeError as exc:
         problems.append(
             Problem(rel, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}")
         )
         return None
+    except RecursionError:
+        problems.append(Problem(rel, "", "invalid JSON: nested too deeply"))
+        return None
+    # the document (the last of each duplicate) goes on to the other checks, so
+    # that one duplicate does not hide the rest of the file behind it
+    problems.extend(duplicates.problems(data, rel))
+    return data
+
+
+class _Duplicates:
+    """``object_pairs_hook`` for json: builds the dicts and remembers which of
+    them had a key twice; :meth:`problems` then names each by its key path."""
+
+    def __init__(self, fold_case: bool) -> None:
+        self.fold_case = fold_case
+        self.found: dict[int, list[tuple[str, str]]] = {}  # id(dict) -> [(first, again)]
+        self.keep: list[dict] = []  # holds the dicts so their ids stay theirs
+
+    def hook(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        seen: dict[str, str] = {}
+        twice = []
+        for key, value in pairs:
+            norm = key.lower() if self.fold_case else key
+            if norm in seen:
+                twice.append((seen[norm], key))
+            else:
+                seen[norm] = key
+            obj[key] = value
+        if twice:
+            self.found[id(obj)] = twice
+            self.keep.append(obj)
+        return obj
+
+    def problems(self, data: Any, rel: str) -> list[Problem]:
+        if not self.found:
+            return []
+        out = []
+        todo: list[tuple[Any, list]] = [(data, [])]
+        while todo:  # no recursion: the document may nest as deep as json allows
+            node, path = todo.pop()
+            if isinstance(node, dict):
+                for first, again in self.found.get(id(node), ()):
+                    if first == again:
+                        message = (
+                            "defined twice in one object (JSON would silently keep only the "
+                            "last one); keep one"
+                        )
+                    else:
+                        message = (
+                            f"the same Tango name as {first!r} in this object (Tango names "
+                            "ignore case): defined twice; keep one"
+                        )
+                    out.append(Problem(rel, key_path([*path, again]), message))
+                todo.extend((v, [*path, k]) for k, v in node.items())
+            elif isinstance(node, list):
+                todo.extend((v, [*path, i]) for i, v in enumerate(node))
+        return sorted(set(out), key=lambda p: p.key)
 
 
 def _dsconfig_schema() -> dict:
@@ -198,9 +280,10 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
     merged: dict[str, Any] = {"servers": {}, "classes": {}}
     server_files: dict[str, str] = {}
     devices: dict[str, DeviceEntry] = {}
+    tango_classes: list[_ClassUse] = []
     for path in files:
         rel = str(path.relative_to(root))
-        data = _read_json(path, problems, rel)
+        data = _read_json(path, problems, rel, tango_names=True)
         if data is None:
             continue
         if not isinstance(data, dict):
@@ -212,6 +295,7 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
         for err in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
             problems.append(Problem(rel, key_path(err.absolute_path), _schema_message(err)))
         _merge_servers(data, rel, merged, server_files, devices, problems)
+        tango_classes.extend(_classes_of(data, rel))
         for cls, cdata in data.get("classes", {}).items():
             if cls in merged["classes"]:
                 problems.append(
@@ -227,7 +311,7 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
 
     # -- starter.json
     servers: dict[str, ServerInfo] = {}
-    starter = _read_json(root / "starter.json", problems, "starter.json")
+    starter = _read_json(root / "starter.json", problems, "starter.json", tango_names=True)
     if isinstance(starter, dict):
         entries = starter.get("servers")
         if not isinstance(entries, dict):
@@ -282,7 +366,12 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
             Problem("starter.json", "", "must be a JSON object with a 'servers' object")
         )
 
-    # -- device properties against the classes we ship
+    # -- device classes and properties against the servers and classes we ship
+    external = {name for name, info in servers.items() if info.external}
+    for key, entry in devices.items():
+        if entry.origin == "tango" and entry.server.lower() in external:
+            devices[key] = replace(entry, origin="external")
+    _check_device_classes(tango_classes, external, problems)
     _check_device_properties(devices, problems, warnings)
 
     # -- simulation.json (optional)
@@ -292,6 +381,10 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
         simulation = _read_json(sim_path, problems, "simulation.json")
         if simulation is not None:
             _check_simulation(simulation, devices, problems)
+
+    # -- access.json (optional; its rules are applied by `beamline db`): JSON checks only
+    if (root / ACCESS_FILE).exists():
+        _read_json(root / ACCESS_FILE, problems, ACCESS_FILE)
 
     if problems:
         raise ConfigError(problems)
@@ -404,19 +497,33 @@ def _server_info(name: str, info: Any, key: str, problems: list[Problem]) -> Ser
             Problem("starter.json", key, "must be an object with host, level, controlled")
         )
         return None
-    unknown = set(info) - {"host", "level", "controlled"}
+    unknown = set(info) - {"host", "level", "controlled", "external"}
     if unknown:
         problems.append(
             Problem(
                 "starter.json",
                 key,
-                f"unknown keys {sorted(unknown)}; allowed: host, level, controlled",
+                f"unknown keys {sorted(unknown)}; allowed: host, level, controlled, external",
             )
         )
     host = info.get("host", LOCAL_HOST)
     level = info.get("level")
     controlled = info.get("controlled", True)
+    external = info.get("external", False)
     ok = True
+    if not isinstance(external, bool):
+        problems.append(Problem("starter.json", f"{key}.external", "must be true or false"))
+        ok = False
+    elif external and _owner_of(name.split("/", 1)[0]):
+        problems.append(
+            Problem(
+                "starter.json",
+                f"{key}.external",
+                f"{name.split('/', 1)[0]} is {_owner_of(name.split('/', 1)[0])}, not a server "
+                'from elsewhere; remove "external"',
+            )
+        )
+        ok = False
     if not isinstance(host, str) or not host:
         problems.append(Problem("starter.json", f"{key}.host", 'must be a host name or "@local"'))
         ok = False
@@ -432,7 +539,7 @@ def _server_info(name: str, info: Any, key: str, problems: list[Problem]) -> Ser
     if not isinstance(controlled, bool):
         problems.append(Problem("starter.json", f"{key}.controlled", "must be true or false"))
         ok = False
-    return ServerInfo(name, host, level, controlled) if ok else None
+    return ServerInfo(name, host, level, controlled, external) if ok else None
 
 
 def known_device_classes() -> dict[str, Any]:
@@ -440,6 +547,125 @@ def known_device_classes() -> dict[str, Any]:
     from tango_devices.registry import device_classes
 
     return device_classes()
+
+
+def suite_servers() -> dict[str, str]:
+    """The suite's server executables and the one Tango class each runs."""
+    from tango_devices.registry import SERVERS
+
+    return {server: target.rsplit(":", 1)[1] for server, (target, _entry) in SERVERS.items()}
+
+
+def _owner_of(executable: str) -> str | None:
+    """Who ships a server executable: the suite, Sardana, or nobody we know."""
+    if executable in suite_servers():
+        return "the suite's server"
+    if executable.lower() in SARDANA_EXECUTABLES:
+        return "Sardana's server (configured in sardana/*.yaml)"
+    return None
+
+
+@dataclass(frozen=True)
+class _ClassUse:
+    """A class key under a server instance of a tango/*.json file, or in its
+    ``classes`` section (``server`` empty)."""
+
+    file: str
+    key: str  # "servers.Motor.slit_h.Motor"
+    server: str  # "Motor/slit_h"
+    device_class: str
+    devices: tuple[str, ...]
+
+
+def _classes_of(data: dict[str, Any], rel: str) -> list[_ClassUse]:
+    uses = []
+    for server, instances in (data.get("servers") or {}).items():
+        for instance, classes in (instances if isinstance(instances, dict) else {}).items():
+            for cls, devs in (classes if isinstance(classes, dict) else {}).items():
+                names = tuple(devs) if isinstance(devs, dict) else ()
+                key = f"servers.{server}.{instance}.{cls}"
+                uses.append(_ClassUse(rel, key, f"{server}/{instance}", cls, names))
+    for cls in data.get("classes") or {}:
+        uses.append(_ClassUse(rel, f"classes.{cls}", "", cls, ()))
+    return uses
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    """' (did you mean X?)' for the closest known name, or ''."""
+    import difflib
+
+    same = [k for k in known if k.lower() == name.lower()]
+    close = same or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_device_classes(uses: list[_ClassUse], external: set[str], problems) -> None:
+    """Every server of tango/*.json is one of the suite's executables (or marked
+    external in starter.json) and holds the one class that executable runs: a
+    class the server does not have would be written to the database, and its
+    devices would never be exported."""
+    servers = suite_servers()
+    classes = sorted(set(servers.values()))
+    server_list = ", ".join(sorted(servers))
+    reported: set[tuple[str, str]] = set()
+    for use in uses:
+        executable = use.server.split("/", 1)[0]
+        if use.server and use.server.lower() in external:
+            continue
+        if use.server and executable not in servers:
+            if (use.file, executable) in reported:
+                continue
+            reported.add((use.file, executable))
+            if executable.lower() in SARDANA_EXECUTABLES:
+                message = (
+                    f"{executable} is Sardana's server: configure Sardana in sardana/*.yaml "
+                    "(sardana-config), not in tango/*.json"
+                )
+            else:
+                message = (
+                    f"unknown server {executable}{_suggest(executable, list(servers))}; "
+                    f"the suite's servers: {server_list}; a server from elsewhere needs "
+                    '"external": true in its starter.json entry'
+                )
+            problems.append(Problem(use.file, f"servers.{executable}", message))
+            continue
+        if use.device_class == "DServer":  # every server's admin device
+            admin = f"dserver/{use.server}".lower()
+            for dev in use.devices:
+                if dev.lower() != admin:
+                    problems.append(
+                        Problem(
+                            use.file,
+                            f"{use.key}.{dev}",
+                            f"DServer is Tango's admin class: the one device of server "
+                            f"{use.server} is dserver/{use.server}",
+                        )
+                    )
+            continue
+        if use.device_class not in classes:
+            problems.append(
+                Problem(
+                    use.file,
+                    use.key,
+                    f"unknown device class {use.device_class}"
+                    f"{_suggest(use.device_class, classes)}; the suite's classes: "
+                    f"{', '.join(classes)}",
+                )
+            )
+        elif use.server and servers[executable] != use.device_class:
+            problems.append(
+                Problem(
+                    use.file,
+                    use.key,
+                    f"server {executable} runs class {servers[executable]} only, not "
+                    f"{use.device_class}; put these devices under "
+                    f"{_server_of_class(servers, use.device_class)}",
+                )
+            )
+
+
+def _server_of_class(servers: dict[str, str], cls: str) -> str:
+    return next(f"servers.{s}.<instance>.{c}" for s, c in servers.items() if c == cls)
 
 
 def _check_device_properties(devices, problems, warnings) -> None:
@@ -469,13 +695,23 @@ def _check_device_properties(devices, problems, warnings) -> None:
                 continue  # schema errors are reported already; arrays are not used by our classes
             conv = spec["type"]
             try:
-                conv(value[0])
+                parsed = conv(value[0])
             except ValueError:
                 problems.append(
                     Problem(
                         entry.file,
                         f"{base}.{prop}",
                         f"{value[0]!r} is not a valid {conv.__name__}; {spec['doc']}",
+                    )
+                )
+                continue
+            if isinstance(parsed, float) and not math.isfinite(parsed):
+                problems.append(
+                    Problem(
+                        entry.file,
+                        f"{base}.{prop}",
+                        f"{value[0]!r} is not a finite number (nan and inf are refused); "
+                        f"{spec['doc']}",
                     )
                 )
         for name, (orig, _) in lower.items():

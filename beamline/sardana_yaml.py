@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,18 @@ from typing import Any
 from beamline.problems import Problem, key_path
 
 SARDANA_DIR = "sardana"
+
+# Bounds on one sardana/*.yaml file, checked before anything is built from it
+# (the demo's is 3 kB, 207 nodes; a beamline of 300 elements some 100 kB).
+#: characters in the file
+MAX_YAML_CHARS = 2**20
+#: nodes (scalars, lists, mappings) in the document, aliases expanded
+MAX_YAML_NODES = 50_000
+#: nodes that aliases (``*name``, ``<<: *name``) may add to the document once
+#: expanded: sharing a few blocks is fine, a "billion laughs" is refused
+MAX_ALIAS_NODES = 10_000
+#: nesting depth (sardana-config needs under 10; the parser recurses per level)
+MAX_YAML_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -56,9 +69,23 @@ def project_dir() -> Path:
 def load_file(path: Path, rel: str, run_dir: Path, problems: list) -> SardanaDoc | None:
     """Parse, substitute, validate and convert one YAML file; problems are appended."""
     try:
-        text = path.read_text()
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_YAML_CHARS + 1)
     except OSError as exc:
         problems.append(Problem(rel, "", f"cannot read: {exc.strerror}"))
+        return None
+    except ValueError as exc:  # UnicodeDecodeError
+        problems.append(Problem(rel, "", f"not UTF-8 text: {exc}"))
+        return None
+    if len(text) > MAX_YAML_CHARS:
+        problems.append(
+            Problem(
+                rel,
+                "",
+                f"larger than {MAX_YAML_CHARS // 2**20} MiB: not a sardana-config file; "
+                "split it into several sardana/*.yaml files",
+            )
+        )
         return None
     try:
         text = string.Template(text).substitute(PROJECT=str(project_dir()), RUN_DIR=str(run_dir))
@@ -76,7 +103,14 @@ def load_file(path: Path, rel: str, run_dir: Path, problems: list) -> SardanaDoc
     from sardana_config.yaml_utils import get_yaml
 
     try:
-        doc = get_yaml(typ="rt").load(text)
+        # Aliases share what they name when parsed, but everything after the
+        # parser (the model, the checks, build_dsconfig) walks them expanded:
+        # measure the expansion on the event stream before building anything.
+        problem = expansion_problem(get_yaml(typ="rt").parse(text), rel)
+        if problem is not None:
+            problems.append(problem)
+            return None
+        doc = _linear_copies(get_yaml(typ="rt").load(text))
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -132,6 +166,138 @@ def load_file(path: Path, rel: str, run_dir: Path, problems: list) -> SardanaDoc
                     controller_devices[key] = [n.strip() for n in names if n.strip()]
     dsconfig = build_dsconfig(remove_environment_from_config(config))
     return SardanaDoc(rel, _plain(dsconfig), environments, controller_devices)
+
+
+def expansion_problem(events: Iterable[Any], rel: str) -> Problem | None:
+    """A Problem if the YAML events describe a document that nests deeper than
+    MAX_YAML_DEPTH, has an alias inside the collection it names (a recursive
+    structure), whose aliases add more than MAX_ALIAS_NODES nodes once
+    expanded, or that has more than MAX_YAML_NODES nodes in all; None
+    otherwise. One pass that stops at the first problem, constant work per
+    event: each anchor's expanded size is computed once, when its node ends."""
+    from ruamel.yaml.events import (
+        AliasEvent,
+        CollectionEndEvent,
+        CollectionStartEvent,
+        DocumentStartEvent,
+        ScalarEvent,
+    )
+
+    def where(event) -> str:
+        mark = event.start_mark
+        return f"line {mark.line + 1} column {mark.column + 1}"
+
+    # anchor -> nodes once expanded, or the open collection it names
+    sizes: dict[str, int | list] = {}
+    stack: list[list] = []  # open collections: [nodes so far, anchor]
+    added = total = 0
+    for event in events:
+        size = 0  # nodes this event adds to the expanded document
+        if isinstance(event, DocumentStartEvent):
+            sizes.clear()
+        elif isinstance(event, CollectionStartEvent):
+            if len(stack) >= MAX_YAML_DEPTH:
+                return Problem(
+                    rel, where(event), f"nested deeper than {MAX_YAML_DEPTH} levels; flatten it"
+                )
+            size = 1
+            entry = [1, event.anchor]
+            stack.append(entry)
+            if event.anchor is not None:
+                sizes[event.anchor] = entry
+        elif isinstance(event, CollectionEndEvent):
+            entry = stack.pop()
+            if entry[1] is not None and sizes.get(entry[1]) is entry:
+                sizes[entry[1]] = entry[0]
+            if stack:
+                stack[-1][0] += entry[0]
+        elif isinstance(event, ScalarEvent):
+            size = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+            if stack:
+                stack[-1][0] += 1
+        elif isinstance(event, AliasEvent):
+            named = sizes.get(event.anchor, 1)  # an undefined alias: the composer says so
+            if isinstance(named, list):
+                return Problem(
+                    rel,
+                    where(event),
+                    f"alias *{event.anchor} inside the node &{event.anchor} it names "
+                    "(a recursive structure); write the value out",
+                )
+            size = named
+            added += size
+            if added > MAX_ALIAS_NODES:
+                return Problem(
+                    rel,
+                    where(event),
+                    f"alias *{event.anchor} ({size} nodes) makes the aliases add more than "
+                    f"{MAX_ALIAS_NODES} nodes to the document (a YAML alias bomb?); "
+                    "write the values out, or share fewer and smaller blocks",
+                )
+            if stack:
+                stack[-1][0] += size
+        total += size
+        if total > MAX_YAML_NODES:
+            return Problem(
+                rel,
+                where(event),
+                f"more than {MAX_YAML_NODES} values, lists and mappings (aliases expanded) "
+                "by here, more than a beamline needs; split it into several sardana/*.yaml files",
+            )
+    return None
+
+
+def _linear_copies(doc: Any) -> Any:
+    """``doc`` with every ruamel CommentedSeq made a _LinearSeq, in place.
+
+    sardana-config deep-copies the document (``remove_defaults``), and
+    ruamel's ``CommentedSeq.__deepcopy__`` copies the list's line/column
+    records once per item: quadratic, 5 s for a list of 1,000 values, 9 min
+    for 10,000 (ruamel.yaml 0.19.1). The subclass copies them once; it is
+    still a CommentedSeq (build_dsconfig reads its flow style)."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    seen: set[int] = set()
+    todo = [doc]
+    while todo:
+        value = todo.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, CommentedSeq):
+            value.__class__ = _linear_seq_class()
+            todo.extend(value)
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return doc
+
+
+_LINEAR_SEQ: list[type] = []
+
+
+def _linear_seq_class() -> type:
+    if not _LINEAR_SEQ:
+        import copy
+
+        from ruamel.yaml.comments import CommentedSeq
+
+        class _LinearSeq(CommentedSeq):
+            __slots__ = ()
+
+            def __deepcopy__(self, memo: Any) -> Any:
+                res = self.__class__()
+                memo[id(self)] = res
+                for item in self:
+                    res.append(copy.deepcopy(item, memo))
+                self.copy_attributes(res, memo=memo)
+                return res
+
+        _LINEAR_SEQ.append(_LinearSeq)
+    return _LINEAR_SEQ[0]
 
 
 def _plain(value: Any) -> Any:

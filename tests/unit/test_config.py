@@ -276,3 +276,329 @@ def test_servers_of_a_host(cfgdir):
     b = {s.name for lvl in config.servers_by_level("hostb").values() for s in lvl}
     assert b == {"Motor/det_z"}
     assert config.servers_by_level("nosuchhost") == {}
+
+
+# ------------------------------------------ issue 18: refusals of bad input
+# The four inputs `config check` used to accept: a class the server does not
+# have, a key twice in one JSON object, a float property "nan", a YAML alias
+# bomb. Each is refused naming the file and the key (or line); all at once.
+CLASS_PROBLEM = (
+    "tango/motors.json: servers.Motor.{server}.Motorr: unknown device class Motorr "
+    "(did you mean Motor?); the suite's classes: DataLogger, Detector, ExperimentQueue, "
+    "Motor, Scaler, Shutter, Supervisor, VacuumGauge, Valve"
+)
+DUPLICATE_PROBLEM = (
+    "tango/motors.json: servers.Motor.sample_x.Motor.bl01/mot/sample_x: defined twice in one "
+    "object (JSON would silently keep only the last one); keep one"
+)
+NAN_PROBLEM = (
+    "tango/motors.json: servers.Motor.det_z.Motor.bl01/mot/det_z.properties.StepsPerUnit: "
+    "'nan' is not a finite number (nan and inf are refused)"
+)
+
+
+def rename_class(cfgdir, server="sample_x", new="Motorr"):
+    def change(d):
+        classes = d["servers"]["Motor"][server]
+        classes[new] = classes.pop("Motor")
+
+    edit(cfgdir / "tango/motors.json", change)
+
+
+def duplicate_device_key(cfgdir):
+    """bl01/mot/sample_x twice in one object, the second with sample_y's axis
+    (what apply used to write: the motor then ran on axis 4)."""
+    path = cfgdir / "tango/motors.json"
+    data = json.loads(path.read_text())
+    x = motor(data, "sample_x")
+    y = json.loads(json.dumps(x))
+    y["properties"]["Axis"] = ["4"]
+    data["servers"]["Motor"]["sample_x"]["Motor"] = {"bl01/mot/sample_x": x, "DUPLICATE": y}
+    path.write_text(json.dumps(data, indent=2).replace('"DUPLICATE"', '"bl01/mot/sample_x"'))
+
+
+def set_steps_per_unit(cfgdir, value, name="det_z"):
+    edit(
+        cfgdir / "tango/motors.json",
+        lambda d: motor(d, name)["properties"].update(StepsPerUnit=[value]),
+    )
+
+
+def alias_bomb(cfgdir, levels=9) -> tuple[int, int]:
+    """A billion laughs (9 levels of 9 aliases) in MacroServer environment
+    variables, where any value is allowed; returns the line and column of the
+    first alias over the budget (that of *a3 in L4: 90 + 819 + 7380 + 7381)."""
+    laughs = ["        L0: &a0 [" + ", ".join(["lol"] * 9) + "]\n"]
+    for i in range(1, levels):
+        laughs.append(f"        L{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n")
+    _edit_yaml(cfgdir, "      variables:\n", "      variables:\n" + "".join(laughs))
+    lines = (cfgdir / "sardana/bl01.yaml").read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("        L4: "))
+    return row + 1, lines[row].index("*a3") + 1
+
+
+def test_unknown_device_class_is_refused_with_a_suggestion(cfgdir):
+    rename_class(cfgdir)
+    assert problems(cfgdir) == [CLASS_PROBLEM.format(server="sample_x")]
+
+
+def test_unknown_class_in_class_properties(cfgdir):
+    edit(cfgdir / "tango/motors.json", lambda d: d.update(classes={"motor": {}}))
+    (p,) = problems(cfgdir)
+    assert p.startswith("tango/motors.json: classes.motor: unknown device class motor (did ")
+    assert "(did you mean Motor?)" in p
+
+
+def test_class_under_a_server_that_does_not_run_it(cfgdir):
+    rename_class(cfgdir, "det_z", "Shutter")
+    found = problems(cfgdir)
+    assert (
+        "tango/motors.json: servers.Motor.det_z.Shutter: server Motor runs class Motor only, "
+        "not Shutter; put these devices under servers.Shutter.<instance>.Shutter"
+    ) in found
+
+
+def test_unknown_server_executable_and_servers_from_elsewhere(cfgdir):
+    (cfgdir / "tango/other.json").write_text(
+        json.dumps({"servers": {"Motorr": {"x": {"Motor": {"bl01/test/x": {}}}}}})
+    )
+    edit(
+        cfgdir / "starter.json",
+        lambda d: d["servers"].update({"Motorr/x": {"host": "@local", "level": 2}}),
+    )
+    p = problems(cfgdir)[0]  # then the properties class Motor lacks: Port, Axis
+    assert p.startswith(
+        "tango/other.json: servers.Motorr: unknown server Motorr (did you mean Motor?); "
+        "the suite's servers: DataLogger, Detector, ExperimentQueue, Motor, "
+    )
+    assert p.endswith('a server from elsewhere needs "external": true in its starter.json entry')
+
+    # a server from elsewhere (its own classes, not checked) says so in starter.json
+    (cfgdir / "tango/other.json").write_text(
+        json.dumps({"servers": {"Vendor": {"x": {"VendorCam": {"bl01/test/x": {}}}}}})
+    )
+
+    def external(d):
+        d["servers"].pop("Motorr/x")
+        d["servers"]["Vendor/x"] = {"host": "@local", "level": 2, "external": True}
+
+    edit(cfgdir / "starter.json", external)
+    c = cfg.load(cfgdir)
+    assert c.devices["bl01/test/x"].origin == "external"
+    assert c.servers["vendor/x"].external
+
+    # ... but a server of the suite cannot be declared external
+    edit(cfgdir / "starter.json", lambda d: d["servers"]["Motor/det_z"].update(external=True))
+    assert problems(cfgdir) == [
+        "starter.json: servers.Motor/det_z.external: Motor is the suite's server, not a "
+        'server from elsewhere; remove "external"'
+    ]
+
+
+def test_sardana_servers_belong_in_the_yaml(cfgdir):
+    (cfgdir / "tango/pool.json").write_text(
+        json.dumps({"servers": {"Pool": {"p2": {"Pool": {"bl01/sardana/pool2": {}}}}}})
+    )
+    edit(
+        cfgdir / "starter.json",
+        lambda d: d["servers"].update({"Pool/p2": {"host": "@local", "level": 3}}),
+    )
+    assert problems(cfgdir) == [
+        "tango/pool.json: servers.Pool: Pool is Sardana's server: configure Sardana in "
+        "sardana/*.yaml (sardana-config), not in tango/*.json"
+    ]
+
+
+def test_dserver_is_the_admin_device_of_its_server(cfgdir):
+    def admin(d, name):
+        d["servers"]["Motor"]["det_z"]["DServer"] = {name: {"properties": {}}}
+
+    edit(cfgdir / "tango/motors.json", lambda d: admin(d, "dserver/Motor/det_z"))
+    cfg.load(cfgdir)
+    edit(cfgdir / "tango/motors.json", lambda d: admin(d, "dserver/Motor/slit_h"))
+    assert problems(cfgdir) == [
+        "tango/motors.json: servers.Motor.det_z.DServer.dserver/Motor/slit_h: DServer is "
+        "Tango's admin class: the one device of server Motor/det_z is dserver/Motor/det_z"
+    ]
+
+
+def test_duplicate_key_in_a_json_object_is_refused(cfgdir):
+    duplicate_device_key(cfgdir)
+    assert problems(cfgdir) == [DUPLICATE_PROBLEM]
+
+
+def test_duplicate_keys_in_every_json_file(cfgdir):
+    def twice(path, old, new):
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+
+    # Tango names ignore case: "Axis" and "axis" are one property
+    twice(cfgdir / "tango/motors.json", '"Axis": ["5"]', '"Axis": ["5"], "axis": ["2"]')
+    twice(cfgdir / "starter.json", '"servers": {', '"servers": {"motor/det_z": {"level": 2},')
+    twice(cfgdir / "simulation.json", '"controllers": {', '"controllers": {"smc1": {},')
+    twice(cfgdir / "access.json", '"default": "read",', '"default": "read", "default": "write",')
+    assert sorted(problems(cfgdir)) == [
+        "access.json: default: defined twice in one object (JSON would silently keep only "
+        "the last one); keep one",
+        "simulation.json: controllers.smc1: defined twice in one object (JSON would silently "
+        "keep only the last one); keep one",
+        "starter.json: servers.Motor/det_z: the same Tango name as 'motor/det_z' in this "
+        "object (Tango names ignore case): defined twice; keep one",
+        "tango/motors.json: servers.Motor.det_z.Motor.bl01/mot/det_z.properties.axis: the "
+        "same Tango name as 'Axis' in this object (Tango names ignore case): defined twice; "
+        "keep one",
+    ]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+def test_float_property_must_be_finite(cfgdir, value):
+    set_steps_per_unit(cfgdir, value)
+    (p,) = problems(cfgdir)
+    assert p.startswith(NAN_PROBLEM.replace("'nan'", repr(value)))
+
+
+def test_alias_bomb_is_refused_before_the_document_is_built(cfgdir, monkeypatch):
+    from ruamel.yaml import YAML
+
+    line, column = alias_bomb(cfgdir)
+
+    def build(*args, **kwargs):
+        raise AssertionError("the alias bomb was built")
+
+    monkeypatch.setattr(YAML, "load", build)  # the old loader built it, then walked it
+    assert problems(cfgdir) == [
+        f"sardana/bl01.yaml: line {line} column {column}: alias *a3 (7381 nodes) makes the "
+        "aliases add more than 10000 nodes to the document (a YAML alias bomb?); write the "
+        "values out, or share fewer and smaller blocks"
+    ]
+
+
+def test_modest_yaml_aliases_are_fine(cfgdir):
+    _edit_yaml(
+        cfgdir,
+        "      mg_counters:\n        channels:\n",
+        "      mg_counters:\n        channels: &counters\n",
+    )
+    _edit_yaml(
+        cfgdir,
+        "      mg_cam:\n",
+        "      mg_counters2:\n        channels: *counters\n      mg_cam:\n",
+    )
+    c = cfg.load(cfgdir)
+    assert sum(d.device_class == "MeasurementGroup" for d in c.devices.values()) == 4
+
+
+def _yaml_variable(cfgdir, text: str) -> tuple[int, str]:
+    """Add ``text`` as a MacroServer environment variable (5 levels deep in
+    the document); its line number and line."""
+    _edit_yaml(cfgdir, "      variables:\n", f"      variables:\n        {text}\n")
+    lines = (cfgdir / "sardana/bl01.yaml").read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line == f"        {text}")
+    return row + 1, lines[row]
+
+
+def test_recursive_yaml_alias_is_refused(cfgdir):
+    row, line = _yaml_variable(cfgdir, "Loop: &loop [1, *loop]")
+    column = line.index("*loop") + 1
+    assert problems(cfgdir) == [
+        f"sardana/bl01.yaml: line {row} column {column}: alias *loop inside the node &loop "
+        "it names (a recursive structure); write the value out"
+    ]
+
+
+def test_deeply_nested_yaml_is_refused(cfgdir):
+    row, line = _yaml_variable(cfgdir, "Deep: " + "[" * 200 + "]" * 200)
+    column = line.index("[") + 95 + 1  # the 96th "[" opens level 101
+    assert problems(cfgdir) == [
+        f"sardana/bl01.yaml: line {row} column {column}: nested deeper than 100 levels; flatten it"
+    ]
+
+
+def test_yaml_with_too_many_nodes_is_refused(cfgdir, monkeypatch):
+    from beamline import sardana_yaml
+
+    monkeypatch.setattr(sardana_yaml, "MAX_YAML_NODES", 1000)  # 50,000: a slow test
+    row, _ = _yaml_variable(cfgdir, "Many: [" + ", ".join(["0"] * 1000) + "]")
+    (p,) = problems(cfgdir)
+    assert p.startswith(f"sardana/bl01.yaml: line {row} column ")
+    assert p.endswith(
+        ": more than 1000 values, lists and mappings (aliases expanded) by here, more than a "
+        "beamline needs; split it into several sardana/*.yaml files"
+    )
+
+
+def test_long_yaml_lists_are_copied_once_per_copy(cfgdir, monkeypatch):
+    """ruamel's CommentedSeq deep copy (sardana-config copies the document)
+    copies the list's line/column records once per item: 5 s for 1,000 values,
+    9 min for 10,000. Counted, not timed: the records of a list of 500 values
+    are copied a few times, not 500 times per copy."""
+    from ruamel.yaml.comments import CommentedBase
+
+    copied = []
+    copy_attributes = CommentedBase.copy_attributes
+
+    def counting(self, target, memo=None):
+        copied.append(len(self) if isinstance(self, list) else None)
+        return copy_attributes(self, target, memo)
+
+    monkeypatch.setattr(CommentedBase, "copy_attributes", counting)
+    _yaml_variable(cfgdir, "Positions: [" + ", ".join(str(i) for i in range(500)) + "]")
+    c = cfg.load(cfgdir)
+    (env,) = c.sardana_env
+    assert env.variables["Positions"] == list(range(500))
+    assert 1 <= copied.count(500) <= 5
+
+
+def test_oversized_and_deeply_nested_files_are_refused(cfgdir):
+    with (cfgdir / "sardana/bl01.yaml").open("a") as f:
+        f.write(("# " + "x" * 98 + "\n") * 11000)
+    (cfgdir / "simulation.json").write_text("[" * 100000 + "]" * 100000)
+    assert sorted(problems(cfgdir)) == [
+        "sardana/bl01.yaml: larger than 1 MiB: not a sardana-config file; split it into "
+        "several sardana/*.yaml files",
+        "simulation.json: invalid JSON: nested too deeply",
+    ]
+
+
+def test_every_problem_at_once_through_the_cli_and_apply_writes_nothing(cfgdir, tmp_path):
+    """The real `beamline` command: exit 2, every problem named, no traceback;
+    `config apply` refuses before it looks for a database (the port given has
+    none: reaching it would say "no Tango database answers")."""
+    from tests.helpers import BeamlineRun, free_port
+
+    rename_class(cfgdir, "slit_v")
+    set_steps_per_unit(cfgdir, "nan")
+    alias_bomb(cfgdir)
+    duplicate_device_key(cfgdir)  # last: the edits above would merge the duplicate away
+    run = BeamlineRun(tmp_path / "run", cfgdir)
+    check = run.cli("config", "check", check=False)
+    assert check.returncode == 2, check.stdout + check.stderr
+    out = check.stdout + check.stderr
+    assert "Traceback" not in out
+    class_problem = CLASS_PROBLEM.format(server="slit_v")
+    for expected in (class_problem, DUPLICATE_PROBLEM, NAN_PROBLEM, "alias *a3 (7381 nodes)"):
+        assert expected in out, out
+    assert "4 problem(s)" in check.stderr
+
+    apply = run.cli("config", "apply", "--tango-host", f"127.0.0.1:{free_port()}", check=False)
+    assert apply.returncode == 2, apply.stdout + apply.stderr
+    assert "configuration problems (run `beamline config check`)" in apply.stderr
+    assert class_problem in apply.stderr and "Traceback" not in apply.stderr
+    assert "no Tango database answers" not in apply.stderr
+
+
+def test_up_refuses_a_bad_configuration_before_starting_anything(cfgdir, tmp_path, monkeypatch):
+    from beamline import orchestrator as orch
+    from beamline.runtime import RunContext
+
+    rename_class(cfgdir)
+
+    def started(*args, **kwargs):
+        raise AssertionError("`up` went past its configuration check")
+
+    monkeypatch.setattr(orch, "_database", started)
+    with pytest.raises(cfg.ConfigError) as info:
+        orch.up(RunContext.create(tmp_path / "run", cfgdir), orch.UpOptions())
+    assert [str(p) for p in info.value.problems] == [CLASS_PROBLEM.format(server="sample_x")]
+    assert not (tmp_path / "run").exists()
