@@ -290,7 +290,11 @@ class QueueLogic:
         if not isinstance(specs, list) or not specs:
             raise QueueError("a batch is a non-empty list of items")
         check = self.macros.checker()
-        items = [self._validated(s, f"item {n}", check) for n, s in enumerate(specs)]
+        items = []
+        for n, spec in enumerate(specs):
+            if deadline is not None and n % 1000 == 999 and deadline.left() <= 0:
+                raise deadline.refusal()  # no use checking the rest
+            items.append(self._validated(spec, f"item {n}", check))
         self._insert(items, position, deadline)
         return items
 

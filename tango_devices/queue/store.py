@@ -117,13 +117,22 @@ class HistoryEntry:
         return asdict(self)
 
 
+#: a position decided against the queue as it is when the edit commits
+Where = Callable[[list[Item]], int]
+
+
 def new_uid() -> str:
     return uuid.uuid4().hex[:12]
 
 
 class StoreError(RuntimeError):
     """The queue's database could not be read or written. The message names the
-    file, the cause and the fix, and says that nothing was changed."""
+    file and the cause (``problem``), what became of the request (``outcome``:
+    for a write, that nothing was changed) and what to do (``fix``)."""
+
+    def __init__(self, problem: str, fix: str, outcome: str = "") -> None:
+        super().__init__(f"{problem}{outcome}; {fix}")
+        self.problem, self.fix, self.outcome = problem, fix, outcome
 
 
 #: (words in SQLite's message or an errno, what it means, what to do)
@@ -171,7 +180,7 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
-def describe_failure(path: Path, exc: BaseException, doing: str, outcome: str = "") -> str:
+def failure(path: Path, exc: BaseException, doing: str, outcome: str = "") -> StoreError:
     """What went wrong with the file at ``path``, said for an operator: the
     file, the cause (with the free space where it lives), ``outcome`` and the fix."""
     text = str(exc).strip() or type(exc).__name__
@@ -189,7 +198,8 @@ def describe_failure(path: Path, exc: BaseException, doing: str, outcome: str = 
         where = f" ({_size(free)} free on {mount})"
     except OSError:
         pass
-    return f"cannot {doing} the queue's database {path}: {cause}{where} [{text}]{outcome}; {fix}"
+    problem = f"cannot {doing} the queue's database {path}: {cause}{where} [{text}]"
+    return StoreError(problem, fix, outcome)
 
 
 def _size(n: int) -> str:
@@ -219,7 +229,7 @@ class QueueStore:
                 str(self.path), check_same_thread=False, isolation_level=None, timeout=busy_timeout
             )
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(describe_failure(self.path, exc, "open")) from None
+            raise failure(self.path, exc, "open") from None
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -229,7 +239,7 @@ class QueueStore:
             ).fetchall()
         except sqlite3.Error as exc:
             self._db.close()
-            raise StoreError(describe_failure(self.path, exc, "open")) from None
+            raise failure(self.path, exc, "open") from None
         self.items: list[Item] = [
             Item(macro, json.loads(args), repeat, json.loads(meta), str(uid), added)
             for uid, _pos, macro, args, repeat, meta, added in rows
@@ -258,9 +268,7 @@ class QueueStore:
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(
-                        describe_failure(self.path, exc, doing, "; nothing was changed")
-                    ) from None
+                    raise failure(self.path, exc, doing, "; nothing was changed") from None
                 raise
 
     def _rollback(self) -> None:
@@ -275,7 +283,7 @@ class QueueStore:
             try:
                 return fn()
             except sqlite3.Error as exc:
-                raise StoreError(describe_failure(self.path, exc, "read")) from None
+                raise failure(self.path, exc, "read") from None
 
     # -------------------------------------------------------------- reads
     def get(self, uid: str) -> Item:
@@ -326,7 +334,11 @@ class QueueStore:
         self._pos = {i.uid: n for n, i in enumerate(new_items)}
         self.version += 1
 
-    def insert(self, items: list[Item], index: int, deadline: float | None = None) -> list[Item]:
+    def insert(
+        self, items: list[Item], index: int | Where, deadline: float | None = None
+    ) -> list[Item]:
+        """``items`` at ``index`` (clamped to the queue), or where ``index(queue)``
+        says, asked under the lock when the edit commits."""
         now = time.time()
         for item in items:
             item.uid = item.uid or new_uid()
@@ -336,6 +348,8 @@ class QueueStore:
             dup = [i.uid for i in items if i.uid in known]
             if dup or len({i.uid for i in items}) != len(items):
                 raise ValueError(f"duplicate uid(s): {', '.join(dup) or 'within the batch'}")
+            if callable(index):
+                index = index(self.items)
             index = max(0, min(index, len(self.items)))
             new = self.items[:index] + items + self.items[index:]
             self._commit(new, items, [], deadline)
@@ -349,8 +363,10 @@ class QueueStore:
             new[index] = item
             self._commit(new, [item], [], deadline)
 
-    def move(self, uid: str, index: int, deadline: float | None = None) -> None:
+    def move(self, uid: str, index: int | Where, deadline: float | None = None) -> None:
         with self._lock:
+            if callable(index):
+                index = index(self.items)
             new = list(self.items)
             item = new.pop(self.index(uid))
             index = max(0, min(index, len(new)))
@@ -418,12 +434,19 @@ class QueueStore:
         return json.loads(row[0]) if row else default
 
     def set_meta(self, key: str, value: Any) -> None:
-        text = None if value is None else json.dumps(value)
+        self.set_metas({key: value})
+
+    def set_metas(self, values: dict[str, Any]) -> None:
+        """Several meta values in one transaction (None deletes)."""
+        texts = {k: None if v is None else json.dumps(v) for k, v in values.items()}
         with self._write() as cur:
-            if text is None:
-                cur.execute("DELETE FROM meta WHERE key = ?", (key,))
-            else:
-                cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
+            for key, text in texts.items():
+                if text is None:
+                    cur.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    cur.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text)
+                    )
 
     # -------------------------------------------------------------- history
     def finish_current(self, entry: HistoryEntry) -> None:
