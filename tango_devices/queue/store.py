@@ -27,7 +27,6 @@ import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -122,7 +121,36 @@ Where = Callable[[list[Item]], int]
 
 
 def new_uid() -> str:
-    return uuid.uuid4().hex[:12]
+    return new_uids(1)[0]
+
+
+def new_uids(n: int) -> list[str]:
+    """``n`` random uids of 12 hex digits, from one read of the system's
+    random source (uuid4 per item took 8 us: 0.15 s for 20,000 items)."""
+    text = os.urandom(6 * n).hex()
+    return [text[i : i + 12] for i in range(0, 12 * n, 12)]
+
+
+def _rows(items: list[Item], positions: list[int]) -> list[tuple]:
+    """Database rows; arguments and metadata that repeat (a batch of the same
+    macro) are encoded once."""
+    texts: dict[Any, str] = {}
+
+    def encode(value: Any) -> str:
+        if not value:
+            return "[]" if isinstance(value, list) else "{}"
+        key = tuple(value) if isinstance(value, list) else None
+        if key is not None and all(isinstance(v, str) for v in key):
+            text = texts.get(key)
+            if text is None:
+                text = texts[key] = json.dumps(value)
+            return text
+        return json.dumps(value)
+
+    return [
+        (i.uid, pos, i.macro, encode(i.args), i.repeat, encode(i.meta), i.added)
+        for i, pos in zip(items, positions, strict=True)
+    ]
 
 
 class StoreError(RuntimeError):
@@ -311,7 +339,8 @@ class QueueStore:
         (time.monotonic()) the transaction is rolled back before its COMMIT and
         TimeoutError raised: nothing was changed."""
         fresh = {i.uid for i in changed}
-        rows = [i.row(n) for n, i in enumerate(new_items) if i.uid in fresh]
+        placed = [(n, i) for n, i in enumerate(new_items) if i.uid in fresh]
+        rows = _rows([i for _, i in placed], [n for n, _ in placed])
         moved = [
             (n, i.uid)
             for n, i in enumerate(new_items)
@@ -340,8 +369,9 @@ class QueueStore:
         """``items`` at ``index`` (clamped to the queue), or where ``index(queue)``
         says, asked under the lock when the edit commits."""
         now = time.time()
+        fresh = iter(new_uids(sum(1 for i in items if not i.uid)))
         for item in items:
-            item.uid = item.uid or new_uid()
+            item.uid = item.uid or next(fresh)
             item.added = item.added or now
         with self._lock:
             known = {i.uid for i in self.items}
