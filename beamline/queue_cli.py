@@ -330,7 +330,9 @@ def add_batch(client: QueueClient, file, position, as_json):
     """
     items, file_position = load_batch(file)
     where = parse_position(position) if position is not None else (file_position or "back")
-    added = client.call("AddBatch", {"items": items, "position": where})
+    # the queue stores the batch only if it can answer within our timeout
+    spec = {"items": items, "position": where, "timeout": DEFAULT_TIMEOUT_MS / 1000}
+    added = client.call("AddBatch", spec)
     if as_json:
         _emit(added)
         return

@@ -13,6 +13,13 @@ Also the same with 10,000 other items queued behind the N.
 (b) Big batches: AddBatch of 10,000 items, Get, the Items and QueueState
 attributes, one Add at the front and at the back with 10,000 queued,
 ``beamline queue list`` (table and --json) and Clear.
+
+(c) Batches of any macro (issue 18): AddBatch of 20,000 ``mv sample_x 0.5``
+(an element parameter: was 25-54 s) and of 20,000 ``ct 0.01``, from a client
+with Tango's default 3 s timeout (target <= 2 s each; the queue stores a
+batch only if it can answer within the client's timeout); and another
+client's Get while a 20,000-item ``mv`` batch is being checked, against the
+same Get with nothing else going on (target < 100 ms).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ N = 30
 ROUNDS = 3
 MACRO = ["ct", "0.01"]
 BIG = 10_000
+HUGE = 20_000
 TERMINAL = ("finish", "stop", "abort", "exception")
 
 
@@ -117,9 +125,9 @@ def _queued(queue, observer: DoorObserver, behind: int = 0) -> tuple[list[float]
     queue.HistoryClear()
     if behind:
         filler = [{"macro": "ct", "args": [0.01]} for _ in range(behind)]
-        queue.AddBatch(json.dumps({"items": filler}))
+        queue.AddBatch(json.dumps({"items": filler, "timeout": 60}))
     items = [{"macro": MACRO[0], "args": MACRO[1:]} for _ in range(N)]
-    queue.AddBatch(json.dumps({"items": items, "position": "front"}))
+    queue.AddBatch(json.dumps({"items": items, "position": "front", "timeout": 60}))
     observer.reset()
     queue.Start()
     observer.wait_ends(N, 120)
@@ -203,7 +211,7 @@ def batches(bench, queue) -> dict:
     queue.set_timeout_millis(180_000)
     queue.Clear()
     items = [{"macro": "ct", "args": [0.01], "meta": {"n": n}} for n in range(BIG)]
-    payload = json.dumps({"items": items})
+    payload = json.dumps({"items": items, "timeout": 180})
     adds = []
     for _ in range(2):
         queue.Clear()
@@ -255,7 +263,88 @@ def batches(bench, queue) -> dict:
     return {"add_batch": med(adds), "get": med(get), "items": med(items_read)}
 
 
-def run() -> dict:
+def _batch(macro: str, args: list, n: int = HUGE, **extra) -> str:
+    items = [{"macro": macro, "args": args, "meta": {"n": k}} for k in range(n)]
+    return json.dumps({"items": items, **extra})
+
+
+def any_macro(bench, queue) -> dict:
+    import tango
+
+    client = bench.proxy(QUEUE)  # Tango's default timeout: 3 s, as in the issue
+    payloads = {"mv": _batch("mv", ["sample_x", 0.5]), "ct": _batch("ct", [0.01])}
+    times: dict[str, list[float]] = {"mv": [], "ct": []}
+    failures: dict[str, list[str]] = {"mv": [], "ct": []}
+    for _ in range(ROUNDS):
+        for macro, payload in payloads.items():
+            queue.Clear()
+            t0 = time.perf_counter()
+            try:
+                client.AddBatch(payload)
+                times[macro].append(time.perf_counter() - t0)
+                expected = HUGE
+            except tango.DevFailed as exc:
+                failures[macro].append(exc.args[0].reason)
+                expected = 0 if exc.args[0].reason == "QUEUE_REJECTED" else None
+            length = queue.QueueLength  # stored whole when acknowledged, not at all if refused
+            if expected is not None and length != expected:
+                raise RuntimeError(f"{macro}: {length} items stored, expected {expected}")
+
+    # Get from another client while a batch is checked, against Get alone
+    other = bench.proxy(QUEUE)
+    loader = bench.proxy(QUEUE)
+    loader.set_timeout_millis(180_000)
+    queue.Clear()
+    alone = _timed(other.Get, 50)
+    during: list[float] = []
+    after = 0
+    done = threading.Event()
+
+    def load() -> None:
+        try:
+            loader.AddBatch(_batch("mv", ["sample_x", 0.5], timeout=180))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    while not done.is_set():
+        t0 = time.perf_counter()
+        snap = json.loads(other.Get())
+        took = time.perf_counter() - t0
+        if snap["items"]:
+            after += 1  # answered after the batch was committed: a 20,000-item answer
+        else:
+            during.append(took)
+    thread.join()
+    queue.Clear()
+    med = statistics.median
+    print(f"(c) AddBatch of {HUGE:,} items, client timeout 3 s, {ROUNDS} rounds")
+    for macro in ("mv", "ct"):
+        line = " / ".join(f"{t:.2f}" for t in times[macro]) or "-"
+        ok = f"median {med(times[macro]):.2f} s" if times[macro] else "never stored"
+        refused = f"; refused {len(failures[macro])}x ({', '.join(failures[macro])})"
+        print(
+            f"  `{macro}` x {HUGE:,}: {line} s ({ok}, target <= 2 s)"
+            + (refused if failures[macro] else "")
+        )
+    print(
+        f"  Get from another client while {HUGE:,} `mv` items are checked: "
+        f"{_ms(during) if during else 'no Get fell in the check'} ({len(during)} Gets; "
+        f"target < 100 ms); alone: {_ms(alone)}"
+    )
+    if during:
+        print(f"  ratio (median during / alone): {med(during) / med(alone):.1f}")
+    return {
+        "mv_batch": med(times["mv"]) if times["mv"] else None,
+        "ct_batch": med(times["ct"]) if times["ct"] else None,
+        "get_during": max(during) if during else None,
+        "get_alone": med(alone),
+        "gets_after": after,
+    }
+
+
+def run(parts: tuple[str, ...] = ("overhead", "batches", "any_macro")) -> dict:
     import tango
 
     with beamline() as bench:
@@ -272,10 +361,17 @@ def run() -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError("the Door or the queue is not ready")
             time.sleep(0.2)
-        results = overhead(bench, queue)
-        results.update(batches(bench, queue))
+        results: dict = {}
+        if "overhead" in parts:
+            results.update(overhead(bench, queue))
+        if "batches" in parts:
+            results.update(batches(bench, queue))
+        if "any_macro" in parts:
+            results.update(any_macro(bench, queue))
     return results
 
 
 if __name__ == "__main__":
-    run()
+    import sys
+
+    run(tuple(sys.argv[1:]) or ("overhead", "batches", "any_macro"))

@@ -4,9 +4,11 @@ Door (running macros), device readiness and interlocks."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,83 @@ def _desc(exc: tango.DevFailed) -> str:
         return exc.args[0].desc.strip().splitlines()[0]
     except (IndexError, AttributeError):
         return str(exc)
+
+
+class _Plan:
+    """One macro's parameters, arranged once for checking many items."""
+
+    def __init__(self, macro: str, params: list[dict]) -> None:
+        self.macro = macro
+        self.params = params
+        fixed = []
+        for p in params:
+            if isinstance(p.get("type"), list):
+                break
+            fixed.append(p)
+        self.fixed = fixed
+        self.repeat = params[len(fixed)] if len(fixed) < len(params) else None
+        self.required = [p for p in fixed if p.get("default_value") is None]
+        self.members = (
+            [m for m in self.repeat["type"] if isinstance(m, dict)]
+            if self.repeat is not None and len(params) == len(fixed) + 1
+            else None
+        )
+
+    @property
+    def usage(self) -> str:
+        return " ".join(
+            [self.macro]
+            + [
+                f"<{p['name']}>" if p.get("default_value") is None else f"[{p['name']}]"
+                for p in self.params
+            ]
+        )
+
+    def check(self, args: list[str], is_element: Callable[[str], bool]) -> None:
+        macro, fixed = self.macro, self.fixed
+        if len(args) < len(self.required):
+            missing = ", ".join(p["name"] for p in self.required[len(args) :])
+            raise QueueError(
+                f"{macro} needs {len(self.required)} argument(s), missing {missing}: {self.usage}"
+            )
+        if self.repeat is None and len(args) > len(fixed):
+            raise QueueError(
+                f"{macro} takes at most {len(fixed)} argument(s), got {len(args)}: {self.usage}"
+            )
+        for param, value in zip(fixed, args, strict=False):
+            self.check_type(param, value, is_element)
+        if self.members is not None:
+            members, rest, repeat = self.members, args[len(fixed) :], self.repeat
+            if members and rest:
+                if len(rest) % len(members):
+                    names = " ".join(m.get("name", "?") for m in members)
+                    raise QueueError(
+                        f"{macro}: {self.repeat['name']} takes groups of ({names}), "
+                        f"got {len(rest)} value(s): {self.usage}"
+                    )
+                for n, value in enumerate(rest):
+                    self.check_type(members[n % len(members)], value, is_element)
+            elif not rest and repeat.get("min", 1) and repeat.get("default_value") is None:
+                raise QueueError(f"{macro} needs at least one {self.repeat['name']}: {self.usage}")
+
+    def check_type(self, param: dict, value: str, is_element: Callable[[str], bool]) -> None:
+        kind, name = param.get("type"), param.get("name")
+        finite = True
+        try:
+            if kind == "Integer":
+                int(value)
+            elif kind == "Float":
+                finite = math.isfinite(float(value))
+            elif kind == "Boolean" and value.lower() not in TRUE | FALSE:
+                raise ValueError
+        except ValueError:
+            raise QueueError(f"{self.macro}: {name} must be {kind}, not {value!r}") from None
+        if not finite:  # "nan", "inf": no position, no time
+            raise QueueError(f"{self.macro}: {name} must be a finite Float, not {value!r}")
+        if kind in ELEMENT_TYPES and not is_element(value):
+            raise QueueError(
+                f"{self.macro}: {name} must name a Sardana element ({kind}), {value!r} is none"
+            )
 
 
 class MacroPort:
@@ -71,66 +150,41 @@ class MacroPort:
             self._info[macro] = info
         return info
 
-    def validate(self, macro: str, args: list[str]) -> None:
-        params = self.info(macro).get("parameters") or []
-        usage = " ".join(
-            [macro]
-            + [
-                f"<{p['name']}>" if p.get("default_value") is None else f"[{p['name']}]"
-                for p in params
-            ]
-        )
-        fixed = []
-        for p in params:
-            if isinstance(p.get("type"), list):
-                break
-            fixed.append(p)
-        repeat = params[len(fixed)] if len(fixed) < len(params) else None
-        required = [p for p in fixed if p.get("default_value") is None]
-        if len(args) < len(required):
-            missing = ", ".join(p["name"] for p in required[len(args) :])
-            raise QueueError(
-                f"{macro} needs {len(required)} argument(s), missing {missing}: {usage}"
-            )
-        if repeat is None and len(args) > len(fixed):
-            raise QueueError(
-                f"{macro} takes at most {len(fixed)} argument(s), got {len(args)}: {usage}"
-            )
-        for param, value in zip(fixed, args, strict=False):
-            self._check_type(macro, param, value)
-        if repeat is not None and len(params) == len(fixed) + 1:
-            members = [m for m in repeat["type"] if isinstance(m, dict)]
-            rest = args[len(fixed) :]
-            if members and rest:
-                if len(rest) % len(members):
-                    names = " ".join(m.get("name", "?") for m in members)
-                    raise QueueError(
-                        f"{macro}: {repeat['name']} takes groups of ({names}), "
-                        f"got {len(rest)} value(s): {usage}"
-                    )
-                for n, value in enumerate(rest):
-                    self._check_type(macro, members[n % len(members)], value)
-            elif not rest and repeat.get("min", 1) and repeat.get("default_value") is None:
-                raise QueueError(f"{macro} needs at least one {repeat['name']}: {usage}")
+    def checker(self) -> Callable[[str, list[str]], None]:
+        """``validate`` for one request (an item or a whole batch), in memory:
+        each macro's description comes from the cache (asked for once per
+        macro), and the Sardana element names are read from the Tango
+        database once, at the first element parameter, then looked up in a
+        set. (Asking the database per element took 1.2 ms: 20,000 ``mv``
+        items took 25 s.)"""
+        plans: dict[str, _Plan] = {}
+        elements: set[str] | None = None
 
-    def _check_type(self, macro: str, param: dict, value: str) -> None:
-        kind, name = param.get("type"), param.get("name")
+        def is_element(name: str) -> bool:
+            nonlocal elements
+            if elements is None:
+                elements = self.element_names()
+            return name in elements
+
+        def check(macro: str, args: list[str]) -> None:
+            plan = plans.get(macro)
+            if plan is None:
+                plan = plans[macro] = _Plan(macro, self.info(macro).get("parameters") or [])
+            plan.check(args, is_element)
+
+        return check
+
+    def validate(self, macro: str, args: list[str]) -> None:
+        self.checker()(macro, args)
+
+    def element_names(self) -> set[str]:
+        """Every alias in the Tango database (Sardana's elements are aliases)."""
         try:
-            if kind == "Integer":
-                int(value)
-            elif kind == "Float":
-                float(value)
-            elif kind == "Boolean" and value.lower() not in TRUE | FALSE:
-                raise ValueError
-        except ValueError:
-            raise QueueError(f"{macro}: {name} must be {kind}, not {value!r}") from None
-        if kind in ELEMENT_TYPES:
-            try:
-                tango.Database().get_device_alias(value)
-            except tango.DevFailed:
-                raise QueueError(
-                    f"{macro}: {name} must name a Sardana element ({kind}), {value!r} is none"
-                ) from None
+            return set(tango.Database().get_device_alias_list("*"))
+        except tango.DevFailed as exc:
+            raise QueueError(
+                f"cannot check element names: the Tango database does not answer ({_desc(exc)})"
+            ) from None
 
     def needs(self, macro: str, args: list[str]) -> list[str]:
         """The Door, the devices in hints["needs"] ("@param": the element a

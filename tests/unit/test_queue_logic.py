@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tango_devices.queue.queue_logic import QueueError, QueueLogic
-from tango_devices.queue.store import Item, QueueStore
+from tango_devices.queue.queue_logic import Deadline, QueueError, QueueLogic
+from tango_devices.queue.store import Item, QueueStore, StoreError
 from tests.helpers import wait_until
 
 DOOR = "door/test/1"
@@ -30,6 +30,11 @@ class FakeMacros:
 
     def __init__(self) -> None:
         self.validated: list[tuple[str, list[str]]] = []
+        self.checkers = 0  # how many requests were checked
+
+    def checker(self):
+        self.checkers += 1
+        return self.validate
 
     def validate(self, macro: str, args: list[str]) -> None:
         self.validated.append((macro, list(args)))
@@ -149,13 +154,17 @@ class Rig:
         self.blocked_seen: list[str] = []
 
     def logic(
-        self, door: FakeDoor | None = None, health: FakeHealth | None = None, start: bool = True
+        self,
+        door: FakeDoor | None = None,
+        health: FakeHealth | None = None,
+        start: bool = True,
+        macros: FakeMacros | None = None,
     ) -> QueueLogic:
         store = QueueStore(self.path)
         door = door or FakeDoor()
         eng = QueueLogic(
             store,
-            FakeMacros(),
+            macros or FakeMacros(),
             door,
             health or FakeHealth(),
             readiness_timeout=0.5,
@@ -944,3 +953,253 @@ def test_open_returns_while_the_door_still_runs_the_reconciled_macro(rig):
     finally:
         still.end("finish")
         opener.join(5)
+
+
+# ------------------------------------------------------ hostile input
+def test_a_number_as_uid_is_refused_and_a_text_uid_is_the_same_text_everywhere(rig):
+    """An item added with uid 5 could not be removed with "5" until a restart
+    (5 in memory, '5' in the file)."""
+    eng = rig.logic()
+    with pytest.raises(QueueError, match="'uid' must be a string"):
+        eng.add(ct(uid=5))
+    with pytest.raises(QueueError, match="'uid' must be a string"):
+        eng.add_batch([ct(uid="a"), ct(uid=6)])
+    assert uids(eng) == [] and on_disk(rig.path) == []
+    eng.add(ct(uid="5"))
+    eng.add(ct(uid="6"))
+    assert [i["uid"] for i in on_disk(rig.path)] == uids(eng) == ["5", "6"]
+    assert [i.uid for i in eng.remove(["5"])] == ["5"]
+    eng.close()
+    again = rig.logic()  # the next process
+    assert uids(again) == ["6"] and [i.uid for i in again.remove(["6"])] == ["6"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_as_arguments_are_refused(rig, bad):
+    eng = rig.logic()
+    with pytest.raises(QueueError, match=r"args\.0: .* is not a finite number"):
+        eng.add(ct(bad))
+    with pytest.raises(QueueError, match=r"item 1: args\.1: .* is not a finite number"):
+        eng.add_batch([ct(), {"macro": "mv", "args": ["sample_x", bad]}])
+    assert uids(eng) == [] and on_disk(rig.path) == []
+
+
+def test_a_uid_already_queued_or_twice_in_a_batch_is_a_queue_refusal_naming_it(rig):
+    """Was a bare ValueError (PyDs_PythonError at the device)."""
+    eng = rig.logic()
+    eng.add(ct(uid="a"))
+    with pytest.raises(QueueError, match=r"duplicate uid\(s\): a: every item needs its own uid"):
+        eng.add(ct(uid="a"))
+    with pytest.raises(QueueError, match="within the batch.*nothing was added"):
+        eng.add_batch([ct(uid="x"), ct(uid="x")])
+    assert uids(eng) == ["a"] and [i["uid"] for i in on_disk(rig.path)] == ["a"]
+
+
+def test_an_integral_float_repeat_is_the_integer(rig):
+    eng = rig.logic()
+    assert eng.add(ct(repeat=2.0)).repeat == 2
+    with pytest.raises(QueueError, match="repeat"):
+        eng.add(ct(repeat=2.5))
+
+
+# ---------------------------------------------------------------- batches
+class GatedMacros(FakeMacros):
+    """Checking the item ``ct 0.999`` waits until the test opens the gate:
+    a batch in the middle of being checked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def validate(self, macro: str, args: list[str]) -> None:
+        if args == ["0.999"]:
+            self.entered.set()
+            assert self.gate.wait(10), "the test never opened the gate"
+        super().validate(macro, args)
+
+
+def _in_thread(fn, *args, **kw) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_the_queue_answers_and_takes_other_edits_while_a_batch_is_checked(rig):
+    """Was: AddBatch held the queue's lock while checking 20,000 items; every
+    other client's Get and Add waited (and timed out)."""
+    macros = GatedMacros()
+    eng = rig.logic(macros=macros)
+    first = eng.add(ct())
+    batch_thread, batch = _in_thread(eng.add_batch, [ct(0.999)] + [ct(0.1) for _ in range(50)])
+    try:
+        assert macros.entered.wait(5), "the batch never started being checked"
+        other_thread, other = _in_thread(
+            lambda: (eng.snapshot(), eng.add(ct(0.5)), eng.snapshot()["length"])
+        )
+        other_thread.join(5)
+        assert not other_thread.is_alive(), "Get and Add waited for the batch being checked"
+        snap, added, length = other["value"]
+        assert snap["length"] == 1 and length == 2  # the batch is not in yet
+    finally:
+        macros.gate.set()
+    batch_thread.join(5)
+    assert [i.uid for i in eng.store.items] == [first.uid, added.uid] + [
+        i.uid for i in batch["value"]
+    ]
+    assert [i["uid"] for i in on_disk(rig.path)] == uids(eng)
+
+
+def test_a_batch_checked_past_its_deadline_is_refused_and_nothing_is_stored(rig):
+    """A client that timed out never finds its batch stored behind its back:
+    past the deadline (from the client's timeout) nothing is committed."""
+    macros = GatedMacros()
+    eng = rig.logic(macros=macros)
+    deadline = Deadline.for_client(0.3)  # committed within 0.2 s, or not at all
+    t, out = _in_thread(eng.add_batch, [ct(0.1), ct(0.999), ct(0.2)], "back", deadline)
+    assert macros.entered.wait(5)
+    wait_until(lambda: deadline.left() < 0, 5, "the deadline to pass")
+    macros.gate.set()
+    t.join(5)
+    assert isinstance(out.get("error"), QueueError), out
+    text = str(out["error"])
+    assert "nothing was changed" in text and "0.3 s" in text and '"timeout"' in text
+    assert uids(eng) == [] and on_disk(rig.path) == []
+
+
+def test_an_edit_waiting_past_its_deadline_for_another_commit_is_refused(rig):
+    eng = rig.logic()
+    a = eng.add(ct())
+    with eng._edit_lock:  # another client's batch being committed
+        for edit in (
+            lambda d: eng.add(ct(), deadline=d),
+            lambda d: eng.remove([a.uid], deadline=d),
+            lambda d: eng.move(a.uid, "front", deadline=d),
+            lambda d: eng.clear(deadline=d),
+        ):
+            with pytest.raises(QueueError, match="another edit was being committed"):
+                edit(Deadline.for_client(0.15))
+    assert uids(eng) == [a.uid] and [i["uid"] for i in on_disk(rig.path)] == [a.uid]
+    eng.add(ct(), deadline=Deadline.for_client())  # and with time to spare it works
+    assert len(uids(eng)) == 2
+
+
+def test_a_position_is_taken_against_the_queue_as_it_is_when_the_edit_commits(rig):
+    """'after b' stays after b even when the runner takes the first item off
+    between the check and the commit."""
+    eng = rig.logic()
+    a, b, c = eng.add(ct(uid="a")), eng.add(ct(uid="b")), eng.add(ct(uid="c"))
+    where = eng._where({"after": "b"})
+    eng.store.pop_to_current(a.uid, {"uid": a.uid})  # the runner, meanwhile
+    eng.store.insert([Item("ct", ["1"], 1, {}, "x")], where)
+    assert uids(eng) == [b.uid, "x", c.uid]
+
+
+# -------------------------------------------------------- the disk fails
+class DiskFull:
+    """The store's connection, every COMMIT failing as on a full disk (SQLite
+    rolls back, then says so) while ``full``."""
+
+    def __init__(self, store: QueueStore) -> None:
+        self.real = store._db
+        self.full = True
+        store._db = self
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def cursor(self):
+        disk = self
+
+        class Cursor:
+            def __init__(self) -> None:
+                self.real = disk.real.cursor()
+
+            def __getattr__(self, name):
+                return getattr(self.real, name)
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT" and disk.full:
+                    self.real.execute("ROLLBACK")
+                    raise sqlite3.OperationalError("database or disk is full")
+                return self.real.execute(sql, *args)
+
+        return Cursor()
+
+
+def test_a_full_disk_refuses_every_edit_with_the_cause_and_nothing_changes(rig):
+    eng = rig.logic()
+    a, b = eng.add(ct(uid="a")), eng.add(ct(uid="b"))
+    before = on_disk(rig.path)
+    disk = DiskFull(eng.store)
+    for name, edit in {
+        "add": lambda: eng.add(ct()),
+        "add_batch": lambda: eng.add_batch([ct(), ct()]),
+        "update": lambda: eng.update(a.uid, {"repeat": 3}),
+        "move": lambda: eng.move(b.uid, "front"),
+        "remove": lambda: eng.remove([a.uid]),
+        "clear": eng.clear,
+        "duplicate": lambda: eng.duplicate(a.uid),
+    }.items():
+        with pytest.raises(StoreError) as refused:
+            edit()
+        text = str(refused.value)
+        assert "the disk is full" in text and "nothing was changed" in text, (name, text)
+        assert str(rig.path) in text, name
+        assert uids(eng) == [a.uid, b.uid] and on_disk(rig.path) == before, name
+    disk.full = False  # space is back: no restart needed
+    eng.add(ct(uid="c"))
+    assert [i["uid"] for i in on_disk(rig.path)] == ["a", "b", "c"]
+
+
+def test_a_full_disk_refuses_start_but_never_keeps_stop_from_acting(rig):
+    door = FakeDoor()
+    eng = rig.logic(door)
+    eng.add(ct())
+    disk = DiskFull(eng.store)
+    with pytest.raises(StoreError, match="the disk is full.*nothing was changed"):
+        eng.start()
+    assert eng.state == "idle" and door.runs == []
+    disk.full = False
+    eng.start()
+    wait_run(door, 1)
+    disk.full = True
+    with pytest.raises(
+        StoreError, match=r"Stop took effect \(the queue is stopping\).*disk is full"
+    ):
+        eng.stop()
+    assert eng.state == "stopping"
+    with pytest.raises(StoreError, match="the macro ended after abort and the queue is idle"):
+        eng.macro_action("abort", timeout=1)
+    assert eng.state == "idle"
+    disk.full = False
+    (h,) = wait_history(eng, 1)
+    assert h.outcome == "aborted"
+
+
+def test_the_runner_waits_for_the_disk_to_record_an_outcome_then_goes_on(rig):
+    door = FakeDoor()
+    eng = rig.logic(door)
+    a, b = eng.add(ct()), eng.add(ct())
+    eng.start()
+    run = wait_run(door, 1)
+    disk = DiskFull(eng.store)
+    run.end()
+    wait_until(
+        lambda: "cannot record the queue's progress" in eng.blocked_by, 5, "BlockedBy saying why"
+    )
+    assert "the disk is full" in eng.blocked_by and history(eng) == []
+    assert len(door.runs) == 1  # nothing more starts before the outcome is recorded
+    disk.full = False
+    door.auto = True
+    wait_history(eng, 2)
+    assert [h.uid for h in history(eng)] == [a.uid, b.uid]
+    wait_until(lambda: eng.state == "idle" and not eng.blocked_by, 5, "idle, nothing blocking")

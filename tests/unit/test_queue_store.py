@@ -466,3 +466,203 @@ def test_killed_at_any_statement_of_finish_current_the_item_stays_current(tmp_pa
         s = store_at(path)
         assert s.get_meta("current") == {"uid": "b", "rep": 0}, f"statement {kill_at}/{n}"
         assert s.history() == [], f"killed at statement {kill_at}/{n}"
+
+
+# ------------------------------------------------------- the file fails
+# Real SQLite failures: a database that may not grow (max_page_count: SQLite's
+# own "database or disk is full", rolled back by SQLite itself), a connection
+# that may not write, a file another connection holds locked, a corrupt file;
+# and a COMMIT that fails after SQLite rolled back (a wrapper).
+def refusal(fn) -> str:
+    """'ExceptionType: message' of what ``fn`` raised (it must raise)."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - which one is the point
+        return f"{type(exc).__name__}: {exc}"
+    raise AssertionError("no refusal")
+
+
+def _full(s: QueueStore) -> None:
+    """No room for one more page."""
+    pages = s._db.execute("PRAGMA page_count").fetchone()[0]
+    s._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _space_back(s: QueueStore) -> None:
+    s._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+BIG_META = {"pad": "x" * 20_000}  # needs new pages
+
+
+def _growing_writes(s: QueueStore) -> dict:
+    """Every write that needs new pages (removals and moves need none under
+    max_page_count; the failing COMMIT below covers them)."""
+    return {
+        "insert": lambda: s.insert([Item("ct", ["0.1"], 1, dict(BIG_META), "new")], 0),
+        "insert batch": lambda: s.insert(
+            [Item("ct", [str(n)], 1, dict(BIG_META)) for n in range(20)], 1
+        ),
+        "update": lambda: s.update(Item("mv", ["sample_x", "1"], 2, dict(BIG_META), "b")),
+        "set_meta": lambda: s.set_meta("running", BIG_META),
+        "pop_to_current": lambda: s.pop_to_current("b", {"uid": "b", **BIG_META}),
+        "finish_current": lambda: s.finish_current(entry("b", meta=BIG_META)),
+    }
+
+
+def _filled(db: Path) -> QueueStore:
+    s = store_at(db)
+    s.insert(items("a", "b", "c"), 0)
+    s.finish_current(entry("old"))
+    return s
+
+
+def _everything(s: QueueStore, db: Path) -> tuple:
+    return (on_disk(db), s.get_meta("current"), s.get_meta("running"), s.history())
+
+
+@pytest.mark.parametrize("write", list(_growing_writes(QueueStore.__new__(QueueStore))))
+def test_a_full_disk_refuses_every_write_naming_file_and_cause_and_changes_nothing(db, write):
+    s = _filled(db)
+    before = _everything(s, db)
+    memory = [i.as_dict() for i in s.items]
+    _full(s)
+    text = refusal(_growing_writes(s)[write])
+    assert text.startswith("StoreError: cannot write the queue's database"), text
+    assert str(db) in text and "the disk is full" in text and "nothing was changed" in text
+    assert "free on" in text and "free space there" in text and "cannot rollback" not in text
+    assert [i.as_dict() for i in s.items] == memory == before[0]
+    assert _everything(store_at(db), db) == before
+
+
+def test_a_full_disk_refuses_an_insert_and_edits_work_again_once_space_returns(db):
+    """The reported bug: 'cannot rollback - no transaction is active' instead of
+    the cause; then, without reopening, the next edit works."""
+    s = _filled(db)
+    before = on_disk(db)
+    version = s.version
+    _full(s)
+    text = refusal(lambda: s.insert([Item("ct", ["0.1"], 1, dict(BIG_META), "new")], 0))
+    assert "cannot rollback" not in text and text.startswith("StoreError: "), text
+    assert "the disk is full" in text and "nothing was changed" in text
+    assert order(s) == ["a", "b", "c"] and on_disk(db) == before and s.version == version
+    text = refusal(
+        lambda: s.insert([Item("ct", [str(n)], 1, dict(BIG_META)) for n in range(50)], 3)
+    )
+    assert text.startswith("StoreError: ") and "the disk is full" in text, text
+    assert on_disk(db) == before
+    _space_back(s)
+    s.insert([Item("ct", ["0.1"], 1, dict(BIG_META), "new")], 0)
+    assert order(s) == ["new", "a", "b", "c"] and [i["uid"] for i in on_disk(db)] == order(s)
+
+
+def test_a_read_only_database_refuses_writes_naming_the_cause(db):
+    s = _filled(db)
+    s._db.execute("PRAGMA query_only = 1")  # what a read-only file gives: SQLITE_READONLY
+    for fn in (lambda: s.insert(items("x"), 0), lambda: s.remove(["a"]), s.clear):
+        text = refusal(fn)
+        assert text.startswith("StoreError: ") and "read-only" in text and str(db) in text, text
+    assert order(s) == ["a", "b", "c"] and [i["uid"] for i in on_disk(db)] == ["a", "b", "c"]
+    s._db.execute("PRAGMA query_only = 0")
+    s.remove(["a"])
+    assert [i["uid"] for i in on_disk(db)] == ["b", "c"]
+
+
+def test_a_database_locked_by_another_program_is_refused_within_the_busy_timeout(db):
+    s = QueueStore(db, busy_timeout=0.2)
+    _OPEN.append(s)
+    s.insert(items("a"), 0)
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another program writing
+        t0 = time.monotonic()
+        text = refusal(lambda: s.insert(items("b"), 0))
+        assert text.startswith("StoreError: ") and "another program holds" in text, text
+        assert time.monotonic() - t0 < 5  # not SQLite's default 5 s per attempt
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert order(s) == ["a"]
+    s.insert(items("b"), 0)
+    assert order(s) == ["b", "a"]
+
+
+def test_a_corrupt_file_is_reported_at_open_naming_it(tmp_path):
+    path = tmp_path / "queue.sqlite"
+    path.write_bytes(b"this is not an SQLite file at all" * 200)
+    text = refusal(lambda: QueueStore(path))
+    assert text.startswith("StoreError: ") and str(path) in text and "corrupt" in text, text
+
+
+class _FailingCommit:
+    """A connection whose COMMIT fails after SQLite rolled the transaction back
+    (what an I/O error at commit time does)."""
+
+    def __init__(self, real: sqlite3.Connection, message: str) -> None:
+        self.real, self.message = real, message
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def cursor(self):
+        outer = self
+
+        class Cursor:
+            def __init__(self) -> None:
+                self.real = outer.real.cursor()
+
+            def __getattr__(self, name):
+                return getattr(self.real, name)
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    self.real.execute("ROLLBACK")
+                    raise sqlite3.OperationalError(outer.message)
+                return self.real.execute(sql, *args)
+
+        return Cursor()
+
+
+@pytest.mark.parametrize(
+    "message,cause",
+    [
+        ("database or disk is full", "the disk is full"),
+        ("disk I/O error", "I/O error"),
+        ("attempt to write a readonly database", "read-only"),
+    ],
+)
+def test_a_failing_commit_is_reported_with_its_cause_and_changes_nothing(db, message, cause):
+    s = _filled(db)
+    real = s._db
+    s._db = _FailingCommit(real, message)
+    try:
+        for fn in (
+            lambda: s.insert(items("x", "y"), 1),
+            lambda: s.move("c", 0),
+            lambda: s.remove(["b"]),
+            lambda: s.update(Item("mv", ["m", "1"], 1, {}, "a")),
+            s.clear,
+            lambda: s.pop_to_current("a", {"uid": "a"}),
+            lambda: s.set_meta("running", True),
+            lambda: s.finish_current(entry("a")),
+            s.clear_history,
+        ):
+            text = refusal(fn)
+            assert text.startswith("StoreError: ") and cause in text, text
+            assert "nothing was changed" in text
+            assert order(s) == ["a", "b", "c"]
+    finally:
+        s._db = real
+    assert [i["uid"] for i in on_disk(db)] == ["a", "b", "c"] and s.get_meta("current") is None
+    assert s.get_meta("running") is None and [h.uid for h in s.history()] == ["old"]
+    s.move("c", 0)
+    assert [i["uid"] for i in on_disk(db)] == ["c", "a", "b"]
+
+
+def test_an_edit_past_its_deadline_is_rolled_back_before_commit(db):
+    s = _filled(db)
+    with pytest.raises(TimeoutError):
+        s.insert(items("x"), 0, deadline=time.monotonic() - 1)
+    with pytest.raises(TimeoutError):
+        s.remove(["a"], deadline=time.monotonic() - 1)
+    assert order(s) == ["a", "b", "c"] and [i["uid"] for i in on_disk(db)] == ["a", "b", "c"]
