@@ -43,9 +43,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def loads(
-    text: str, what: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH
-) -> Any:
+def loads(text: str, what: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
     """Parse ``text`` as JSON within the bounds; ArgumentError names ``what``."""
     if not isinstance(text, str):
         raise ArgumentError(f"{what}: takes JSON text, not {type(text).__name__}")
