@@ -26,6 +26,7 @@ import tango
 
 STREAMS = ("Output", "Info", "Warning", "Error")
 TERMINAL = ("finish", "stop", "abort", "exception")
+RESEND_PERIOD = 0.5  # s: an abort the Door ignored is sent again
 _MACRO_ID = re.compile(r'<macro[^>]*\bid="([^"]+)"')
 
 
@@ -241,11 +242,17 @@ class DoorClient:
         if not self.busy():
             return "ready"
         for step, action in (("aborted", self.abort), ("released", self.release)):
-            with contextlib.suppress(tango.DevFailed):
-                action()
-            if self._wait_not_busy(timeout):
-                self._settle()
-                return step
+            deadline = time.monotonic() + timeout
+            while True:
+                # Sardana ignores an abort sent before the macro has really
+                # started: ask again until it ends or the step's time is up
+                with contextlib.suppress(tango.DevFailed):
+                    action()
+                if self._wait_not_busy(min(RESEND_PERIOD, deadline - time.monotonic())):
+                    self._settle()
+                    return step
+                if time.monotonic() >= deadline:
+                    break
         server = self.server()
         supervisor = find_supervisor(server)
         try:
