@@ -54,6 +54,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
             "pytest-qt>=4.4",
             "ruff>=0.6",
             "import-linter>=2.0",

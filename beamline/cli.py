@@ -322,9 +322,10 @@ def status(ctx: RunContext, as_json: bool, check: bool) -> None:
     except cfg.ConfigError as exc:
         fail(str(exc), 2)
     problems = orch.health_problems(data) if check else []
+    db_down = bool(data["tango_host"]) and not data["database"]["answers"]
     if as_json:
         click.echo(json.dumps(data if not check else {**data, "problems": problems}, indent=2))
-        if problems:
+        if problems or db_down:
             sys.exit(1)
         return
     db = data["database"]
@@ -357,6 +358,11 @@ def status(ctx: RunContext, as_json: bool, check: bool) -> None:
     sup = data.get("supervisor") or {}
     if sup:
         console.print(f"supervisor: {_state(sup.get('state'))} {sup.get('summary', '')}")
+    elif db_down:
+        console.print(
+            "supervisor: not asked (it needs the database to be found; it keeps watching "
+            "its servers and restarts them once the database answers)"
+        )
     else:
         console.print(
             "supervisor: [yellow]not answering[/yellow] (crashed servers are not restarted)"
@@ -396,9 +402,21 @@ def status(ctx: RunContext, as_json: bool, check: bool) -> None:
                 cause if first else "",
             )
     console.print(table)
+    if db_down:
+        console.print(
+            f"[red]The Tango database at {data['tango_host']} is not answering[/red]: no client "
+            "can find a device, settings cannot be stored, crashed servers wait to be "
+            "restarted. The device states above were asked of each server directly. "
+            + (
+                "Start it again: `beamline up` (it is this beamline's embedded one)."
+                if db["embedded"]
+                else "Start that database again."
+            )
+        )
     if problems:
         for problem in problems:
             err.print(f"[red]unhealthy:[/red] {problem}")
+    if problems or db_down:
         sys.exit(1)
 
 

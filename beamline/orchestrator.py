@@ -26,6 +26,8 @@ from beamline import procs, tangodb
 from beamline.runtime import RunContext, venv_bin
 from beamline.starter import Starter, StarterError
 
+USER_MACROS = "user_macros"  # in the run directory: where users' own macros are written
+
 
 class UpError(Exception):
     pass
@@ -82,6 +84,38 @@ def check_devices(tango_host: str, devices: list[str], timeout: float = 1.0) -> 
         return []
     with ThreadPoolExecutor(max_workers=min(16, len(devices))) as pool:
         return list(pool.map(one, devices))
+
+
+def check_devices_direct(
+    devices_by_pid: dict[int, list[str]], timeout: float = 1.0
+) -> dict[str, DeviceCheck]:
+    """State of each device asked of its server directly, without the database
+    (``tango://ADDR:PORT/device#dbase=no`` on the ports its process listens
+    on): what can still be known when the database is down."""
+    import tango
+
+    def one(pid: int, devices: list[str]) -> list[DeviceCheck]:
+        out = []
+        ports = procs.listening_addresses(pid)
+        for dev in devices:
+            check = DeviceCheck(dev, None, "no answer on any port of its process")
+            for host, port in ports:
+                try:
+                    proxy = tango.DeviceProxy(f"tango://{host}:{port}/{dev}#dbase=no")
+                    proxy.set_timeout_millis(int(timeout * 1000))
+                    check = DeviceCheck(dev, str(proxy.state()))
+                    break
+                except tango.DevFailed:
+                    continue
+            out.append(check)
+        return out
+
+    items = [(pid, devs) for pid, devs in devices_by_pid.items() if devs]
+    if not items:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        results = pool.map(lambda item: one(*item), items)
+    return {c.device: c for checks in results for c in checks}
 
 
 def server_env(ctx: RunContext, tango_host: str, listen: str) -> dict[str, str]:
@@ -183,6 +217,7 @@ def _plan(
         )
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.run_dir / USER_MACROS).mkdir(exist_ok=True)  # the MacroServer's first MacroPath
     return config, host, levels
 
 
@@ -705,11 +740,16 @@ def status(ctx: RunContext) -> dict[str, Any]:
     names = sorted(config.servers.values(), key=lambda s: (s.level, s.name))
     pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
     all_devices = [d for s in names for d in config.devices_of(s.name)]
-    checks = (
-        {c.device: c for c in check_devices(tango_host, all_devices)}
-        if out["database"]["answers"]
-        else {}
-    )
+    if out["database"]["answers"]:
+        checks = {c.device: c for c in check_devices(tango_host, all_devices)}
+    else:
+        checks = check_devices_direct(
+            {
+                pid_list[0]: config.devices_of(s.name)
+                for s in names
+                if (pid_list := pids.get(s.name.lower()))
+            }
+        )
     for s in names:
         view = views.get(s.resolved_host(host), {}).get(s.name.lower())
         devs = []
@@ -719,7 +759,7 @@ def status(ctx: RunContext) -> dict[str, Any]:
                 {
                     "device": d,
                     "state": c.state if c else None,
-                    "error": c.error if c else "database not answering",
+                    "error": c.error if c else "no process (and no database to ask)",
                 }
             )
         out["servers"].append(

@@ -137,6 +137,21 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of the TCP sockets a process listens on (a Tango
+    server: its CORBA port and its event ports)."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    out = []
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr:
+            host = c.laddr.ip if c.laddr.ip not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            out.append((host, c.laddr.port))
+    return sorted(set(out))
+
+
 def port_owner(port: int) -> str | None:
     """Describe the process listening on a TCP port, or None if the port is free."""
     try:

@@ -16,15 +16,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
+import numbers
 import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import tango
 from tango import AttrQuality, AttrWriteType, DevState
 from tango.server import Device, attribute, command
@@ -193,6 +196,7 @@ class BeamlineDevice(Device):
         except ComponentError as exc:
             self.misconfigured(str(exc))
             return False
+        self.restore_settings(logic)
         self.logic = logic
         self.init_state_events(logic.machine)
         self.set_status(logic.status)
@@ -242,13 +246,58 @@ class BeamlineDevice(Device):
             throw("VALUE_NOT_KNOWN", f"{name} is not known yet: {self.get_status()}", name)
         return value
 
-    def memorize(self, attr: str, value) -> None:
-        """Store a memorized attribute's value the way Tango does for a client write."""
+    # ------------------------------------------------ settings kept in the database
+    def persist(self, name: str, value: Any, undo: Callable[[], Any], origin: str) -> None:
+        """Store setting ``name`` = ``value`` (applied a moment ago) in the Tango
+        database where Tango keeps a memorized attribute's value. If it cannot
+        be stored (database down, disk full, access refused) the change is
+        undone with ``undo`` and refused: a setting is either stored and
+        applied, or refused and unchanged."""
         try:
             db = tango.Util.instance().get_database()
-            db.put_device_attribute_property(self.get_name(), {attr: {"__value": [repr(value)]}})
+            db.put_device_attribute_property(self.get_name(), {name: {"__value": _stored(value)}})
         except (tango.DevFailed, RuntimeError) as exc:
-            self.warn_stream(f"could not memorize {attr}={value}: {exc}")
+            cause = exc.args[0].desc.strip() if isinstance(exc, tango.DevFailed) else str(exc)
+            cause = cause.splitlines()[0] if cause else type(exc).__name__
+            try:
+                undo()
+                kept = f"nothing changed ({name} is as before)"
+            except Exception as undo_exc:  # noqa: BLE001 - reported to the client
+                kept = f"and putting the old {name} back failed too: {undo_exc}"
+            throw(
+                "SETTING_NOT_STORED",
+                f"{name} = {value!r} refused: the Tango database did not store it ({cause}); "
+                f"{kept}. Check the database (beamline status) and write it again.",
+                origin,
+            )
+
+    @classmethod
+    def settings(cls) -> dict[str, Any]:
+        """The attributes declared with ``persist``: name -> attribute."""
+        attrs = cls.TangoClassClass.attr_list
+        return {n: a for n, a in attrs.items() if getattr(a, "beamline_setting", None)}
+
+    def restore_settings(self, logic: Any) -> None:
+        """Apply the stored settings to a new logic (before it polls), through its
+        own setters (they check them), and show them as the attributes' set
+        values. A stored value the logic refuses is left out, with a warning."""
+        settings = type(self).settings()
+        if not settings:
+            return
+        db = tango.Util.instance().get_database()
+        stored = db.get_device_attribute_property(self.get_name(), list(settings))
+        for name, attr in settings.items():
+            raw = list(stored.get(name, {}).get("__value", []))
+            if not raw:
+                continue
+            try:
+                value = _restored(raw, attr)
+                getattr(logic, attr.beamline_setting)(value)
+            except Exception as exc:  # noqa: BLE001 - a bad stored value must not stop the start
+                self.warn_stream(f"the stored {name} {raw} was not applied: {exc}")
+                continue
+            with contextlib.suppress(tango.DevFailed, RuntimeError):
+                self.get_device_attr().get_w_attr_by_name(name).set_write_value(value)
 
     def push(self, attr: str, value, quality=AttrQuality.ATTR_VALID) -> None:
         """Push a change event, never failing the caller."""
@@ -297,6 +346,7 @@ def component_attribute(
     write: str | None = None,
     *,
     known: bool = True,
+    persist: bool = False,
     **kwargs: Any,
 ):
     """A Tango attribute ``name`` served by the logic, in one declaration.
@@ -305,34 +355,95 @@ def component_attribute(
     function of the logic); with ``known`` a None value is refused with
     "not known yet" and the device's Status. ``write``: the logic's method
     that takes a written value; the write is allowed in the states the
-    family's table allows for ``write_<name>`` (reads always are). Other
-    keywords go to ``tango.server.attribute`` (dtype, unit, memorized, ...).
+    family's table allows for ``write_<name>`` (reads always are). With
+    ``persist`` the value is a setting kept in the Tango database (where Tango
+    keeps a memorized attribute's): a write is stored before it is
+    acknowledged, or refused and undone (see :meth:`BeamlineDevice.persist`),
+    and the stored value is applied when the device starts. Other keywords go
+    to ``tango.server.attribute`` (dtype, unit, format, ...).
     """
 
-    def fget(self):
-        logic = self.need_logic(f"read_{name}")
+    def current(logic):
         if callable(read):
-            value = read(logic)
-        else:
-            value = getattr(logic, read)
-            if callable(value):
-                value = value()
+            return read(logic)
+        value = getattr(logic, read)
+        return value() if callable(value) else value
+
+    def fget(self):
+        value = current(self.need_logic(f"read_{name}"))
         return self.value_or_fail(value, name) if known else value
 
     fget.__name__ = f"read_{name}"
     if write is None:
         return attribute(fget=fget, name=name, **kwargs)
 
+    origin = f"write_{name}"
+
     def fset(self, value) -> None:
-        self.run(f"write_{name}", getattr(self.need_logic(f"write_{name}"), write), value)
+        logic = self.need_logic(origin)
+        setter = getattr(logic, write)
+        if not persist:
+            self.run(origin, setter, value)
+            return
+        old = current(logic)
+        self.run(origin, setter, value)
+        self.persist(name, current(logic), lambda: old is None or setter(old), origin)
 
     def fisallowed(self, req_type) -> bool:
-        return self.check_write(req_type, f"write_{name}")
+        return self.check_write(req_type, origin)
 
-    fset.__name__ = f"write_{name}"
+    fset.__name__ = origin
     fisallowed.__name__ = f"is_{name}_allowed"
     kwargs.setdefault("access", AttrWriteType.READ_WRITE)
-    return attribute(fget=fget, fset=fset, fisallowed=fisallowed, name=name, **kwargs)
+    attr = attribute(fget=fget, fset=fset, fisallowed=fisallowed, name=name, **kwargs)
+    if persist:
+        attr.beamline_setting = write  # the logic's setter, for restore_settings
+    return attr
+
+
+def _stored(value: Any) -> list[str]:
+    """A setting as Tango stores a memorized attribute: a list of strings."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bool | np.bool_):
+        return ["true" if value else "false"]
+    if isinstance(value, numbers.Integral):  # IntEnum included
+        return [str(int(value))]
+    if isinstance(value, numbers.Real):
+        return [repr(float(value))]
+    return [x for v in value for x in _stored(v)]
+
+
+_FLOATS = (tango.CmdArgType.DevDouble, tango.CmdArgType.DevFloat)
+_INTS = (
+    tango.CmdArgType.DevShort,
+    tango.CmdArgType.DevUShort,
+    tango.CmdArgType.DevLong,
+    tango.CmdArgType.DevULong,
+    tango.CmdArgType.DevLong64,
+    tango.CmdArgType.DevULong64,
+    tango.CmdArgType.DevEnum,
+    tango.CmdArgType.DevUChar,
+)
+
+
+def _restored(raw: list[str], attr) -> Any:
+    """The value a stored setting stands for, by the attribute's type and format."""
+    kind = attr.attr_type
+    if kind in _FLOATS:
+        convert: Callable[[str], Any] = float
+    elif kind in _INTS:
+        convert = int
+    elif kind == tango.CmdArgType.DevBoolean:
+        convert = _parse_bool
+    else:
+        convert = str
+    values = [convert(v) for v in raw]
+    if attr.attr_format == tango.AttrDataFormat.SCALAR:
+        if len(values) != 1:
+            raise ValueError(f"one value expected, {len(values)} stored")
+        return values[0]
+    return values
 
 
 def _server_name() -> str:

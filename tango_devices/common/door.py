@@ -5,6 +5,9 @@ its MacroStatus events (start, step, finish, stop, abort, exception), collects
 what it prints (Output, Info, Warning, Error) and its Result, and returns a
 ``MacroRun`` when the macro has ended. The Door going away (the Sardana server
 crashed) ends the run with outcome "lost" instead of waiting forever.
+``DoorClient.make_ready`` always leaves the Door ready for the next macro:
+abort, release, and, when Sardana does not end the macro, a restart of the
+Door's server through the supervisor as the last step.
 
 Used by the experiment queue, the tests and the benchmarks.
 """
@@ -23,6 +26,7 @@ import tango
 
 STREAMS = ("Output", "Info", "Warning", "Error")
 TERMINAL = ("finish", "stop", "abort", "exception")
+RESEND_PERIOD = 0.5  # s: an abort the Door ignored is sent again
 _MACRO_ID = re.compile(r'<macro[^>]*\bid="([^"]+)"')
 
 
@@ -219,6 +223,67 @@ class DoorClient:
     def run(self, macro: list[str], timeout: float | None = None) -> MacroRun:
         return self.wait(self.start(macro), timeout)
 
+    def busy(self) -> bool:
+        """Is the Door running (or holding a paused) macro? Not answering counts
+        as busy: it is not ready for a macro."""
+        try:
+            return self.proxy.state() not in (tango.DevState.ON, tango.DevState.ALARM)
+        except tango.DevFailed:
+            return True
+
+    def make_ready(self, timeout: float = 5.0, start_timeout: float = 120.0) -> str:
+        """Bring the Door back to ready, whatever its macro is doing: abort it,
+        then release it, each given ``timeout`` seconds; and when Sardana does
+        not end it (aborts that hang are a known Sardana problem), restart the
+        Door's server through the supervisor that watches it, as the last step.
+
+        Returns what it took: "ready" (nothing to do), "aborted", "released" or
+        "restarted SERVER"; raises DoorError naming what failed."""
+        if not self.busy():
+            return "ready"
+        for step, action in (("aborted", self.abort), ("released", self.release)):
+            deadline = time.monotonic() + timeout
+            while True:
+                # Sardana ignores an abort sent before the macro has really
+                # started: ask again until it ends or the step's time is up
+                with contextlib.suppress(tango.DevFailed):
+                    action()
+                if self._wait_not_busy(min(RESEND_PERIOD, deadline - time.monotonic())):
+                    self._settle()
+                    return step
+                if time.monotonic() >= deadline:
+                    break
+        server = self.server()
+        supervisor = find_supervisor(server)
+        try:
+            supervisor.RestartServer(server)
+        except tango.DevFailed as exc:
+            raise DoorError(
+                f"{self.name} did not end its macro after abort and release, and "
+                f"{supervisor.dev_name()} could not restart {server}: {_desc(exc)}"
+            ) from None
+        if not self._wait_not_busy(start_timeout):
+            raise DoorError(
+                f"{self.name} is not ready {start_timeout:g} s after {server} was restarted "
+                "(see `beamline status` and its log)"
+            )
+        return f"restarted {server}"
+
+    def _wait_not_busy(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.busy():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def server(self) -> str:
+        """The Door's server (``Sardana/bl01``), from the database."""
+        try:
+            return tango.Database().get_device_info(self.proxy.dev_name()).ds_full_name
+        except tango.DevFailed as exc:
+            raise DoorError(f"cannot find the server of {self.name}: {_desc(exc)}") from None
+
     def stop(self) -> None:
         self.proxy.StopMacro()
 
@@ -227,6 +292,22 @@ class DoorClient:
 
     def release(self) -> None:
         self.proxy.ReleaseMacro()
+
+
+def find_supervisor(server: str):
+    """A proxy to the supervisor that watches ``server`` (the suite's
+    Supervisor devices list the servers they watch in ``Servers``)."""
+    db = tango.Database()
+    names = list(db.get_device_exported_for_class("Supervisor"))
+    for name in names:
+        try:
+            proxy = tango.DeviceProxy(name)
+            proxy.set_timeout_millis(5000)
+            if server.lower() in (s.lower() for s in proxy.Servers):
+                return proxy
+        except tango.DevFailed:
+            continue
+    raise DoorError(f"no supervisor watches {server} (supervisors: {', '.join(names) or 'none'})")
 
 
 def _desc(exc: tango.DevFailed) -> str:

@@ -238,10 +238,6 @@ class DetectorLogic(Component):
                 self._stats = roi_stats(self._image, self._clipped_roi())
         self.republish()
 
-    def restore_roi(self, roi) -> None:
-        """The ROI saved in the database (checked against the image size on connect)."""
-        self._roi = tuple(int(v) for v in roi)
-
     # -------------------------------------------------------------- commands
     def _acquire(self, what: str, mode: AcquisitionMode, frames: int) -> None:
         self.call(what, self._driver.set_exposure, self._exposure)

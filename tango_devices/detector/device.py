@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import tango
-from tango import AttrWriteType, DevState
+from tango import DevState
 from tango.server import attribute, device_property
 
 from tango_devices.common.device_base import (
@@ -58,22 +58,10 @@ class Detector(BeamlineDevice):
 
         def make() -> DetectorLogic:
             logic = DetectorLogic(config, thread_context=tango.EnsureOmniThread)
-            saved = self._saved_roi()
-            if len(saved) == 4:
-                logic.restore_roi(saved)
             logic.add_value_listener(self._publish)
             return logic
 
         self.start_logic(make, wait=min(1.0, 2 * self.Timeout))
-
-    def _saved_roi(self) -> list[int]:
-        """The ROI saved by the last Roi write (device property "_Roi": runtime
-        state, not configuration; dsconfig leaves "_" properties alone)."""
-        try:
-            db = tango.Util.instance().get_database()
-            return [int(v) for v in db.get_device_property(self.get_name(), ["_Roi"])["_Roi"]]
-        except (tango.DevFailed, RuntimeError, ValueError):
-            return []
 
     def _publish(self) -> None:
         """A new frame (or a new ROI): events at a bounded rate, newest frame wins."""
@@ -120,13 +108,12 @@ class Detector(BeamlineDevice):
         "exposure",
         "set_exposure",
         dtype=float,
-        memorized=True,
-        hw_memorized=True,
+        persist=True,
         unit="s",
         format="%8.4f",
         min_value="0.0001",
         max_value="60",
-        description="Exposure time of each frame. Memorized.",
+        description="Exposure time of each frame. Kept in the database.",
     )
 
     AcquisitionMode = component_attribute(
@@ -134,10 +121,9 @@ class Detector(BeamlineDevice):
         "mode",
         "set_mode",
         dtype=AcquisitionMode,
-        memorized=True,
-        hw_memorized=True,
+        persist=True,
         description="What Start does: SINGLE frame, MULTIPLE (NumberOfFrames) or CONTINUOUS "
-        "until Stop. Memorized.",
+        "until Stop. Kept in the database.",
     )
 
     NumberOfFrames = component_attribute(
@@ -145,33 +131,20 @@ class Detector(BeamlineDevice):
         "frames",
         "set_frames",
         dtype=int,
-        memorized=True,
-        hw_memorized=True,
+        persist=True,
         min_value="1",
-        description="Frames per Start in MULTIPLE mode. Memorized.",
+        description="Frames per Start in MULTIPLE mode. Kept in the database.",
     )
 
-    @attribute(
+    Roi = component_attribute(
+        "Roi",
+        lambda logic: logic.roi and list(logic.roi),
+        "set_roi",
+        persist=True,
         dtype=(int,),
         max_dim_x=4,
-        access=AttrWriteType.READ_WRITE,
-        description="Region of interest [x, y, width, height] in pixels (saved in the database).",
+        description="Region of interest [x, y, width, height] in pixels. Kept in the database.",
     )
-    def Roi(self):
-        return list(self.value_or_fail(self.need_logic("read_Roi").roi, "Roi"))
-
-    @Roi.write
-    def Roi(self, value) -> None:
-        self.run("write_Roi", self.need_logic("write_Roi").set_roi, value)
-        try:
-            tango.Util.instance().get_database().put_device_property(
-                self.get_name(), {"_Roi": [str(int(v)) for v in value]}
-            )
-        except (tango.DevFailed, RuntimeError) as exc:
-            self.warn_stream(f"could not save the ROI: {exc}")
-
-    def is_Roi_allowed(self, req_type) -> bool:
-        return self.check_write(req_type, "write_Roi")
 
     RoiSum = component_attribute(
         "RoiSum",

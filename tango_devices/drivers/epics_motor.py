@@ -107,6 +107,9 @@ def _int_arg(name: str, value: int) -> int:
 class EpicsMotorRecord:
     """One EPICS motor record, driven like an SMC axis (thread-safe)."""
 
+    #: the record's raw position (RVAL/RRBV) is a 32-bit integer
+    MAX_STEPS = 2**31 - 1
+
     def __init__(self, url: str, timeout: float = 0.5):
         self.url = url
         self.timeout = timeout

@@ -146,6 +146,10 @@ class MotionController(LineClient):
     threads (one per motor axis) may share a controller.
     """
 
+    #: positions the protocol can represent: +-2,000,000,000 steps
+    #: (docs/protocol-motion.md; a move beyond is error 2, bad argument)
+    MAX_STEPS = 2_000_000_000
+
     # ------------------------------------------------------------- axis
     def read_position_status(self, axis: int) -> tuple[int, AxisStatus]:
         """Position (steps) and status in one round trip (``n:?PS``)."""

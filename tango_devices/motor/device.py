@@ -172,10 +172,9 @@ class Motor(BeamlineDevice):
         "offset",
         "set_offset",
         dtype=float,
-        memorized=True,
-        hw_memorized=True,
+        persist=True,
         format="%10.4f",
-        description="User offset: Position = DialPosition + Offset. Memorized in the database.",
+        description="User offset: Position = DialPosition + Offset. Kept in the database.",
     )
 
     Velocity = component_attribute(
@@ -240,11 +239,13 @@ class Motor(BeamlineDevice):
     @command(
         dtype_in=float,
         doc_in="Calibrate: the current position becomes this value (changes Offset, "
-        "which is memorized; the motor does not move).",
+        "which is kept in the database; the motor does not move).",
     )
     def SetPosition(self, position: float) -> None:
-        offset = self.run("SetPosition", self.need_logic("SetPosition").set_position, position)
-        self.memorize("Offset", offset)
+        logic = self.need_logic("SetPosition")
+        old = logic.offset
+        offset = self.run("SetPosition", logic.set_position, position)
+        self.persist("Offset", offset, lambda: logic.set_offset(old), "SetPosition")
 
     def is_SetPosition_allowed(self) -> bool:
         return self.check("SetPosition")

@@ -118,6 +118,9 @@ class MotorLogic(Component):
         self._velocity_steps: int | None = None
         self._acceleration_time: float | None = None
         self._offset = 0.0
+        # what the controller can represent, in user units from the dial zero
+        self.max_steps = int(getattr(driver, "MAX_STEPS", 2**31 - 1))
+        self.dial_range = self.max_steps / abs(config.steps_per_unit)
         self._target: float | None = None
         self._fault_text: str | None = None
         self._quality = Quality.INVALID
@@ -228,7 +231,15 @@ class MotorLogic(Component):
         self.require("write_Position")
         if not math.isfinite(position):
             raise MotorError(f"Position must be a finite number, not {position!r}")
-        target_steps = round((position - self._offset) * self.config.steps_per_unit)
+        dial = position - self._offset
+        if abs(dial) > self.dial_range:
+            low, high = self._user_range()
+            raise MotorError(
+                f"Position {position:g} is beyond what {self.hardware} can reach: "
+                f"{low:g} to {high:g} {self.config.unit} with Offset {self._offset:g} "
+                f"(+-{self.max_steps:,} steps at {self.config.steps_per_unit:g} steps per unit)"
+            )
+        target_steps = round(dial * self.config.steps_per_unit)
         with self._lock:
             status, steps = self._status, self._steps
         if status is not None and steps is not None:
@@ -286,7 +297,9 @@ class MotorLogic(Component):
         dial = self.dial_position().value
         if dial is None:
             raise MotorError("SetPosition needs the current position, which is not known yet")
-        self._offset = position - dial
+        offset = position - dial
+        self._check_offset(offset, f"SetPosition {position:g}")
+        self._offset = offset
         self._publish()
         return self._offset
 
@@ -294,8 +307,21 @@ class MotorLogic(Component):
         self.require("write_Offset")
         if not math.isfinite(offset):
             raise MotorError(f"Offset must be a finite number, not {offset!r}")
+        self._check_offset(offset, f"Offset {offset:g}")
         self._offset = offset
         self._publish()
+
+    def _check_offset(self, offset: float, what: str) -> None:
+        """An offset keeps user positions representable: within the dial range."""
+        if abs(offset) > self.dial_range:
+            raise MotorError(
+                f"{what} refused: the offset would be {offset:g} {self.config.unit}, beyond "
+                f"+-{self.dial_range:g} {self.config.unit} (the range of {self.hardware}: "
+                f"+-{self.max_steps:,} steps at {self.config.steps_per_unit:g} steps per unit)"
+            )
+
+    def _user_range(self) -> tuple[float, float]:
+        return self._offset - self.dial_range, self._offset + self.dial_range
 
     def set_velocity(self, velocity: float) -> None:
         self.require("write_Velocity")

@@ -102,13 +102,12 @@ class Scaler(BeamlineDevice):
         "preset",
         "set_preset",
         dtype=float,
-        memorized=True,
-        hw_memorized=True,
+        persist=True,
         unit="s",
         format="%8.3f",
         min_value="0.001",
         max_value="3600",
-        description="Counting time of Start, in seconds. Memorized.",
+        description="Counting time of Start, in seconds. Kept in the database.",
     )
 
     ElapsedTime = component_attribute(

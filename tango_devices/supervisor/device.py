@@ -41,7 +41,14 @@ class Supervisor(BeamlineDevice):
     off and gives up on crash loops; never touches a server stopped on purpose."""
 
     HangTimeout = device_property(dtype=float, default_value=3.0, doc="s without an answer = hung")
-    StartTimeout = device_property(dtype=float, default_value=20.0, doc="s for a restart to answer")
+    StartTimeout = device_property(
+        dtype=float, default_value=20.0, doc="s for a (re)started server to answer, if idle"
+    )
+    BusyStartTimeout = device_property(
+        dtype=float,
+        default_value=120.0,
+        doc="s for a (re)started server that still uses CPU (busy machine) to answer",
+    )
     MaxFailures = device_property(dtype=int, default_value=5, doc="failures in the window: give up")
     FailureWindow = device_property(dtype=float, default_value=60.0, doc="s: failure window")
     BackoffBase = device_property(dtype=float, default_value=0.5, doc="s: 2nd failure delay")
@@ -75,19 +82,26 @@ class Supervisor(BeamlineDevice):
         self._host = tango.Util.instance().get_host_name().split(".")[0]
         self._starter = Starter(self._host)
         self._watcher = ProcessWatcher()
-        self._prober = TangoProber(self.ProbeTimeout, self.ProbePeriod)
+        # a silence counts once a read with the rest of HangTimeout as its
+        # timeout is unanswered too (a slow answer on a busy machine is an answer)
+        self._prober = TangoProber(
+            self.ProbeTimeout,
+            self.ProbePeriod,
+            confirm=max(self.ProbeTimeout, self.HangTimeout - self.ProbeTimeout),
+        )
         policy = Policy(
             hang_timeout=self.HangTimeout,
             start_timeout=self.StartTimeout,
+            start_timeout_busy=self.BusyStartTimeout,
             window=self.FailureWindow,
             max_failures=self.MaxFailures,
             backoff_base=self.BackoffBase,
             backoff_max=self.BackoffMax,
             stable_after=self.StableAfter,
         )
-        self.logic = SupervisorLogic(
-            self._watcher, self._prober, StarterLauncher(self._starter), policy
-        )
+        launcher = StarterLauncher(self._starter)
+        launcher.preload()  # restarts must not need the database for the paths
+        self.logic = SupervisorLogic(self._watcher, self._prober, launcher, policy)
         self.init_state_events(self.logic.machine)
         self.logic.on_change(lambda rec: self._mark_dirty())
         self.logic.on_restart(self._on_restart)
@@ -131,6 +145,11 @@ class Supervisor(BeamlineDevice):
         try:
             specs = host_servers(self._starter, self._own, self.Supervise)
         except tango.DevFailed as exc:
+            if self.logic.records:
+                # the servers it knows are still watched and healed (processes
+                # and devices need no database); the list is read again later
+                log.warning("cannot refresh the server list: %s", exc.args[0].desc.strip())
+                return
             self.logic.blind(
                 f"Cannot read the servers of host {self._host} from {self._starter.device}: "
                 f"{exc.args[0].desc.strip()}. Retrying every {self.RefreshPeriod:g} s."

@@ -24,6 +24,7 @@ class ServerState(enum.Enum):
     HUNG = "HUNG"  # process alive, devices silent for hang_timeout: being killed
     BACKOFF = "BACKOFF"  # failed again; waiting before the next restart
     FAILED = "FAILED"  # crash loop: given up until StartServer/ResetServer
+    WAITING = "WAITING"  # not running; restarted once the Tango database answers again
     STOPPED = "STOPPED"  # stopped on purpose: never restarted by the supervisor
 
     def __str__(self) -> str:
@@ -59,6 +60,9 @@ class Policy:
     backoff_base: float = 0.5  # s: the 2nd failure waits this, then doubling
     backoff_max: float = 8.0
     stable_after: float = 10.0  # s answering: then earlier failures are forgotten
+    # a starting server that still uses CPU (imports, initialises: slow on a busy
+    # machine) is given up to this long before it counts as hung
+    start_timeout_busy: float = 120.0
 
     def backoff(self, failures_in_window: int) -> float:
         """Delay before the next restart: none after a first failure."""

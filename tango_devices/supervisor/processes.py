@@ -62,6 +62,14 @@ class ProcessWatcher:
         self._watch({p for pids in found.values() for p in pids})
         return found
 
+    def cpu_seconds(self, pid: int) -> float | None:
+        """User + system CPU time of the process so far (None: gone or unknown)."""
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except (psutil.Error, OSError):
+            return None
+        return times.user + times.system
+
     def _watch(self, pids: set[int]) -> None:
         if not hasattr(os, "pidfd_open"):
             return
@@ -165,6 +173,10 @@ class ProcessLauncher:
 
     def clean_exit(self, spec: ServerSpec, pid: int | None) -> bool:
         return lifecycle.was_clean_exit(spec.name, pid)
+
+    def database_ready(self) -> bool:
+        """Without a database to ask, assume it answers."""
+        return True
 
     def log_tail(self, spec: ServerSpec, size: int = 8192) -> str:
         try:

@@ -2,7 +2,8 @@
 
 ON while every supervised server runs or is being healed; ALARM once a crash
 loop was given up (the Status names the server and the cause, until
-StartServer); FAULT while the supervisor cannot read which servers its host
+StartServer) or while dead servers wait for the Tango database to restart
+them; FAULT while the supervisor cannot read which servers its host
 runs (the Starter does not answer). The operator commands need to know the
 servers: they are refused in INIT and FAULT.
 """
@@ -16,6 +17,7 @@ SUPERVISOR_STATES = (INIT, ON, ALARM, FAULT)
 
 HEALTHY = "healthy"
 GAVE_UP = "gave_up"
+WAITING_FOR_DATABASE = "waiting_for_database"  # servers to restart, the database down
 BLIND = "blind"
 
 SUPERVISOR_TABLE = StateTable(
@@ -25,6 +27,7 @@ SUPERVISOR_TABLE = StateTable(
     transitions={
         HEALTHY: from_any(SUPERVISOR_STATES, ON),
         GAVE_UP: from_any(SUPERVISOR_STATES, ALARM),
+        WAITING_FOR_DATABASE: from_any(SUPERVISOR_STATES, ALARM),
         BLIND: from_any(SUPERVISOR_STATES, FAULT),
     },
     commands={

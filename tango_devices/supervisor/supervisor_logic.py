@@ -35,6 +35,9 @@ class ProcessTable(Protocol):
     def scan(self) -> dict[str, list[int]]:
         """Live pids by lower-case server name (``"motor/sample_x"``)."""
 
+    def cpu_seconds(self, pid: int) -> float | None:
+        """CPU time the process has used so far (None: unknown)."""
+
 
 class Prober(Protocol):
     def watch(self, devices: Iterable[str]) -> None:
@@ -42,6 +45,13 @@ class Prober(Protocol):
 
     def last_answer(self, device: str) -> float | None:
         """Monotonic time of the device's last answer (None: never)."""
+
+    def silent_since(self, device: str) -> float | None:
+        """Monotonic time since which the device has not answered reads that
+        reached its server, confirmed by a read with a long timeout (more than
+        one slow answer); None while there is no such evidence (it answers, or
+        cannot be reached for reasons that say nothing about it, such as the
+        database being down)."""
 
     def reconnect(self, devices: Iterable[str]) -> None:
         """Use new client connections for these devices (after a restart)."""
@@ -58,6 +68,9 @@ class Launcher(Protocol):
         """Did this process shut down cleanly (DevStop, SIGTERM, beamline stop)?"""
 
     def log_tail(self, spec: ServerSpec) -> str: ...
+
+    def database_ready(self) -> bool:
+        """Does the Tango database answer (a server cannot start without it)?"""
 
     def dump_stacks(self, spec: ServerSpec, pid: int) -> str:
         """Ask the process to write its threads' stacks into its log; what happened."""
@@ -94,6 +107,7 @@ class SupervisorLogic:
         self._expected_changed: list[Callable[[set[str]], None]] = []
         self._since: dict[str, float] = {}  # server -> monotonic time its pid was first seen
         self._kill_deadline: dict[str, float] = {}
+        self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when it grew)
         # fired with notify=False: the caller notifies once its own locks are released
         self.machine = StateMachine(
             st.SUPERVISOR_TABLE, "Starting: reading the servers of this host"
@@ -141,6 +155,9 @@ class SupervisorLogic:
         """Observe every server once and act."""
         table = self.processes.scan()
         now, wall = self.clock(), self.wall()
+        live = {p for pids in table.values() for p in pids}
+        for pid in [p for p in self._cpu if p not in live]:
+            del self._cpu[pid]
         for rec in list(self.records.values()):
             pids = sorted(table.get(rec.name.lower(), []))
             pid = pids[0] if pids else None
@@ -152,8 +169,9 @@ class SupervisorLogic:
             if (rec.state, rec.pid, rec.restarts, rec.last_cause) != before:
                 self._notify(self._changed, rec)
         failed = any(r.state is S.FAILED for r in self.records.values())
+        waiting = any(r.state is S.WAITING for r in self.records.values())
         self.machine.fire(
-            st.GAVE_UP if failed else st.HEALTHY,
+            st.GAVE_UP if failed else st.WAITING_FOR_DATABASE if waiting else st.HEALTHY,
             self.summary() or "No server to supervise.",
             notify=False,
         )
@@ -163,6 +181,9 @@ class SupervisorLogic:
         self.machine.fire(st.BLIND, text, notify=False)
 
     def _step_one(self, rec: ServerRecord, pid: int | None, now: float, wall: float) -> None:
+        if rec.state is S.WAITING and pid is None:
+            self._launch(rec, now, wall)  # launches once the database answers
+            return
         if rec.state in (S.STOPPED, S.FAILED, S.NOT_STARTED) and pid is None:
             rec.pid = None
             if rec.state is S.STOPPED and rec.expected:
@@ -201,8 +222,16 @@ class SupervisorLogic:
             log.info("%s stopped on purpose: not restarted", rec.name)
             return
         exit_code = self.launcher.exit_code(dead) if dead else None
-        cause = cause_from_log(self.launcher.log_tail(rec.spec), exit_code)
+        cause = cause_from_log(self._log_tail(rec), exit_code)
         self._failure(rec, cause, now, wall)
+
+    def _log_tail(self, rec: ServerRecord) -> str:
+        """The server's log tail, or nothing: reading it never stops a restart."""
+        try:
+            return self.launcher.log_tail(rec.spec)
+        except Exception as exc:  # noqa: BLE001 - e.g. its location needs the database
+            log.warning("cannot read the log of %s: %s", rec.name, exc)
+            return ""
 
     def _alive(self, rec: ServerRecord, pid: int, now: float, wall: float) -> None:
         if pid != rec.pid:
@@ -239,21 +268,40 @@ class SupervisorLogic:
             elif rec.failures and now - rec.answering_since >= self.policy.stable_after:
                 rec.failures.clear()  # stable again: a later failure is not a crash loop
             return
-        silent_since = self._silent_since(rec, since)
         if rec.state in (S.STARTING, S.RESTARTING):
-            if now - since > self.policy.start_timeout:
-                self._hang(
-                    rec,
-                    pid,
-                    now,
-                    wall,
-                    f"did not answer within {self.policy.start_timeout:g} s of starting",
-                )
+            self._check_start(rec, pid, since, now, wall)
             return
-        if now - silent_since >= self.policy.hang_timeout:
+        silent_since = self._silent_since(rec, since)
+        if silent_since is not None and now - silent_since >= self.policy.hang_timeout:
             self._hang(
                 rec, pid, now, wall, f"hang: no device answered for {now - silent_since:.1f} s"
             )
+
+    def _check_start(self, rec: ServerRecord, pid: int, since: float, now: float, wall: float):
+        """A starting server that does not answer is hung only past the start
+        timeout *and* idle (a busy machine makes starting slow, not hung), or
+        past the longer limit; never while the database it waits for is down."""
+        waited = now - since
+        busy = self._cpu_grew(rec, pid, now)
+        if waited <= self.policy.start_timeout:
+            return
+        if busy and waited <= self.policy.start_timeout_busy:
+            return
+        if not self.launcher.database_ready():
+            return
+        limit = self.policy.start_timeout_busy if busy else self.policy.start_timeout
+        self._hang(rec, pid, now, wall, f"did not answer within {limit:g} s of starting")
+
+    def _cpu_grew(self, rec: ServerRecord, pid: int, now: float) -> bool:
+        """Has the process used CPU within the last hang timeout?"""
+        cpu = self.processes.cpu_seconds(pid)
+        if cpu is None:
+            return False
+        seen = self._cpu.get(pid)
+        if seen is None or cpu > seen[0]:
+            self._cpu[pid] = (cpu, now)
+            return seen is not None or cpu > 0
+        return now - seen[1] < self.policy.hang_timeout
 
     def _answering(self, rec: ServerRecord, since: float, now: float) -> bool:
         """Every device answered since this process appeared, and recently."""
@@ -264,10 +312,12 @@ class SupervisorLogic:
                 return False
         return bool(rec.spec.devices)
 
-    def _silent_since(self, rec: ServerRecord, since: float) -> float:
-        times = [self.prober.last_answer(d) for d in rec.spec.devices]
-        answered = [t for t in times if t is not None and t >= since]
-        return min(answered) if len(answered) == len(times) and answered else since
+    def _silent_since(self, rec: ServerRecord, since: float) -> float | None:
+        """Since when a device of this process has been silent, by the prober's
+        evidence (None: no device is known to be silent)."""
+        times = [self.prober.silent_since(d) for d in rec.spec.devices]
+        evidence = [max(t, since) for t in times if t is not None]
+        return min(evidence) if evidence else None
 
     # ------------------------------------------------------------ actions
     def _hang(self, rec: ServerRecord, pid: int, now: float, wall: float, cause: str) -> None:
@@ -284,6 +334,13 @@ class SupervisorLogic:
 
     def _failure(self, rec: ServerRecord, cause: str, now: float, wall: float) -> None:
         rec.answering_since = None
+        if not self.launcher.database_ready():
+            # it may well have died of that: not a crash loop; restart once it answers
+            rec.last_cause = cause
+            rec.last_failure_at = wall
+            rec.failure_detected_at = rec.failure_detected_at or now
+            self._wait_for_database(rec)
+            return
         rec.failures.append(now)
         rec.last_cause = cause
         rec.last_failure_at = wall
@@ -311,7 +368,16 @@ class SupervisorLogic:
             rec.state = S.BACKOFF
             rec.next_restart_at = now + delay
 
+    def _wait_for_database(self, rec: ServerRecord) -> None:
+        if rec.state is not S.WAITING:
+            log.warning("%s: the Tango database does not answer: restart deferred", rec.name)
+        rec.pid = None
+        rec.state = S.WAITING
+
     def _launch(self, rec: ServerRecord, now: float, wall: float) -> None:
+        if not self.launcher.database_ready():
+            self._wait_for_database(rec)  # it would only die of it
+            return
         self.prober.reconnect(rec.spec.devices)
         try:
             pid = self.launcher.launch(rec.spec)
@@ -384,7 +450,14 @@ class SupervisorLogic:
         for rec in self.records.values():
             counts[str(rec.state)] = counts.get(str(rec.state), 0) + 1
         failed = [r for r in self.records.values() if r.state is S.FAILED]
+        waiting = [r for r in self.records.values() if r.state is S.WAITING]
         text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        if waiting:
+            text = (
+                f"Tango database down: {len(waiting)} server(s) waiting to restart "
+                f"({', '.join(r.name for r in waiting[:5])}{', ...' if len(waiting) > 5 else ''})"
+                f". {text}"
+            )
         if failed:
             text += ". Given up: " + "; ".join(f"{r.name}: {r.last_cause}" for r in failed)
         return text

@@ -27,47 +27,70 @@ EXCLUDED_SERVERS = ("Starter/", "DataBaseds/", "PyDatabaseds/")
 
 
 class _Probe:
-    def __init__(self, device: str, timeout: float, period: float) -> None:
+    """Reads one device's State several times a second, in its own thread.
+
+    A read that times out is followed by reads with a long timeout: a device
+    is *silent* only once such a read timed out too (a slow answer on a busy
+    machine is an answer). A failure to even reach the device (building the
+    client needs the database) is no evidence either way."""
+
+    def __init__(self, device: str, timeout: float, period: float, confirm: float) -> None:
         self.device = device
         self.timeout_ms = int(timeout * 1000)
+        self.confirm_ms = int(max(confirm, timeout) * 1000)
         self.period = period
         self.last_answer: float | None = None
+        self.silent_since: float | None = None
         self.fresh_proxy = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"probe-{device}", daemon=True)
         self.thread.start()
 
-    def _proxy(self):
-        proxy = tango.DeviceProxy(self.device)
-        proxy.set_timeout_millis(self.timeout_ms)
-        return proxy
-
     def _run(self) -> None:
         with tango.EnsureOmniThread():
             proxy = None
+            unanswered_since: float | None = None  # first unanswered read since the last answer
             while not self.stop.is_set():
                 if self.fresh_proxy.is_set():
                     self.fresh_proxy.clear()
                     proxy = None
+                if proxy is None:
+                    try:
+                        proxy = tango.DeviceProxy(self.device)
+                    except tango.DevFailed:
+                        # the database (or the device's entry in it) is not
+                        # there: nothing learnt about the device itself
+                        unanswered_since = self.silent_since = None
+                        self.stop.wait(self.period)
+                        continue
+                attempt = time.monotonic()
+                confirming = unanswered_since is not None
                 try:
-                    if proxy is None:
-                        proxy = self._proxy()
+                    proxy.set_timeout_millis(self.confirm_ms if confirming else self.timeout_ms)
                     proxy.state()
-                    self.last_answer = time.monotonic()
-                    self.stop.wait(self.period)
                 except tango.DevFailed:
+                    if unanswered_since is None:
+                        unanswered_since = attempt
+                    if confirming:
+                        self.silent_since = unanswered_since
                     # a proxy that saw a failure reconnects at most once a
-                    # second: probe with a new one, at once
+                    # second: go on with a new one, at once
                     proxy = None
                     self.stop.wait(min(self.period, 0.05))
+                    continue
+                self.last_answer = time.monotonic()
+                unanswered_since = self.silent_since = None
+                self.stop.wait(self.period)
 
 
 class TangoProber:
-    """Device liveness, as a client sees it (State reads with a short timeout)."""
+    """Device liveness, as a client sees it (State reads with a short timeout,
+    and a long one to confirm a silence)."""
 
-    def __init__(self, timeout: float = 0.5, period: float = 0.2) -> None:
+    def __init__(self, timeout: float = 0.5, period: float = 0.2, confirm: float = 2.5) -> None:
         self.timeout = timeout
         self.period = period
+        self.confirm = confirm
         self._probes: dict[str, _Probe] = {}
 
     def watch(self, devices: Iterable[str]) -> None:
@@ -77,11 +100,15 @@ class TangoProber:
                 self._probes.pop(key).stop.set()
         for key, device in wanted.items():
             if key not in self._probes:
-                self._probes[key] = _Probe(device, self.timeout, self.period)
+                self._probes[key] = _Probe(device, self.timeout, self.period, self.confirm)
 
     def last_answer(self, device: str) -> float | None:
         probe = self._probes.get(device.lower())
         return probe.last_answer if probe else None
+
+    def silent_since(self, device: str) -> float | None:
+        probe = self._probes.get(device.lower())
+        return probe.silent_since if probe else None
 
     def reconnect(self, devices: Iterable[str]) -> None:
         for device in devices:
@@ -91,6 +118,33 @@ class TangoProber:
 
     def close(self) -> None:
         self.watch([])
+
+
+class DatabaseCheck:
+    """Does the Tango database answer? Asked at most every ``period`` s."""
+
+    def __init__(self, period: float = 0.5, timeout: float = 1.0) -> None:
+        self.period = period
+        self.timeout_ms = int(timeout * 1000)
+        self._checked = -1e9
+        self._ok = True
+        self._db = None
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < self.period:
+            return self._ok
+        self._checked = now
+        try:
+            if self._db is None:
+                self._db = tango.Database()
+                self._db.set_timeout_millis(self.timeout_ms)
+            self._db.get_info()
+            self._ok = True
+        except (tango.DevFailed, RuntimeError):
+            self._db = None  # a new client next time (no reconnection throttle)
+            self._ok = False
+        return self._ok
 
 
 class Starter:
@@ -134,17 +188,31 @@ class Starter:
 
 
 class StarterLauncher(ProcessLauncher):
-    """Launch like the Starter; kill and stop through it, signals as a fallback."""
+    """Launch like the Starter; kill and stop through it, signals as a fallback.
 
-    def __init__(self, starter: Starter) -> None:
+    The Starter's StartDsPath and log directory come from the database, read
+    when the supervisor starts (``preload``) and kept: a restart must not need
+    the database for them."""
+
+    def __init__(self, starter: Starter, database_ready=None) -> None:
         self.starter = starter
         self._paths: tuple[list[str], str] | None = None
+        self._database_ready = database_ready or DatabaseCheck()
         super().__init__(lambda: self._props()[0], lambda: self._props()[1])
+
+    def preload(self) -> None:
+        try:
+            self._props()
+        except tango.DevFailed as exc:
+            log.warning("cannot read the Starter's properties yet: %s", exc.args[0].desc.strip())
 
     def _props(self) -> tuple[list[str], str]:
         if self._paths is None:
             self._paths = self.starter.properties()
         return self._paths
+
+    def database_ready(self) -> bool:
+        return self._database_ready()
 
     def kill(self, spec: ServerSpec, pid: int) -> None:
         if not self.starter.command("HardKillServer", spec.name):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -21,6 +22,7 @@ from tests.helpers import wait_until
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 DOOR = "bl01/sardana/door"
+PROJECT_MACROS = Path(__file__).resolve().parents[2] / "sardana_macros" / "macros"
 S = tango.DevState
 # the physics model: the diode sees a Gaussian feature centred at sample_x = 1.5 mm
 # (mirror_pitch at 3.0 mrad puts the beam on the sample)
@@ -221,3 +223,43 @@ def test_spock_connects_to_the_door(beamline):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Connected to door_bl01" in proc.stdout, proc.stdout
     assert "ct_time" in proc.stdout and "diode" in proc.stdout
+
+
+def test_user_macros_are_written_to_the_run_directory_never_the_installed_code(beamline):
+    ms = beamline.proxy("bl01/sardana/macroserver", timeout_ms=10000)
+    project = PROJECT_MACROS
+    before = sorted(p.name for p in project.iterdir())
+    path, _code, _line = ms.GetMacroCode(["zzprobe_module"])
+    assert path == str(beamline.run_dir / "user_macros" / "zzprobe_module.py")
+    assert sorted(p.name for p in project.iterdir()) == before
+
+
+STUCK_MACRO = """
+import time
+
+from sardana.macroserver.macro import Macro, Type
+
+
+class stuck_in_c(Macro):
+    \"\"\"Blocks in one C call: Sardana's abort cannot end it (test only).\"\"\"
+
+    param_def = [["seconds", Type.Float, 600, "how long"]]
+
+    def run(self, seconds):
+        time.sleep(seconds)
+"""
+
+
+def test_a_macro_that_abort_cannot_end_leaves_the_door_ready_after_a_restart(beamline, door):
+    """Aborts that hang are a known Sardana problem: the Door client's last
+    resort is a restart of Sardana's server through the supervisor."""
+    (beamline.run_dir / "user_macros" / "stuck_test.py").write_text(STUCK_MACRO)
+    ms = beamline.proxy("bl01/sardana/macroserver", timeout_ms=10000)
+    ms.ReloadMacroLib(["stuck_test"])
+    run = door.start(["stuck_in_c", "600"])
+    wait_until(lambda: door.proxy.state() == S.RUNNING, 10, "the stuck macro running")
+    assert door.make_ready(timeout=2.0) == "restarted Sardana/bl01"
+    assert door.proxy.state() == S.ON
+    assert door.wait(run, timeout=30).outcome in ("lost", "abort")
+    with DoorClient(f"tango://{beamline.tango_host}/{DOOR}") as fresh:
+        run_ok(fresh, "ct", 0.01)

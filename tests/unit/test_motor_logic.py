@@ -13,6 +13,7 @@ from tango_devices.drivers.motion_ascii import (
     AxisStatus,
     ControllerRejected,
     LinkError,
+    MotionController,
     ProtocolError,
 )
 from tango_devices.motor.motor_logic import MotorConfig, MotorError, MotorLogic, Quality
@@ -25,6 +26,8 @@ MOVING, POWER, LIM_NEG, LIM_POS, HOME_SW, FAULT, HOMED, INTERLOCK, HOMING = (
 
 class FakeDriver:
     """A controller axis in memory. ``link`` and ``garbage`` simulate link faults."""
+
+    MAX_STEPS = MotionController.MAX_STEPS
 
     def __init__(self, url, timeout=0.5):
         self.url = url
@@ -199,6 +202,30 @@ def test_move_rejects_non_finite(logic, bad):
     wait_until(lambda: logic.state is State.ON, 2, "ON")
     with pytest.raises(MotorError, match="finite"):
         logic.move_to(bad)
+    assert not [c for c in logic.fake.calls if c[0] == "MOVE"]
+
+
+@pytest.mark.parametrize("offset", [1e308, -1e308, 2.1e6])
+def test_offsets_beyond_the_controller_range_are_refused_and_change_nothing(logic, offset):
+    """+-2e9 steps at 1000 steps/mm: offsets beyond +-2e6 mm cannot be represented."""
+    logic.start_polling()
+    wait_until(lambda: logic.state is State.ON, 2, "ON")
+    logic.set_offset(0.25)
+    with pytest.raises(MotorError, match=r"beyond \+-2e\+06 mm \(the range of the motion"):
+        logic.set_offset(offset)
+    with pytest.raises(MotorError, match="SetPosition .* refused: the offset would be"):
+        logic.set_position(offset)
+    assert logic.offset == 0.25
+    logic.move_to(1.0)  # still a working motor
+    assert logic.fake.calls[-1] == ("MOVE", 750)
+
+
+@pytest.mark.parametrize("target", [1e308, -3e6])
+def test_moves_beyond_the_controller_range_are_refused_before_sending(logic, target):
+    logic.start_polling()
+    wait_until(lambda: logic.state is State.ON, 2, "ON")
+    with pytest.raises(MotorError, match=r"beyond what the motion controller can reach: -2e\+06"):
+        logic.move_to(target)
     assert not [c for c in logic.fake.calls if c[0] == "MOVE"]
 
 

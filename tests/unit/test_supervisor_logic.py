@@ -27,10 +27,16 @@ class World:
         self.clean: set[int] = set()
         self.logs: dict[str, str] = {}
         self.reconnects: list[tuple[str, ...]] = []
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds used (absent: unknown)
+        self.no_evidence: set[str] = set()  # devices the prober cannot reach (database down)
+        self.db_up = True
 
     # ProcessTable
     def scan(self):
         return {name.lower(): [pid] for name, pid in self.pids.items()}
+
+    def cpu_seconds(self, pid):
+        return self.cpu.get(pid)
 
     # Prober
     def watch(self, devices):
@@ -38,6 +44,10 @@ class World:
 
     def last_answer(self, device):
         return self.answers.get(device)
+
+    def silent_since(self, device):
+        """Silent since its last answer (a real prober confirms it with a long read)."""
+        return None if device in self.no_evidence else self.answers.get(device)
 
     def reconnect(self, devices):
         self.reconnects.append(tuple(devices))
@@ -57,6 +67,9 @@ class World:
 
     def log_tail(self, spec):
         return self.logs.get(spec.name, "")
+
+    def database_ready(self):
+        return self.db_up
 
     def dump_stacks(self, spec, pid):
         self.dumped.append(spec.name)
@@ -315,6 +328,107 @@ def test_start_timeout_kills_and_retries(world):
     rec = sup.record(MOTOR.name)
     assert world.killed == [MOTOR.name]
     assert "did not answer within 2 s of starting" in rec.last_cause
+
+
+# ------------------------------------------------- the database and the load
+def steps(world, sup, n, seconds=0.1):
+    for _ in range(n):
+        world.tick(seconds)
+        sup.step()
+
+
+def test_a_death_while_the_database_is_down_waits_for_it_without_counting(world):
+    sup = make(world, policy=Policy(max_failures=2))
+    running(world, sup, MOTOR)
+    world.db_up = False
+    for _ in range(4):  # dies again and again: still no crash loop
+        world.pids.pop(MOTOR.name, None)
+        steps(world, sup, 10)
+    rec = sup.record(MOTOR.name)
+    assert rec.state is S.WAITING and world.launched == [] and rec.pid is None
+    assert len(rec.failures) == 0 and rec.restarts == 0
+    assert sup.summary().startswith(
+        "Tango database down: 1 server(s) waiting to restart (Motor/sample_x)."
+    )
+    assert str(sup.machine.state) == "ALARM"
+    world.db_up = True
+    steps(world, sup, 1)
+    assert world.launched == [MOTOR.name] and rec.state is S.RESTARTING and rec.restarts == 1
+    world.answer(MOTOR)
+    steps(world, sup, 1)
+    assert rec.state is S.RUNNING and str(sup.machine.state) == "ON"
+
+
+def test_a_log_that_cannot_be_read_does_not_stop_the_restart(world):
+    sup = make(world)
+    running(world, sup, MOTOR)
+
+    def unreadable(spec):
+        raise RuntimeError("StartDsPath: the database does not answer")
+
+    world.log_tail = unreadable
+    world.die(MOTOR)
+    steps(world, sup, 1)
+    assert world.launched == [MOTOR.name]
+    assert sup.record(MOTOR.name).state is S.RESTARTING
+
+
+def test_silence_without_evidence_is_not_a_hang(world):
+    """The prober could not reach the device (e.g. building a client needs the
+    database): however long that lasts, nothing is killed."""
+    sup = make(world, policy=Policy(hang_timeout=1.0))
+    running(world, sup, MOTOR)
+    world.no_evidence.add(MOTOR.devices[0])
+    steps(world, sup, 100)
+    assert world.killed == [] and sup.record(MOTOR.name).state is S.RUNNING
+    world.no_evidence.clear()  # the prober now sees it silent since its last answer
+    steps(world, sup, 1)
+    assert world.killed == [MOTOR.name]
+
+
+def restarted_silent(world, sup, policy_cpu):
+    running(world, sup, MOTOR)
+    world.die(MOTOR)
+    steps(world, sup, 1)  # restarted; its devices do not answer yet
+    pid = world.pids[MOTOR.name]
+    if policy_cpu:
+        world.cpu[pid] = 0.5
+    return pid
+
+
+def test_a_starting_server_that_uses_cpu_is_not_hung_until_the_busy_limit(world):
+    sup = make(world, policy=Policy(start_timeout=2.0, start_timeout_busy=10.0))
+    pid = restarted_silent(world, sup, policy_cpu=True)
+    for _ in range(80):  # 8 s, importing and initialising on a loaded machine
+        world.cpu[pid] += 0.05
+        steps(world, sup, 1)
+    assert world.killed == []
+    for _ in range(25):
+        world.cpu[pid] += 0.05
+        steps(world, sup, 1)
+    assert world.killed == [MOTOR.name]
+    assert "did not answer within 10 s of starting" in sup.record(MOTOR.name).last_cause
+
+
+def test_a_starting_server_that_stopped_using_cpu_is_hung_after_the_start_timeout(world):
+    sup = make(world, policy=Policy(start_timeout=2.0, start_timeout_busy=10.0, hang_timeout=1.0))
+    restarted_silent(world, sup, policy_cpu=True)  # CPU seen once, then no more
+    steps(world, sup, 19)
+    assert world.killed == []
+    steps(world, sup, 3)
+    assert world.killed == [MOTOR.name]
+    assert "did not answer within 2 s of starting" in sup.record(MOTOR.name).last_cause
+
+
+def test_a_starting_server_is_not_killed_while_the_database_is_down(world):
+    sup = make(world, policy=Policy(start_timeout=2.0, start_timeout_busy=10.0))
+    restarted_silent(world, sup, policy_cpu=False)
+    world.db_up = False  # it waits for the database, as every server would
+    steps(world, sup, 150)
+    assert world.killed == []
+    world.db_up = True
+    steps(world, sup, 1)
+    assert world.killed == [MOTOR.name]
 
 
 def test_unknown_server_names_the_known_ones(world):
