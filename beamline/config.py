@@ -158,7 +158,7 @@ def default_config_dir() -> Path:
 MAX_JSON_CHARS = 16 * 2**20
 
 
-def _read_json(path: Path, problems: list[Problem], rel: str, tango_names: bool = False) -> Any:
+def read_json(path: Path, problems: list[Problem], rel: str, tango_names: bool = False) -> Any:
     """The JSON document in ``path``, or None with the problems appended: a key
     twice in one object is refused (json would keep the last one silently),
     also when the two differ only in case if the keys are Tango names
@@ -283,7 +283,7 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
     tango_classes: list[_ClassUse] = []
     for path in files:
         rel = str(path.relative_to(root))
-        data = _read_json(path, problems, rel, tango_names=True)
+        data = read_json(path, problems, rel, tango_names=True)
         if data is None:
             continue
         if not isinstance(data, dict):
@@ -311,7 +311,7 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
 
     # -- starter.json
     servers: dict[str, ServerInfo] = {}
-    starter = _read_json(root / "starter.json", problems, "starter.json", tango_names=True)
+    starter = read_json(root / "starter.json", problems, "starter.json", tango_names=True)
     if isinstance(starter, dict):
         entries = starter.get("servers")
         if not isinstance(entries, dict):
@@ -378,13 +378,13 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
     simulation = None
     sim_path = root / "simulation.json"
     if sim_path.exists():
-        simulation = _read_json(sim_path, problems, "simulation.json")
+        simulation = read_json(sim_path, problems, "simulation.json")
         if simulation is not None:
             _check_simulation(simulation, devices, problems)
 
     # -- access.json (optional; its rules are applied by `beamline db`): JSON checks only
     if (root / ACCESS_FILE).exists():
-        _read_json(root / ACCESS_FILE, problems, ACCESS_FILE)
+        read_json(root / ACCESS_FILE, problems, ACCESS_FILE)
 
     if problems:
         raise ConfigError(problems)

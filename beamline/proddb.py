@@ -490,6 +490,8 @@ def load_access(config_dir: Path, user: str | None = None) -> list[UserRule]:
     Errors name the file, the entry and the fix."""
     import getpass
 
+    from beamline.config import read_json
+
     path = config_dir / ACCESS_FILE
     where = str(path)
     try:
@@ -498,6 +500,10 @@ def load_access(config_dir: Path, user: str | None = None) -> list[UserRule]:
         raise ProdDbError(f"{where}: no access rules; create it (see docs/production.md)") from exc
     except json.JSONDecodeError as exc:
         raise ProdDbError(f"{where}: not valid JSON: {exc}") from exc
+    problems: list = []
+    read_json(path, problems, where)  # a key twice in one object: refused, not the last taken
+    if problems:
+        raise ProdDbError("\n".join(str(p) for p in problems))
     if not isinstance(doc, dict):
         raise ProdDbError(f"{where}: must be a JSON object with 'default' and 'users'")
     default = doc.get("default", "read")

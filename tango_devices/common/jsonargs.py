@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,20 +28,29 @@ def _refuse_constant(name: str) -> Any:
     raise ArgumentError(f"{name} is not a number JSON allows; give a finite number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ArgumentError(f"{text} is too large for a number; give a finite number")
+    return value
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
+    """Is ``value`` nested more than ``limit`` levels deep? (Iterative: it is
+    what the limit protects from.) Scalars are never pushed, so a flat list
+    of 20,000 items costs one pass over it."""
+    level = [value]
+    for _ in range(limit):
+        deeper = []
+        for item in level:
+            if isinstance(item, dict):
+                deeper.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                deeper.extend(v for v in item if isinstance(v, dict | list))
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def loads(text: str, what: str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
@@ -52,7 +62,7 @@ def loads(text: str, what: str, *, max_bytes: int = MAX_BYTES, max_depth: int = 
             f"{what}: the argument is {len(text):,} characters; at most {max_bytes:,} are taken"
         )
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except ArgumentError as exc:
         raise ArgumentError(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -99,10 +109,15 @@ def check(value: Any, schema: Mapping[str, Any], what: str) -> Any:
 
 
 def _message(error) -> str:
+    """jsonschema's message, with a long value quoted in part only (so that
+    "... is too long" survives)."""
     text = error.message
-    if len(text) > 300:  # a huge instance is quoted whole by jsonschema
-        text = text[:300] + " ..."
-    return text
+    if len(text) <= 300:
+        return text
+    quoted = repr(error.instance)
+    if quoted in text:
+        text = text.replace(quoted, f"{quoted[:60]}... ({len(quoted):,} characters)")
+    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 def parse(text: str, schema: Mapping[str, Any], what: str, **bounds: int) -> Any:

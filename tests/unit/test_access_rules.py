@@ -56,3 +56,12 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "access.json").write_text("{")
     with pytest.raises(proddb.ProdDbError, match="not valid JSON"):
         proddb.load_access(tmp_path)
+
+
+def test_a_user_named_twice_is_refused_not_the_last_taken(tmp_path):
+    (tmp_path / "access.json").write_text(
+        '{"users": {"bob": {"devices": {"bl01/*/*": "write"}}, '
+        '"bob": {"devices": {"bl01/*/*": "read"}}}}'
+    )
+    with pytest.raises(proddb.ProdDbError, match="users.bob: defined twice in one object"):
+        proddb.load_access(tmp_path)

@@ -62,3 +62,25 @@ def test_good_arguments_pass_unchanged():
     assert parse("", LIMIT, "History") is None
     assert check({"limit": 0}, LIMIT, "History") == {"limit": 0}
     assert loads('{"a": [1, 2.5, "x"]}', "Get") == {"a": [1, 2.5, "x"]}
+
+
+def test_a_number_too_large_for_a_float_is_refused():
+    with pytest.raises(ArgumentError, match=r"^Add: 1e400 is too large"):
+        loads('{"args": [1e400]}', "Add")
+
+
+def test_depth_counts_arrays_and_objects_exactly():
+    assert loads(nested := "[" * 16 + "]" * 16, "Get") is not None and nested
+    with pytest.raises(ArgumentError, match="nested more than 16"):
+        loads("[" * 17 + "]" * 17, "Get")
+    wide = "[" + ",".join(['{"a": [1, 2]}'] * 20_000) + "]"
+    assert len(loads(wide, "AddBatch")) == 20_000
+
+
+def test_a_long_value_is_quoted_in_part_and_the_reason_kept():
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}}}
+    with pytest.raises(ArgumentError) as refused:
+        parse('{"name": "' + "x" * 5000 + '"}', schema, "GetHistory")
+    text = str(refused.value)
+    assert text.startswith("GetHistory: name: 'xxxx") and "is too long" in text
+    assert "(5,002 characters)" in text and len(text) < 300
