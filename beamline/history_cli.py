@@ -64,7 +64,8 @@ class DeviceSource:
         try:
             reply = self.proxy.command_inout(command, arg)
         except self.tango.DevFailed as exc:
-            _fail(f"{command}: {exc.args[0].desc.strip()}", 2)
+            desc = exc.args[0].desc.strip()
+            _fail(desc if desc.startswith(f"{command}:") else f"{command}: {desc}", 2)
         return json.loads(reply)
 
     def history(self, name: str, start: float, end: float, max_points: int) -> dict:
