@@ -330,6 +330,7 @@ def last_flush(h5: h5py.File) -> float | None:
 @dataclass
 class Recovery:
     sealed: list[str] = field(default_factory=list)
+    unsealed: list[str] = field(default_factory=list)  # no room to seal them now
     corrupt: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     last_file: str | None = None
@@ -353,15 +354,25 @@ def recover(directory: Path) -> Recovery:
             if flags:
                 with open_for_read(path):
                     pass
-                sealing.seal(path)
-                rec.sealed.append(path.name)
-            usable.append(path)
         except (OSError, ValueError) as exc:
             bad = path.with_name(path.name + ".corrupt")
             log.error("archive file %s cannot be read (%s): renamed to %s", path, exc, bad.name)
             with contextlib.suppress(OSError):
                 os.replace(path, bad)
             rec.corrupt.append(f"{path.name}: {exc}")
+            continue
+        if flags:
+            try:
+                sealing.seal(path)
+                rec.sealed.append(path.name)
+            except OSError as exc:
+                # No room for the sealed copy (a full disk): the file is sound and
+                # reads as a SWMR reader; the next start seals it.
+                log.warning("archive file %s left unsealed for now: %s", path, exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(path.with_name(path.name + ".sealing.tmp"))
+                rec.unsealed.append(f"{path.name}: {exc}")
+        usable.append(path)
     if usable:
         last = usable[-1]
         rec.last_file = last.name
@@ -687,6 +698,8 @@ class ArchiveWriter:
             self.pending_journal.append({"kind": "sealed", "time": now, "file": name})
         for problem in rec.corrupt:
             self.pending_journal.append({"kind": "corrupt", "time": now, "file": problem})
+        for problem in rec.unsealed:
+            self.pending_journal.append({"kind": "unsealed", "time": now, "file": problem})
         return rec
 
     def close(self, reason: str = "stop") -> None:

@@ -249,3 +249,33 @@ def test_reserving_gives_the_space_back_when_the_file_is_closed(tmp_path):
     st = os.stat(path)
     assert st.st_blocks * 512 < st.st_size + 64 * 1024  # given back
     assert len(list_files(tmp_path)) == 1
+
+
+def test_a_crash_left_file_is_kept_when_there_is_no_room_to_seal_it(tmp_path, monkeypatch):
+    """Sealing works on a copy: on a full disk it cannot, and the file (sound,
+    readable as a SWMR reader) must not be taken for a broken one."""
+    from tango_devices.logger import seal, store
+
+    w = ArchiveWriter(tmp_path, WriterPolicy(schema_delay=0.0))
+    w.open()
+    w.add_meta(POS)
+    w.cycle({POS.key: [(1000.0, 1.0, VALID)]})
+    left = w.path  # the writer "dies": its file is never closed
+    w._lockfile.close()
+    assert not seal.is_sealed(left)
+
+    def no_room(path):
+        (path.parent / (path.name + ".sealing.tmp")).write_bytes(b"half a copy")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.sealing, "seal", no_room)
+    again = ArchiveWriter(tmp_path, WriterPolicy(schema_delay=0.0))
+    rec = again.open()
+    try:
+        assert rec.corrupt == [] and rec.sealed == [] and left.name in rec.unsealed[0]
+        assert list_files(tmp_path) == [left]  # kept under its name
+        assert not list(tmp_path.glob("*.sealing.tmp"))
+        out = ArchiveReader(tmp_path).history(f"{DEV}/Position", 0, 2000, 0)
+        assert out["values"] == [1.0]
+    finally:
+        again.close()
