@@ -719,12 +719,13 @@ class ArchiveWriter:
                             if self._space(self.clock(), "start") is None:
                                 self._rotate("start", self.clock())  # the gap must be on record
                     if self.h5 is not None:
-                        full = self._space(self.clock(), None)
-                        if full is not None:
-                            raise StoreError(full.describe())
+                        now = self.clock()
+                        full = self._space(now, None)
+                        if full is not None:  # the held rows are given up, the file closed
+                            self._lose_held(now, full.describe())
                         if self.loss is not None:
-                            now = self.clock()
                             self.pending_journal.append({"kind": "lost", "time": now, **self.loss})
+                            log.error("closing the archive: %s", self.pending_journal[-1])
                             self.loss = None
                         self._write_held(self.h5)
                         self._close_active({"kind": "stop", "time": self.clock(), "reason": reason})
@@ -753,12 +754,12 @@ class ArchiveWriter:
         h5, self.h5 = self.h5, None
         self.schema, self.schema_devices = {}, set()
         self.extra, self.extra_rows = {}, 0
-        self._release_space()
         if h5 is not None:
             with hdf5_errors(), contextlib.suppress(Exception):
-                h5.close()
+                h5.close()  # (within the space still reserved)
             if poisoned:
                 _POISONED.append(h5)  # never closed again, never collected
+        self._release_space()
 
     def add_meta(self, meta: AttrMeta) -> None:
         old = self.metas.get(meta.key)

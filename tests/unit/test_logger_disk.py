@@ -164,13 +164,21 @@ def test_errors_of_other_threads_are_not_taken(monkeypatch):
 
 
 def test_closing_on_a_full_disk_gives_up_what_it_cannot_write(tmp_path, disk):
+    from tango_devices.logger import seal
+
     w = make_writer(tmp_path, disk)
     w.cycle({POS.key: [(1000.0, 1.0, VALID)]})
     disk.free = 0
     w.cycle({POS.key: rows(1001.0, 2)})
-    w.close()  # no exception, the lock is released
+    w.held[POS.key] = rows(1003.0, 3)  # received, not written yet, when the logger stops
+    path = w.path
+    w.close()  # no exception; the held rows are given up, the file closed cleanly
+    assert seal.is_sealed(path)
+    out = ArchiveReader(w.directory).history(f"{DEV}/Position", 0, 2000, 0)
+    assert out["values"] == [1.0]
+    assert [g["cause"][:19] for g in out["gaps"]] == ["5 rows not written:"]
     w2 = ArchiveWriter(w.directory)
-    w2.open()  # a new logger can take the directory
+    w2.open()  # the lock is released: a new logger can take the directory
     w2.close()
 
 
