@@ -60,6 +60,7 @@ Decoder = Callable[[Any], tuple[float, Any, int, tuple[str, str] | None]]
 DROP_ALARM_WINDOW = 60.0  # s: dropped events keep the logger in ALARM this long
 RATE_WINDOW = 5.0  # s over which EventsPerSecond is averaged
 SIZE_SCAN_PERIOD = 5.0  # s between scans of the archive directory's size
+FULL_LOG_PERIOD = 60.0  # s: a full disk is logged at most this often (the Status says it all)
 
 
 @dataclass
@@ -139,6 +140,7 @@ class LoggerLogic:
         self._outcome: NotStored | None = None  # of the last completed cycle
         self._full_since: float | None = None  # the disk is full since (wall time)
         self._full_rows = 0  # rows not written since then
+        self._full_logged = -1e18  # the last time a full disk was logged
 
     # ------------------------------------------------------------- inputs
     def sink(self, key: str) -> Callable[[Any], None]:
@@ -312,10 +314,14 @@ class LoggerLogic:
                 )
             else:
                 st.last_error = f"{failed} ({lost} rows not written)"
-            log.error("%s", st.last_error)
+            if full is None or drain_start - self._full_logged >= FULL_LOG_PERIOD:
+                self._full_logged = drain_start if full is not None else -1e18
+                log.error("%s", st.last_error)
             outcome = NotStored(st.last_error, full is not None)
         else:
-            self._full_since, self._full_rows = None, 0
+            if self._full_since is not None:
+                log.warning("writing the archive again: %s", st.last_error)
+            self._full_since, self._full_rows, self._full_logged = None, 0, -1e18
         if result is not None:
             st.events_written += result.rows
             st.flush_duration = result.flush_duration
