@@ -64,7 +64,8 @@ class DeviceSource:
         try:
             reply = self.proxy.command_inout(command, arg)
         except self.tango.DevFailed as exc:
-            _fail(f"{command}: {exc.args[0].desc.strip()}", 2)
+            desc = exc.args[0].desc.strip()
+            _fail(desc if desc.startswith(f"{command}:") else f"{command}: {desc}", 2)
         return json.loads(reply)
 
     def history(self, name: str, start: float, end: float, max_points: int) -> dict:
@@ -78,7 +79,13 @@ class DeviceSource:
         return self._call("ListArchived", pattern)
 
     def report(self) -> dict:
-        return json.loads(self.proxy.read_attribute("Report").value)
+        report = json.loads(self.proxy.read_attribute("Report").value)
+        try:
+            report["state"] = str(self.proxy.state())
+            report["status"] = self.proxy.status().strip()
+        except self.tango.DevFailed as exc:
+            report["state"], report["status"] = "UNKNOWN", exc.args[0].desc.strip()
+        return report
 
 
 class FileSource:
@@ -330,11 +337,17 @@ def history_stats(ctx, device, as_json) -> None:
         click.echo(json.dumps(report, indent=1))
         return
     st = report["statistics"]
+    state = report.get("state", "")
+    colour = {"ON": "green", "ALARM": "yellow", "FAULT": "red"}.get(state, "white")
+    console.print(f"[{colour}]{state}[/{colour}] " + escape(report.get("status", "")))
     console.print(
         f"{st['events_per_second']:.1f} events/s, backlog {st['backlog']}, "
         f"written {st['events_written']}, dropped {st['events_dropped']}, "
+        f"rows lost {st.get('rows_lost', 0)}, "
         f"write latency {st['write_latency']:.2f} s, errors {st['errors']}"
     )
+    if st.get("last_error"):
+        console.print("[red]last error[/red]: " + escape(st["last_error"]))
     console.print(
         f"file {st['current_file']} ({st['current_file_size'] / 1e6:.1f} MB); archive "
         f"{st['archive_size'] / 1e6:.1f} MB in {st['file_count']} file(s) in {report['directory']}"

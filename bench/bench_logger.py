@@ -16,6 +16,15 @@ Query: a day at 10 Hz (864,000 rows) written as an archive file into the
 logger's directory, then GetHistory for the whole day (1,000 points, and the
 logger's maximum, 100,000) through Tango, against reading the same two
 datasets raw with h5py in the bench process.
+
+First query after a restart: 100 closed archive files of 60 attributes
+(made by the store) in a directory of their own, the logger restarted on it
+(Init), then GetHistory of one minute of one attribute, against the same
+query once warm; and, in the bench process, a fresh reader's first query
+with the archive's catalog (index.json) and without it (what every first
+query cost before the catalog). Files made by one start: FileCount once the
+bench beamline is up (the logger starts first, the servers after it, level
+by level).
 """
 
 from __future__ import annotations
@@ -303,6 +312,84 @@ def query_latency(bench, logger) -> dict:
     }
 
 
+# --------------------------------------------------------- first query
+RESTART_FILES = 100
+RESTART_ATTRIBUTES = 60
+
+
+def many_files(directory: Path, t0: float) -> None:
+    """RESTART_FILES closed files, 10 minutes each, RESTART_ATTRIBUTES attributes."""
+    from tango_devices.logger.model import AttrMeta
+    from tango_devices.logger.store import ArchiveWriter, WriterPolicy
+
+    writer = ArchiveWriter(directory, WriterPolicy(schema_delay=0, max_file_size=1))
+    writer.open()
+    metas = [
+        AttrMeta(f"bl01/bench/d{i % 15}", f"a{i}", "float", "DevDouble")
+        for i in range(RESTART_ATTRIBUTES)
+    ]
+    for meta in metas:
+        writer.add_meta(meta)
+    for f in range(RESTART_FILES):
+        base = t0 + f * 600
+        rows = [(base + k * 10, float(k), 0) for k in range(60)]
+        writer.cycle({m.key: rows for m in metas}, force=True)
+    writer.close()
+
+
+def restart_query(bench, logger) -> dict:
+    import tango
+
+    from tango_devices.logger.reader import ArchiveReader
+    from tango_devices.logger.store import CATALOG
+
+    db = tango.Database(*bench.tango_host.split(":"))
+    t0 = time.time() - 10 * 86400
+    start = t0 + 50 * 600
+    args = json.dumps({"attribute": "bl01/bench/d3/a48", "start": start, "end": start + 60})
+
+    def wait_on() -> None:
+        deadline = time.monotonic() + 60
+        while logger.state() != tango.DevState.ON and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def timed(fn) -> float:
+        began = time.perf_counter()
+        out = fn()
+        assert out["count"] == 7, out["count"]
+        return time.perf_counter() - began
+
+    with tempfile.TemporaryDirectory(prefix="bench-files-") as tmp:
+        directory = Path(tmp) / "archive"
+        many_files(directory, t0)
+        bare = Path(tmp) / "bare"
+        shutil.copytree(directory, bare, copy_function=shutil.copy2)
+        (bare / CATALOG).unlink()
+        db.put_device_property("bl01/sys/logger", {"Directory": [str(directory)]})
+        try:
+            logger.Init()
+            wait_on()
+            first = timed(lambda: json.loads(logger.GetHistory(args)))
+            warm = statistics.median(
+                timed(lambda: json.loads(logger.GetHistory(args))) for _ in range(5)
+            )
+
+            def offline(where: Path) -> float:
+                return timed(
+                    lambda: ArchiveReader(where).history(
+                        json.loads(args)["attribute"], start, start + 60, 1000
+                    )
+                )
+
+            with_catalog = statistics.median(offline(directory) for _ in range(3))
+            without = statistics.median(offline(bare) for _ in range(3))
+        finally:
+            db.delete_device_property("bl01/sys/logger", "Directory")
+            logger.Init()
+            wait_on()
+    return {"first": first, "warm": warm, "fresh_catalog": with_catalog, "fresh_bare": without}
+
+
 # --------------------------------------------------------------------- run
 def run() -> dict:
     import tango
@@ -313,6 +400,7 @@ def run() -> dict:
         deadline = time.monotonic() + 60
         while logger.state() != tango.DevState.ON and time.monotonic() < deadline:
             time.sleep(0.2)
+        files_per_start = logger.FileCount
         db = tango.Database(*bench.tango_host.split(":"))
         exclude = list(db.get_device_property("bl01/sys/logger", "Exclude")["Exclude"])
         db.put_device_property("bl01/sys/logger", {"Exclude": [*exclude, f"{SOURCE_DEVICE}/Ref"]})
@@ -339,6 +427,7 @@ def run() -> dict:
                 lg = logger_round(logger, source, STEP, rate)
                 ladder.append((rate, ref_rate / ref_pushed, lg))
             query = query_latency(bench, logger)
+            restart = restart_query(bench, logger)
         finally:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -373,12 +462,26 @@ def run() -> dict:
         f"{query['warm'] * 1e3:.0f} ms warm; 100,000 points: {query['full'] * 1e3:.0f} ms; "
         f"raw h5py read of time+value: {query['raw'] * 1e3:.0f} ms"
     )
+    print(
+        f"First query after a restart: {RESTART_FILES} files of {RESTART_ATTRIBUTES} attributes,"
+        " one minute of one attribute"
+    )
+    print(
+        f"  GetHistory after Init: {restart['first'] * 1e3:.0f} ms first, "
+        f"{restart['warm'] * 1e3:.0f} ms warm (ratio {restart['first'] / restart['warm']:.1f}); "
+        f"a fresh reader: {restart['fresh_catalog'] * 1e3:.0f} ms with the catalog, "
+        f"{restart['fresh_bare'] * 1e3:.0f} ms without "
+        f"(ratio {restart['fresh_bare'] / restart['fresh_catalog']:.0f})"
+    )
+    print(f"Files made by one start of the bench beamline: {files_per_start}")
     return {
         "reference": refs,
         "logger": logs,
         "ratio": ours / ref,
         "ladder": ladder,
         "query": query,
+        "restart": restart,
+        "files_per_start": files_per_start,
     }
 
 

@@ -24,9 +24,15 @@ from tango.server import attribute, command, device_property
 
 from tango_devices.common import lifecycle
 from tango_devices.common.device_base import BeamlineDevice, run_server, table_checks, throw
-from tango_devices.logger.logger_logic import LoggerConfig, LoggerLogic, Stats
-from tango_devices.logger.model import parse_time, to_jsonable
-from tango_devices.logger.reader import QueryError
+from tango_devices.common.jsonargs import ArgumentError
+from tango_devices.logger.logger_logic import LoggerConfig, LoggerLogic, NotStored, Stats
+from tango_devices.logger.model import to_jsonable
+from tango_devices.logger.reader import (
+    QueryError,
+    configuration_args,
+    history_args,
+    list_pattern,
+)
 from tango_devices.logger.selection import Selection
 from tango_devices.logger.states import LOGGER_TABLE
 from tango_devices.logger.store import ArchiveWriter, MiB, StoreError, WriterPolicy
@@ -53,7 +59,20 @@ STATISTICS = {
     "CurrentFileSize": ("current_file_size", "int64", "B", "Size of the current file."),
     "ArchiveSize": ("archive_size", "int64", "B", "Size of every archive file together."),
     "FileCount": ("file_count", "int64", "", "Number of archive files."),
-    "ErrorCount": ("errors", "int64", "", "Write and decode errors since start."),
+    "ErrorCount": (
+        "errors",
+        "int64",
+        "",
+        "Write cycles that failed (a full disk included) and events that could not be "
+        "decoded, since start.",
+    ),
+    "RowsLost": (
+        "rows_lost",
+        "int64",
+        "",
+        "Value rows that could not be written (a full disk, a failed write) since start; "
+        "each interval is journalled as a gap.",
+    ),
     "LastError": ("last_error", str, "", "The last write or decode error."),
     "ArchivedAttributes": ("attributes", "int64", "", "Attributes known to the archive."),
 }
@@ -111,6 +130,12 @@ class DataLogger(BeamlineDevice):
     MaxQueryPoints = device_property(
         dtype=int, default_value=100000, doc="Points GetHistory returns at most"
     )
+    MinFreeSpace = device_property(
+        dtype=float,
+        default_value=4.0,
+        doc="MiB kept free on the archive's file system: below it the logger stops "
+        "writing (ALARM, rows counted as lost) until space returns",
+    )
 
     for _name, (_field, _dtype, _unit, _doc) in STATISTICS.items():
         locals()[_name] = _stat_attribute(_name, _field, _dtype, _unit, _doc)
@@ -148,6 +173,7 @@ class DataLogger(BeamlineDevice):
                 rotate_daily=self.RotateDaily,
                 schema_delay=max(2.0, self.FlushPeriod),
                 max_value_bytes=self.MaxValueSize,
+                min_free_bytes=int(max(0.0, self.MinFreeSpace) * MiB),
             ),
         )
         self.logic = LoggerLogic(
@@ -253,45 +279,46 @@ class DataLogger(BeamlineDevice):
     locals().update(table_checks(LOGGER_TABLE))
 
     def _query(self, name: str, fn):
+        """Run a command on the logic: every failure a DevFailed of ours."""
+        if self.logic is None:
+            throw(
+                "LOGGER_NOT_READY",
+                f"the logger is not running ({self.get_status().strip()}); fix the cause, "
+                "then Init",
+                name,
+            )
         try:
             return fn(self.logic)
-        except (QueryError, ValueError, KeyError, TypeError) as exc:
+        except ArgumentError as exc:
+            throw("LOGGER_BAD_INPUT", str(exc), name)
+        except QueryError as exc:
             throw("LOGGER_QUERY_ERROR", str(exc), name)
         except OSError as exc:
             throw("LOGGER_READ_ERROR", f"reading the archive failed: {exc}", name)
-
-    @staticmethod
-    def _args(text: str) -> dict:
-        text = text.strip()
-        if text.startswith("{"):
-            try:
-                return json.loads(text)
-            except ValueError as exc:
-                raise QueryError(f"the argument is not valid JSON: {exc}") from None
-        return {"name": text}
+        except tango.DevFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never PyDs_PythonError
+            log.exception("%s failed", name)
+            throw(
+                "LOGGER_INTERNAL_ERROR",
+                f"{name} failed: {type(exc).__name__}: {str(exc)[:500]} (the server's log "
+                "has the traceback)",
+                name,
+            )
 
     @command(
         dtype_in=str,
         dtype_out=str,
         doc_in='JSON {"attribute": "bl01/mot/sample_x/Position", "start": T, "end": T, '
-        '"max_points": N}; T: epoch s, ISO 8601, "now" or "-1h"; defaults: the last hour, '
-        "1000 points (0: up to MaxQueryPoints)",
+        '"max_points": N}, or just the attribute\'s name; T: epoch s, ISO 8601, "now" or '
+        '"-1h"; defaults: the last hour, 1000 points (0: up to MaxQueryPoints)',
         doc_out="JSON {attribute, count, returned, decimated, method, times, values, "
         "qualities, gaps, errors}",
     )
     def GetHistory(self, argin: str) -> str:
         def run(logic):
-            args = self._args(argin)
-            name = args.get("attribute") or args.get("name")
-            if not name:
-                raise QueryError('say which attribute: {"attribute": "domain/family/member/attr"}')
-            now = time.time()
-            end = parse_time(args.get("end", "now"), now)
-            start = parse_time(args.get("start", end - 3600.0), now)
-            limit = self.MaxQueryPoints
-            wanted = int(args.get("max_points", 1000))
-            max_points = limit if wanted <= 0 else min(wanted, limit)
-            result = logic.reader.history(name, start, end, max_points)
+            name, start, end, points = history_args(argin, self.MaxQueryPoints, time.time())
+            result = logic.reader.history(name, start, end, points)
             return json.dumps(result, allow_nan=False, default=_json_default)
 
         return self._query("GetHistory", run)
@@ -306,11 +333,7 @@ class DataLogger(BeamlineDevice):
     )
     def GetConfigurationAt(self, argin: str) -> str:
         def run(logic):
-            args = self._args(argin)
-            device = args.get("device") or args.get("name")
-            if not device:
-                raise QueryError('say which device: {"device": "domain/family/member"}')
-            t = parse_time(args.get("time", "now"))
+            device, t = configuration_args(argin, time.time())
             result = logic.reader.configuration_at(device, t)
             return json.dumps(result, allow_nan=False, default=_json_default)
 
@@ -319,30 +342,38 @@ class DataLogger(BeamlineDevice):
     @command(
         dtype_in=str,
         dtype_out=str,
-        doc_in="Shell pattern on domain/family/member/attribute (empty: every attribute)",
+        doc_in="Shell pattern (* ? [...], at most 256 characters) on "
+        "domain/family/member/attribute (empty: every attribute)",
         doc_out="JSON list of {attribute, kind, unit, first, last, rows}",
     )
     def ListArchived(self, pattern: str) -> str:
-        return self._query(
-            "ListArchived",
-            lambda logic: json.dumps(
-                logic.reader.list_attributes(pattern or "*"), default=_json_default
-            ),
-        )
+        def run(logic):
+            items = logic.reader.list_attributes(list_pattern(pattern))
+            return json.dumps(items, allow_nan=False, default=_json_default)
+
+        return self._query("ListArchived", run)
 
     @command(dtype_out=float, doc_out="Wall time (epoch s) of the flush")
     def Flush(self) -> float:
-        """Write and flush everything received so far, now."""
-        try:
-            return self.logic.flush_now()
-        except TimeoutError as exc:
-            throw("LOGGER_TIMEOUT", str(exc), "Flush")
+        """Write and flush everything received so far, now; refused when it
+        could not be written (a full disk)."""
+
+        def run(logic):
+            try:
+                return logic.flush_now()
+            except TimeoutError as exc:
+                throw("LOGGER_TIMEOUT", str(exc), "Flush")
+            except NotStored as exc:
+                reason = "LOGGER_DISK_FULL" if exc.disk_full else "LOGGER_WRITE_ERROR"
+                throw(reason, f"nothing was flushed: {exc}", "Flush")
+
+        return self._query("Flush", run)
 
     @command
     def Rescan(self) -> None:
         """Read the device list from the database now (new devices are archived)."""
         if self.sources is not None:
-            self.sources.rescan()
+            self._query("Rescan", lambda _logic: self.sources.rescan())
 
 
 _DEVICES: list[DataLogger | None] = [None]  # the server's one DataLogger (test hook)

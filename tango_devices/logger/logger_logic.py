@@ -14,6 +14,13 @@ Error events are archived as ERROR rows only when they start an error (or
 change its reason), with the reason in the file's journal; the next good
 value ends it. When the backlog is full (``max_backlog``), new events are
 counted and dropped, and the interval is journalled as a gap.
+
+When the archive's disk is full, the writer writes nothing: the rows of each
+cycle are counted (``rows_lost``, ``errors``), the state is ALARM with a
+Status saying where (directory, file system) and how many rows since when,
+Flush is refused; the first cycle with room again writes, journals the
+interval as a gap and returns to ON. A write that fails otherwise gives
+FAULT; its rows are counted as lost too.
 """
 
 from __future__ import annotations
@@ -29,15 +36,22 @@ from pathlib import Path
 from typing import Any
 
 from tango_devices.common.statemachine import StateMachine
-from tango_devices.logger.model import ERROR, AttrMeta
+from tango_devices.logger.model import ERROR, AttrMeta, iso
 from tango_devices.logger.reader import ArchiveReader
 from tango_devices.logger.states import (
     ARCHIVING,
     DEGRADED,
+    DISK_FULL,
     LOGGER_TABLE,
     STORE_FAILED,
 )
-from tango_devices.logger.store import ArchiveWriter, StoreError
+from tango_devices.logger.store import (
+    ArchiveWriter,
+    DiskFull,
+    StoreError,
+    WriteFailed,
+    is_disk_full,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +60,7 @@ Decoder = Callable[[Any], tuple[float, Any, int, tuple[str, str] | None]]
 DROP_ALARM_WINDOW = 60.0  # s: dropped events keep the logger in ALARM this long
 RATE_WINDOW = 5.0  # s over which EventsPerSecond is averaged
 SIZE_SCAN_PERIOD = 5.0  # s between scans of the archive directory's size
+FULL_LOG_PERIOD = 60.0  # s: a full disk is logged at most this often (the Status says it all)
 
 
 @dataclass
@@ -69,7 +84,8 @@ class Stats:
     current_file_size: int = 0
     archive_size: int = 0
     file_count: int = 0
-    errors: int = 0
+    errors: int = 0  # failed write cycles and undecodable events
+    rows_lost: int = 0  # value rows that could not be written
     last_error: str = ""
     cycles: int = 0
     attributes: int = 0
@@ -77,6 +93,14 @@ class Stats:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class NotStored(Exception):
+    """Flush could not make the data durable (``disk_full``: the disk is full)."""
+
+    def __init__(self, message: str, disk_full: bool) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
 class LoggerLogic:
@@ -113,6 +137,10 @@ class LoggerLogic:
         self._started = 0
         self._force = False
         self._thread: threading.Thread | None = None
+        self._outcome: NotStored | None = None  # of the last completed cycle
+        self._full_since: float | None = None  # the disk is full since (wall time)
+        self._full_rows = 0  # rows not written since then
+        self._full_logged = -1e18  # the last time a full disk was logged
 
     # ------------------------------------------------------------- inputs
     def sink(self, key: str) -> Callable[[Any], None]:
@@ -163,6 +191,15 @@ class LoggerLogic:
         self.machine.fire(ARCHIVING, "Archiving: waiting for the first events")
         self._thread = threading.Thread(target=self._run, name="logger-writer", daemon=True)
         self._thread.start()
+        # Read what the catalog does not know yet (files of an older version,
+        # files sealed after a crash) now, not in the first query.
+        threading.Thread(target=self._warm_up, name="logger-catalog", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.reader.files()
+        except Exception as exc:  # noqa: BLE001 - a cache: the first query does it then
+            log.warning("reading the archive's index: %s", exc)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued, close the file cleanly (it is sealed). No
@@ -176,15 +213,19 @@ class LoggerLogic:
             self.writer.close()
 
     def flush_now(self, timeout: float = 10.0) -> float:
-        """Write everything received so far now (new attributes get their file at
-        once instead of after the schema delay); returns the flush's wall time."""
+        """Write everything received so far now (the first file is made at once
+        instead of after the schema delay); returns the flush's wall time.
+        NotStored when that cycle could not write (a full disk, a failed write)."""
         with self._done:
             target = self._started + 1  # the first cycle that starts after this request
             self._force = True
             self._wake.set()
             ok = self._done.wait_for(lambda: self.stats.cycles >= target, timeout)
+            outcome = self._outcome
         if not ok:
             raise TimeoutError(f"no write cycle completed within {timeout:g} s")
+        if outcome is not None:
+            raise outcome
         return self.stats.last_flush
 
     # ------------------------------------------------------------- thread
@@ -238,19 +279,49 @@ class LoggerLogic:
                 }
             )
         st = self.stats
-        failed = None
+        failed: str | None = None
+        full: DiskFull | None = None
+        lost = 0
         try:
             for meta in metas:
                 self.writer.add_meta(meta)
             result = self.writer.cycle(groups, settings, journal, force=force)
+            if result.disk_full is not None:
+                full, lost = result.disk_full, result.lost
+        except WriteFailed as exc:
+            full, lost, result = exc.disk_full, exc.lost, None
+            failed = None if full else str(exc)
         except (StoreError, OSError, RuntimeError, ValueError, KeyError) as exc:
-            failed = f"writing the archive failed: {exc}"
-            log.error("%s", failed)
-            st.errors += 1
-            st.last_error = failed
+            lost = sum(len(rows) for rows in groups.values())
             self.writer.abandon()
             result = None
+            if is_disk_full(exc):
+                full = self.writer.disk_status()
+            else:
+                failed = f"writing the archive failed: {exc}"
         now = self.clock()
+        outcome = None
+        if full is not None or failed:
+            st.errors += 1
+            st.rows_lost += lost
+            if full is not None:
+                if self._full_since is None:
+                    self._full_since = drain_start
+                self._full_rows += lost
+                st.last_error = (
+                    f"Disk full: {full.describe()}; {self._full_rows} rows not written since "
+                    f"{iso(self._full_since)}"
+                )
+            else:
+                st.last_error = f"{failed} ({lost} rows not written)"
+            if full is None or drain_start - self._full_logged >= FULL_LOG_PERIOD:
+                self._full_logged = drain_start if full is not None else -1e18
+                log.error("%s", st.last_error)
+            outcome = NotStored(st.last_error, full is not None)
+        else:
+            if self._full_since is not None:
+                log.warning("writing the archive again: %s", st.last_error)
+            self._full_since, self._full_rows, self._full_logged = None, 0, -1e18
         if result is not None:
             st.events_written += result.rows
             st.flush_duration = result.flush_duration
@@ -280,10 +351,11 @@ class LoggerLogic:
         # device monitor, which the state mirror and the listeners take.
         with self._done:
             st.cycles = self._started
+            self._outcome = outcome
             self._done.notify_all()
         if self._stop.is_set():
             return  # stopping: the caller (delete_device) may hold the monitor
-        self._classify(failed, now)
+        self._classify(failed, full is not None, now)
         for listener in list(self._stats_listeners):
             try:
                 listener(st)
@@ -332,15 +404,23 @@ class LoggerLogic:
             self.stats.errors += bad
         return groups, n
 
-    def _classify(self, failed: str | None, now: float) -> None:
+    def _classify(self, failed: str | None, disk_full: bool, now: float) -> None:
         st = self.stats
         extra = self.status_extra()
         where = (
             f"{st.current_file} ({st.current_file_size / 1e6:.1f} MB)" if st.current_file else ""
         )
+        if disk_full:
+            self.machine.fire(
+                DISK_FULL,
+                f"{st.last_error}. Nothing is written while the disk is full "
+                f"({st.rows_lost} rows lost in all, RowsLost); free space there and the "
+                f"logger writes again by itself. {extra}".strip(),
+            )
+            return
         if failed:
             self._fail(
-                f"{failed}. Check the archive directory {self.writer.directory}; "
+                f"{st.last_error}. Check the archive directory {self.writer.directory}; "
                 "retrying every flush period."
             )
             return

@@ -198,36 +198,58 @@ def decode_scalar(meta: AttrMeta, code: Any, quality: int) -> Any:
 
 
 # ------------------------------------------------------------------- times
-_RELATIVE = re.compile(r"^\s*-\s*(\d+(?:\.\d*)?)\s*(s|m|min|h|d|w)\s*$", re.I)
+_RELATIVE = re.compile(r"^\s*-\s*(\d{1,12}(?:\.\d{0,9})?)\s*(s|m|min|h|d|w)\s*$", re.I)
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+TIME_MIN, TIME_MAX = 0.0, 1e11  # s since the epoch: 1970 .. year 5138
+MAX_TIME_TEXT = 64
+_TIME_FORMS = (
+    "use seconds since the epoch, 'now', '-10m', '-2h', '-1d' or ISO 8601 "
+    "(2026-11-22T10:15:00, local time unless a zone is given)"
+)
 
 
 def parse_time(spec: Any, now: float | None = None) -> float:
     """Seconds since the epoch from a number, ``"now"``, a relative time
-    (``"-10m"``, ``"-2h"``, ``"-1d"``) or ISO 8601 (local time when no zone)."""
+    (``"-10m"``, ``"-2h"``, ``"-1d"``) or ISO 8601 (local time when no zone);
+    ValueError for anything else, and for a time before 1970 or after
+    ``TIME_MAX`` (NaN and infinities included)."""
     now = time.time() if now is None else now
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return float(spec)
-    text = str(spec).strip()
+        return _bounded(float(spec), spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"a time is a number or text, not {type(spec).__name__}; {_TIME_FORMS}")
+    if len(spec) > MAX_TIME_TEXT:
+        raise ValueError(f"a time is at most {MAX_TIME_TEXT} characters, not {len(spec)}")
+    text = spec.strip()
     if text.lower() == "now":
-        return now
+        return _bounded(now, spec)
     match = _RELATIVE.match(text)
     if match:
-        return now - float(match.group(1)) * _UNITS[match.group(2).lower()]
+        return _bounded(now - float(match.group(1)) * _UNITS[match.group(2).lower()], spec)
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        return _bounded(number, spec)
     try:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"{spec!r} is not a time: use seconds since the epoch, 'now', '-10m', '-2h', "
-            "'-1d' or ISO 8601 (2026-11-22T10:15:00, local time unless a zone is given)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time
-    return moment.timestamp()
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # local time
+        stamp = moment.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"{spec!r} is not a time: {_TIME_FORMS}") from None
+    return _bounded(stamp, spec)
+
+
+def _bounded(t: float, spec: Any) -> float:
+    if not math.isfinite(t):
+        raise ValueError(f"{spec!r} is not a time: {_TIME_FORMS}")
+    if t < TIME_MIN:
+        raise ValueError(f"{spec!r} is before 1970 (the archive starts at the epoch)")
+    if t > TIME_MAX:
+        raise ValueError(f"{spec!r} is after the year 5000 (at most {TIME_MAX:.0f} s)")
+    return t
 
 
 def iso(t: float | None) -> str | None:

@@ -4,7 +4,8 @@ a changed limit or offset shows in GetConfigurationAt exactly where it
 changed; a logger killed with SIGKILL in the middle of a write (a test hook,
 and a plain kill -9 from outside) leaves files that all open, with every
 event up to its last flush, and carries on after the supervisor restarts it,
-with the gap on record.
+with the gap on record. Bad input to any command is refused with a reason of
+ours; a full disk is ALARM with the reason, and the logger recovers by itself.
 
 The beamline runs with BEAMLINE_TEST_HOOKS=1 (TestKillMidWrite)."""
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -25,9 +27,9 @@ import tango
 from tango_devices.logger import seal
 from tango_devices.logger.configuration import diff
 from tango_devices.logger.reader import ArchiveReader
-from tango_devices.logger.store import list_files, open_for_read
+from tango_devices.logger.store import FORMAT, list_files, open_for_read
 from tests.helpers import running_beamline, wait_until
-from tests.system.conftest import Events, wait_state
+from tests.system.conftest import Events, fill_disk, small_disk, wait_state
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -273,12 +275,12 @@ def _files_open(archive: Path) -> tuple[list[str], list[str]]:
     for path in list_files(archive):
         try:
             with h5py.File(path, "r") as f:
-                assert f.attrs["format"] == "bl01-logger/1"
+                assert f.attrs["format"] == FORMAT
             plain.append(path.name)
         except OSError:
             assert not seal.is_sealed(path), f"{path.name} is sealed and does not open"
             with open_for_read(path) as f:
-                assert f.attrs["format"] == "bl01-logger/1"
+                assert f.attrs["format"] == FORMAT
             swmr.append(path.name)
     return plain, swmr
 
@@ -315,7 +317,7 @@ def _kill_and_check(bl, how: str) -> None:
         t_kill = time.time()
         # right away, whatever the supervisor is doing: every file opens
         plain, swmr = _files_open(archive)
-        assert plain
+        assert swmr  # the file being written (one file per start: maybe the only one)
         # and holds every frame event up to the last flush
         out = ArchiveReader(archive).history("bl01/det/cam1/FrameCounter", expected[0][0], t_kill)
         archived = set(zip(out["times"], out["values"], strict=True))
@@ -373,3 +375,139 @@ def test_statistics_are_published_with_change_events(bl):
     assert logger.FileCount == len(list_files(bl.run_dir / "archive"))
     assert logger.ErrorCount == 0, logger.LastError
     assert logger.CurrentFile.startswith("archive-")
+
+
+# ------------------------------------------------------------ bad input
+BAD_INPUT = {
+    "GetHistory": [
+        "[" * 100_000,  # was a RecursionError (PyDs_PythonError)
+        "[" * 5_000,
+        "{" * 5_000,
+        "x" * 100_000,
+        "",
+        "{}",
+        "[1, 2]",
+        '{"attribute": 5}',
+        '{"attribute": "bl01/mot/sample_x"}',
+        '{"attribute": "bl01/mot/sample_x/Position", "start": NaN}',
+        '{"attribute": "bl01/mot/sample_x/Position", "start": -Infinity}',
+        '{"attribute": "bl01/mot/sample_x/Position", "start": 1e308}',
+        '{"attribute": "bl01/mot/sample_x/Position", "end": "-99999999999d"}',
+        '{"attribute": "bl01/mot/sample_x/Position", "start": [1]}',
+        '{"attribute": "bl01/mot/sample_x/Position", "start": "' + "1" * 10_000 + '"}',
+        '{"attribute": "bl01/mot/sample_x/Position", "max_points": 1e30}',
+        '{"attribute": "bl01/mot/sample_x/Position", "max_points": -1}',
+        '{"attribute": "bl01/mot/sample_x/Position", "max_points": ' + "9" * 5000 + "}",
+        '{"attribute": "bl01/mot/sample_x/Position", "maxpoints": 10}',
+    ],
+    "GetConfigurationAt": [
+        "[" * 100_000,
+        "[" * 5_000,
+        "d" * 100_000,
+        "",
+        "bl01/mot",
+        '{"device": "bl01/mot/sample_x", "time": NaN}',
+        '{"device": "bl01/mot/sample_x", "time": 1e300}',
+        '{"device": "bl01/mot/sample_x", "time": {"a": 1}}',
+        '{"device": ' + "[" * 100 + "]" * 100 + "}",
+    ],
+    "ListArchived": ["[" * 30_000, "*" * 100_000, "a" * 257],
+}
+
+
+def test_every_command_refuses_bad_input_with_a_reason_of_ours(bl):
+    logger = _wait_logger_on(bl)
+    logger.set_timeout_millis(3000)  # the client's usual timeout: refusals are immediate
+    for command, values in BAD_INPUT.items():
+        for value in values:
+            with pytest.raises(tango.DevFailed) as refused:
+                logger.command_inout(command, value)
+            err = refused.value.args[0]
+            assert err.reason == "LOGGER_BAD_INPUT", (command, value[:40], err.reason, err.desc)
+            assert err.desc.startswith(f"{command}: ") and len(err.desc) < 1000, err.desc[:300]
+    assert logger.state() == S.ON  # the device keeps its state
+    # a good question still gets its answer, an unknown name our own reason
+    assert json.loads(logger.ListArchived("bl01/mot/sample_x/pos*"))
+    with pytest.raises(tango.DevFailed) as unknown:
+        logger.GetHistory('{"attribute": "bl01/mot/sample_x/Nothing"}')
+    assert unknown.value.args[0].reason == "LOGGER_QUERY_ERROR"
+    # the CLI says what is wrong
+    bad = bl.cli("history", "get", "bl01/mot/sample_x/Position", "--max-points", "-3", check=False)
+    assert bad.returncode == 2 and "max_points" in bad.stderr and "minimum" in bad.stderr
+
+
+# ------------------------------------------------------------ full disk
+def test_a_full_disk_is_alarm_with_the_reason_and_the_logger_recovers(bl, tmp_path):
+    """The archive on a 20 MB tmpfs: filled while frames flow, the logger goes
+    ALARM saying where and how many rows it could not write, acknowledges
+    nothing, and writes again by itself once the space is back."""
+    logger = _wait_logger_on(bl)
+    db = tango.Database(*bl.tango_host.split(":"))
+    cam = bl.proxy("bl01/det/cam1")
+    with small_disk(tmp_path / "disk", "20m") as disk:
+        archive = disk / "archive"
+        db.put_device_property(LOGGER, {"Directory": [str(archive)]})
+        try:
+            logger.Init()
+            wait_until(lambda: logger.state() == S.ON, 30, "the logger ON on the small disk")
+            assert json.loads(logger.Report)["directory"] == str(archive)
+            wait_until(
+                lambda: "bl01/det/cam1" in connected(logger), 30, "the logger subscribed to cam1"
+            )
+            cam.ExposureTime = 0.01
+            cam.AcquisitionMode = 2  # CONTINUOUS: a steady stream of events
+            cam.Start()
+            t0 = time.time()
+            wait_until(
+                lambda: history(logger, "bl01/det/cam1/FrameCounter", t0)["count"] > 5,
+                20,
+                "frames archived on the small disk",
+            )
+            assert logger.ErrorCount == 0
+            filler = fill_disk(disk)
+            t_fill = time.time()
+            wait_state(logger, S.ALARM, 20)  # (the old logger stayed ON, ErrorCount 0)
+            wait_until(lambda: logger.RowsLost > 0, 10, "rows counted as lost")
+            status = logger.status()
+            assert status.startswith("Disk full"), status
+            for words in (str(archive), f"mounted on {disk}", "tmpfs", "rows not written"):
+                assert words in status, (words, status)
+            assert logger.ErrorCount > 0 and logger.LastError.startswith("Disk full")
+            # nothing is reported as stored while the disk is full
+            lost, written = logger.RowsLost, logger.EventsWritten
+            wait_until(lambda: logger.RowsLost > lost + 5, 10, "more rows lost")
+            assert logger.state() == S.ALARM and logger.EventsWritten == written
+            with pytest.raises(tango.DevFailed) as refused:
+                logger.Flush()
+            assert refused.value.args[0].reason == "LOGGER_DISK_FULL"
+            stats = bl.cli("history", "stats").stdout
+            assert "ALARM" in stats and "Disk full" in stats
+            assert re.search(r"rows lost [1-9]\d*", stats), stats
+            # space again: back to ON by itself, new rows archived
+            filler.unlink()
+            t_free = time.time()
+            wait_state(logger, S.ON, 20)
+            total = logger.RowsLost
+            out = wait_until(
+                lambda: (
+                    (h := history(logger, "bl01/det/cam1/FrameCounter", t_free))["count"] > 3 and h
+                ),
+                20,
+                "frames archived again after the space came back",
+            )
+            assert out["times"][-1] > t_free
+            assert logger.Flush() > t_free  # acknowledged again: durable
+            gaps = history(logger, "bl01/det/cam1/FrameCounter", t_fill - 5)["gaps"]
+            lost_gaps = [g for g in gaps if "rows not written" in g["cause"]]
+            assert len(lost_gaps) == 1, gaps
+            assert lost_gaps[0]["cause"].startswith(f"{total} rows not written: the disk"), gaps
+            assert logger.RowsLost == total  # nothing more lost after the space came back
+        finally:
+            with contextlib.suppress(tango.DevFailed):
+                cam.Stop()
+            db.delete_device_property(LOGGER, "Directory")
+            logger.Init()
+            wait_until(lambda: logger.state() == S.ON, 30, "the logger ON in its own directory")
+    wait_state(cam, S.ON, 20)
+    cam.AcquisitionMode = 0
+    assert json.loads(logger.Report)["directory"] == str(bl.run_dir / "archive")

@@ -21,6 +21,7 @@ from tango_devices.logger import seal
 from tango_devices.logger.model import ALARM, INVALID, VALID, AttrMeta
 from tango_devices.logger.reader import ArchiveReader, QueryError
 from tango_devices.logger.store import (
+    FORMAT,
     ArchiveWriter,
     StoreError,
     WriterPolicy,
@@ -143,8 +144,66 @@ def test_out_of_order_times_are_returned_sorted(tmp_path):
     assert out["values"] == [1.0, 2.0, 3.0]
 
 
-def test_new_attributes_start_a_new_file_with_carried_rows(tmp_path):
+def test_new_attributes_go_into_the_current_file(tmp_path):
     w = writer(tmp_path)
+    w.cycle(
+        {POS.key: [(1000.0, 1.0, VALID)]},
+        settings=[(DEV, 1000.0, props_record({"Axis": ["1"]}))],
+    )
+    first = w.path
+    # a device that starts later: new attributes of every kind, and its settings
+    late = "bl01/mot/late"
+    metas = [
+        AttrMeta(late, "Position", "float", unit="mm"),
+        AttrMeta(late, "State", "state"),
+        AttrMeta(late, "Steps", "int"),
+        AttrMeta(late, "Status", "json"),
+        AttrMeta(late, "Mode", "enum", labels=("A", "B")),
+    ]
+    for meta in metas:
+        w.add_meta(meta)
+    result = w.cycle(
+        {
+            metas[0].key: [(1010.0, 2.5, VALID), (1011.0, 3.5, ALARM)],
+            metas[1].key: [(1010.0, 6, VALID)],
+            metas[2].key: [(1010.0, 2**40, VALID)],
+            metas[3].key: [(1010.0, "Moving", VALID), (1012.0, None, INVALID)],
+            metas[4].key: [(1010.0, 1, VALID)],
+            POS.key: [(1010.0, 1.5, VALID)],
+        },
+        settings=[(late, 1010.0, props_record({"Axis": ["7"]}))],
+    )
+    assert result.rotated is None and w.path == first and len(list_files(tmp_path)) == 1
+    assert result.rows == 8
+
+    def check(r: ArchiveReader) -> None:
+        h = r.history(f"{late}/Position", 0, 2000, 0)
+        assert (h["values"], h["qualities"], h["unit"]) == ([2.5, 3.5], ["VALID", "ALARM"], "mm")
+        assert r.history(f"{late}/State", 0, 2000, 0)["values"] == ["MOVING"]
+        assert r.history(f"{late}/Steps", 0, 2000, 0)["values"] == [2**40]
+        assert r.history(f"{late}/Status", 0, 2000, 0)["values"] == ["Moving", None]
+        assert r.history(f"{late}/Mode", 0, 2000, 0)["values"] == ["B"]
+        assert r.history(f"{DEV}/Position", 0, 2000, 0)["values"] == [1.0, 1.5]
+        at = r.configuration_at(late, 1011.5)
+        assert at["attributes"]["Position"]["value"] == 3.5
+        assert at["attributes"]["Status"]["value"] == "Moving"
+        assert at["properties"] == {"Axis": ["7"]}
+        assert r.configuration_at(late, 1010.5)["attributes"]["Position"]["value"] == 2.5
+        listed = {i["attribute"]: i["rows"] for i in r.list_attributes(f"{late}/*")}
+        assert listed == {
+            f"{late}/{m.attribute}": n for m, n in zip(metas, [2, 1, 1, 2, 1], strict=True)
+        }
+
+    check(ArchiveReader(tmp_path, live=w))  # through the writer's own handle
+    check(ArchiveReader(tmp_path))  # from the file, as a SWMR reader
+    w.close()
+    check(ArchiveReader(tmp_path))  # closed: from its index (and the catalog)
+    with h5py.File(first) as f:
+        assert f.attrs["format"] == FORMAT and f["extra/key"].shape == (7,)
+
+
+def test_a_full_extra_table_starts_a_new_file_with_carried_rows(tmp_path):
+    w = writer(tmp_path, max_extra_rows=3)
     w.cycle(
         {POS.key: [(1000.0, 1.0, VALID)]},
         settings=[
@@ -156,6 +215,9 @@ def test_new_attributes_start_a_new_file_with_carried_rows(tmp_path):
     offset = AttrMeta(DEV, "Offset", "float")
     w.add_meta(offset)
     result = w.cycle({offset.key: [(1010.0, 0.5, VALID)], POS.key: [(1010.0, 1.5, VALID)]})
+    assert result.rotated is None and w.path == first  # in the extra table
+    w.cycle({offset.key: [(1011.0, 0.6, VALID), (1012.0, 0.7, VALID)]})
+    result = w.cycle({offset.key: [(1013.0, 0.8, VALID)], POS.key: [(1013.0, 1.6, VALID)]})
     assert result.rotated == "new attributes" and w.path != first
     assert seal.is_sealed(first)  # the old file was closed cleanly
     with open_for_read(w.path) as h5:
@@ -163,23 +225,37 @@ def test_new_attributes_start_a_new_file_with_carried_rows(tmp_path):
         assert pos.attrs["carried"] == 1
         # rows of known attributes went to the old file first, so the carried
         # row is the latest one
-        assert pos["time"][:].tolist() == [1010.0]
+        assert pos["time"][:].tolist() == [1013.0]
+        assert h5["values/bl01/mot/x/offset"].attrs["carried"] == 1  # its own dataset now
         assert h5["settings/bl01/mot/x"].attrs["carried"] == 2
     r = ArchiveReader(tmp_path, live=w)
     # history never repeats a carried row
-    assert r.history(f"{DEV}/Position", 0, 2000, 0)["times"] == [1000.0, 1010.0]
+    assert r.history(f"{DEV}/Position", 0, 2000, 0)["times"] == [1000.0, 1010.0, 1013.0]
+    assert r.history(f"{DEV}/Offset", 0, 2000, 0)["values"] == [0.5, 0.6, 0.7, 0.8]
     # the configuration at 1005 comes from the first file, at 1020 from the second alone
     at = r.configuration_at(DEV, 1005.0)
     assert at["attributes"]["Position"]["value"] == 1.0
     assert at["attributes"]["Position"]["config"] == {"max_value": "20"}
     assert "Offset" not in at["attributes"]
     at = r.configuration_at(DEV, 1020.0)
-    assert at["attributes"]["Offset"]["value"] == 0.5
-    assert at["attributes"]["Position"]["value"] == 1.5
+    assert at["attributes"]["Offset"]["value"] == 0.8
+    assert at["attributes"]["Position"]["value"] == 1.6
     assert at["properties"] == {"Axis": ["1"]}
     os.unlink(first)  # the newer file is self-contained
     at = ArchiveReader(tmp_path, live=w).configuration_at(DEV, 1020.0)
     assert at["attributes"]["Position"]["config"] == {"max_value": "20"}
+    assert at["attributes"]["Offset"]["value"] == 0.8
+
+
+def test_an_attribute_that_changes_kind_keeps_its_history(tmp_path):
+    w = writer(tmp_path)
+    w.cycle({STEPS.key: [(1000.0, 5, VALID)]})
+    w.add_meta(AttrMeta(DEV, "Steps", "json", "DevString"))  # a new server version
+    w.cycle({STEPS.key: [(1001.0, "five", VALID)]})
+    r = ArchiveReader(tmp_path, live=w)
+    assert r.history(f"{DEV}/Steps", 0, 2000, 0)["values"] == [5, "five"]
+    assert r.configuration_at(DEV, 2000.0)["attributes"]["Steps"]["value"] == "five"
+    assert len(list_files(tmp_path)) == 1
 
 
 def test_configuration_at_before_and_after_a_change(tmp_path):
@@ -341,7 +417,7 @@ def _check_after_crash(directory: Path, last: dict) -> None:
     assert "kill -9" in rec.cause
     for path in list_files(directory):  # and now with a plain open
         with h5py.File(path, "r") as f:
-            assert f.attrs["format"] == "bl01-logger/1"
+            assert f.attrs["format"] == FORMAT
     w.close()
     r = ArchiveReader(directory)
     for name in ("bl01/test/d0/a0", "bl01/test/d3/a23", "bl01/test/d0/Text"):
