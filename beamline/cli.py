@@ -406,7 +406,8 @@ def status(ctx: RunContext, as_json: bool, check: bool) -> None:
         console.print(
             f"[red]The Tango database at {data['tango_host']} is not answering[/red]: no client "
             "can find a device, settings cannot be stored, crashed servers wait to be "
-            "restarted. The device states above were asked of each server directly. "
+            "restarted. The device states above are what the supervisor's probes saw "
+            "(they need no database). "
             + (
                 "Start it again: `beamline up` (it is this beamline's embedded one)."
                 if db["embedded"]

@@ -86,36 +86,25 @@ def check_devices(tango_host: str, devices: list[str], timeout: float = 1.0) -> 
         return list(pool.map(one, devices))
 
 
-def check_devices_direct(
-    devices_by_pid: dict[int, list[str]], timeout: float = 1.0
-) -> dict[str, DeviceCheck]:
-    """State of each device asked of its server directly, without the database
-    (``tango://ADDR:PORT/device#dbase=no`` on the ports its process listens
-    on): what can still be known when the database is down."""
-    import tango
+SUPERVISION_DIR = "supervision"  # each supervisor's view, written once a second
+VIEW_FRESH = 5.0  # s: an older view is not shown as the present
+ANSWER_FRESH = 1.0  # s: a device's last answer to the probes, in a view, counts as now
 
-    def one(pid: int, devices: list[str]) -> list[DeviceCheck]:
-        out = []
-        ports = procs.listening_addresses(pid)
-        for dev in devices:
-            check = DeviceCheck(dev, None, "no answer on any port of its process")
-            for host, port in ports:
-                try:
-                    proxy = tango.DeviceProxy(f"tango://{host}:{port}/{dev}#dbase=no")
-                    proxy.set_timeout_millis(int(timeout * 1000))
-                    check = DeviceCheck(dev, str(proxy.state()))
-                    break
-                except tango.DevFailed:
-                    continue
-            out.append(check)
-        return out
 
-    items = [(pid, devs) for pid, devs in devices_by_pid.items() if devs]
-    if not items:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        results = pool.map(lambda item: one(*item), items)
-    return {c.device: c for checks in results for c in checks}
+def supervisors_views(ctx: RunContext) -> list[dict[str, Any]]:
+    """What the supervisors of this run directory saw lately (their own
+    probes' answers need no database): the fresh views only."""
+    views = []
+    for path in sorted((ctx.run_dir / SUPERVISION_DIR).glob("*.json")):
+        try:
+            view = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        age = time.time() - float(view.get("time", 0))
+        if age <= VIEW_FRESH:
+            view["age"] = age
+            views.append(view)
+    return sorted(views, key=lambda v: v.get("supervisor") != MAIN_SUPERVISOR)  # main first
 
 
 def server_env(ctx: RunContext, tango_host: str, listen: str) -> dict[str, str]:
@@ -742,24 +731,41 @@ def status(ctx: RunContext) -> dict[str, Any]:
     all_devices = [d for s in names for d in config.devices_of(s.name)]
     if out["database"]["answers"]:
         checks = {c.device: c for c in check_devices(tango_host, all_devices)}
-    else:
-        checks = check_devices_direct(
-            {
-                pid_list[0]: config.devices_of(s.name)
-                for s in names
-                if (pid_list := pids.get(s.name.lower()))
+    else:  # no client can find a device: what the supervisors' probes saw
+        checks = {}
+        for view in supervisors_views(ctx):
+            if not view.get("servers"):
+                continue
+            out["supervisor"] = out["supervisor"] or {
+                "state": view["state"],
+                "summary": view["summary"],
+                "seen": f"{view['age']:.1f} s ago, from its file",
             }
-        )
+            servers = supervision.setdefault("servers", {})
+            for row in view["servers"]:
+                servers.setdefault(row["server"].lower(), row)
+            for device, seen in view.get("devices", {}).items():
+                age = seen.get("age")
+                if age is not None and age <= ANSWER_FRESH:
+                    checks[device.lower()] = DeviceCheck(device, seen["state"])
+                else:
+                    checks.setdefault(
+                        device.lower(), DeviceCheck(device, None, "no answer to the supervisor")
+                    )
+        for s in names:  # whatever was seen last: a server without a process does not answer
+            if not pids.get(s.name.lower()):
+                for d in config.devices_of(s.name):
+                    checks[d.lower()] = DeviceCheck(d, None, "its server has no process")
     for s in names:
         view = views.get(s.resolved_host(host), {}).get(s.name.lower())
         devs = []
         for d in config.devices_of(s.name):
-            c = checks.get(d)
+            c = checks.get(d) or checks.get(d.lower())
             devs.append(
                 {
                     "device": d,
                     "state": c.state if c else None,
-                    "error": c.error if c else "no process (and no database to ask)",
+                    "error": c.error if c else "not known (no database to ask)",
                 }
             )
         out["servers"].append(

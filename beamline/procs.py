@@ -30,10 +30,15 @@ class ProcInfo:
     create_time: float
 
 
+_SPAWNED: list[subprocess.Popen] = []  # reaped when they end, while this process lives
+
+
 def spawn_detached(
     cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
 ) -> int:
-    """Start ``cmd`` in its own session with output appended to ``log_path``."""
+    """Start ``cmd`` in its own session with output appended to ``log_path``.
+    It outlives this process; while this one lives, it is reaped once it ends."""
+    _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
@@ -48,6 +53,7 @@ def spawn_detached(
             start_new_session=True,
             close_fds=True,
         )
+    _SPAWNED.append(proc)
     return proc.pid
 
 
@@ -135,21 +141,6 @@ def tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
-
-
-def listening_addresses(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of the TCP sockets a process listens on (a Tango
-    server: its CORBA port and its event ports)."""
-    try:
-        conns = psutil.Process(pid).net_connections(kind="tcp")
-    except (psutil.Error, OSError):
-        return []
-    out = []
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr:
-            host = c.laddr.ip if c.laddr.ip not in ("0.0.0.0", "::", "") else "127.0.0.1"
-            out.append((host, c.laddr.port))
-    return sorted(set(out))
 
 
 def port_owner(port: int) -> str | None:

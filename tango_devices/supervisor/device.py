@@ -18,6 +18,7 @@ import tango
 from tango import DevState
 from tango.server import attribute, command, device_property
 
+from tango_devices.common import lifecycle
 from tango_devices.common.device_base import BeamlineDevice, run_server, table_checks
 from tango_devices.common.statemachine import State
 from tango_devices.supervisor.model import Policy
@@ -112,8 +113,6 @@ class Supervisor(BeamlineDevice):
         self._thread.start()
 
     def delete_device(self) -> None:
-        from tango_devices.common import lifecycle
-
         lifecycle.mark_clean_exit(self._own)
         self._stop.set()
         self._thread.join(2.0)
@@ -139,6 +138,7 @@ class Supervisor(BeamlineDevice):
                     self._summary = summary
                     self.logic.machine.notify()  # outside our lock: commands take it
                     self._publish()
+                    self._write_view()
                 self._watcher.wait(self.StepPeriod)
 
     def _refresh(self) -> None:
@@ -210,6 +210,40 @@ class Supervisor(BeamlineDevice):
             while self._announce:
                 self._last_restart = self._announce.pop(0)
                 self.push("LastRestart", self._last_restart)
+
+    def _write_view(self) -> None:
+        """Once a second: what it sees (servers, and each device's last answer
+        to its probes) into the run directory, where `beamline status` reads
+        it when the database is down and no client can find a device."""
+        now = time.monotonic()
+        if now < getattr(self, "_view_due", 0.0):
+            return
+        self._view_due = now + 1.0
+        base = lifecycle.run_dir()
+        if base is None:
+            return
+        wall = time.time()
+        devices = {
+            device: {"state": state, "age": None if t is None else round(now - t, 2)}
+            for device, (state, t) in self._prober.answers().items()
+        }
+        view = {
+            "supervisor": self.get_name(),
+            "host": self._host,
+            "time": wall,
+            "state": str(self.logic.machine.state),
+            "summary": getattr(self, "_summary", ""),
+            "servers": self._snapshot,
+            "devices": devices,
+        }
+        path = base / "supervision" / (self.get_name().replace("/", "_") + ".json")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(view))
+            tmp.replace(path)
+        except OSError as exc:  # a full disk: the view is a convenience
+            log.debug("could not write %s: %s", path, exc)
 
     @staticmethod
     def _published_attributes() -> tuple[str, ...]:

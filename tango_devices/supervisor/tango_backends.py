@@ -40,6 +40,7 @@ class _Probe:
         self.confirm_ms = int(max(confirm, timeout) * 1000)
         self.period = period
         self.last_answer: float | None = None
+        self.last_state = ""  # the State it answered last
         self.silent_since: float | None = None
         self.fresh_proxy = threading.Event()
         self.stop = threading.Event()
@@ -67,7 +68,7 @@ class _Probe:
                 confirming = unanswered_since is not None
                 try:
                     proxy.set_timeout_millis(self.confirm_ms if confirming else self.timeout_ms)
-                    proxy.state()
+                    self.last_state = str(proxy.state())
                 except tango.DevFailed:
                     if unanswered_since is None:
                         unanswered_since = attempt
@@ -109,6 +110,10 @@ class TangoProber:
     def silent_since(self, device: str) -> float | None:
         probe = self._probes.get(device.lower())
         return probe.silent_since if probe else None
+
+    def answers(self) -> dict[str, tuple[str, float | None]]:
+        """Every probed device: (the State it answered last, when: monotonic)."""
+        return {p.device: (p.last_state, p.last_answer) for p in self._probes.values()}
 
     def reconnect(self, devices: Iterable[str]) -> None:
         for device in devices:
