@@ -58,7 +58,8 @@ NUMBERS = st.sampled_from(
     [math.nan, math.inf, -math.inf, 1e308, -1e308, 1e23, -1e23, 2.0**63, -(2.0**63)]
 )
 # integers each type can carry, none of them a valid setting of ours
-SHORTS = st.sampled_from([-32768, -1, 3, 100, 32767])  # AcquisitionMode has 0..2
+SHORTS = st.sampled_from([-32768, -1, 100, 32767])
+ENUMS = st.sampled_from([3, 100, 65535])  # unsigned on the wire; AcquisitionMode has 0..2
 LONGS = st.sampled_from([2**31 - 1, -(2**31), 10**9, -(10**9), -1])
 LONG64S = st.sampled_from([2**63 - 1, -(2**63), 2**62, -(2**62), 10**12])
 
@@ -68,7 +69,7 @@ def nested(depth: int) -> str:
 
 
 JSONISH = st.one_of(
-    st.text(max_size=200),
+    st.text(st.characters(max_codepoint=255), max_size=200),  # a DevString is Latin-1
     st.sampled_from(
         [
             "",
@@ -111,8 +112,10 @@ def bad_values(kind, fmt) -> st.SearchStrategy:
         )
     if kind in (tango.CmdArgType.DevDouble, tango.CmdArgType.DevFloat):
         return NUMBERS
-    if kind in (tango.CmdArgType.DevShort, tango.CmdArgType.DevEnum):
+    if kind == tango.CmdArgType.DevShort:
         return SHORTS
+    if kind == tango.CmdArgType.DevEnum:
+        return ENUMS
     if kind in (tango.CmdArgType.DevLong, tango.CmdArgType.DevULong):
         return LONGS
     if kind in (tango.CmdArgType.DevLong64, tango.CmdArgType.DevULong64):
