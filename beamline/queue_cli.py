@@ -35,11 +35,6 @@ from rich.table import Table
 
 QUEUE_DEVICE = "bl01/sys/queue"
 DEFAULT_TIMEOUT_MS = 60_000  # a 10,000-item batch is validated before it is acknowledged
-ACTIONS = {  # CLI name: (command, steps of the escalation)
-    "stop-macro": ("StopMacro", 3),
-    "abort": ("AbortMacro", 2),
-    "halt": ("HaltMacro", 1),
-}
 OUTCOME_STYLE = {
     "finished": "green",
     "failed": "red",
@@ -507,16 +502,23 @@ def _macro_action(name: str, command: str, steps: int, doc: str):
 _macro_action(
     "stop-macro",
     "StopMacro",
-    3,
-    "Stop the running macro (then abort, then release if it does not end); the queue stops too.",
+    4,
+    "Stop the running macro (then abort, release, and as the last resort restart Sardana "
+    "if it does not end); the queue stops too.",
 )
 _macro_action(
     "abort",
     "AbortMacro",
-    2,
-    "Abort the running macro (then release if it does not end); the queue stops too.",
+    3,
+    "Abort the running macro (then release, and as the last resort restart Sardana if it "
+    "does not end); the queue stops too.",
 )
-_macro_action("halt", "HaltMacro", 1, "Release the running macro; the queue stops too.")
+_macro_action(
+    "halt",
+    "HaltMacro",
+    2,
+    "Release the running macro (then restart Sardana if it does not end); the queue stops too.",
+)
 
 
 @queue.command("history")

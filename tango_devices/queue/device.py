@@ -322,15 +322,23 @@ class ExperimentQueue(BeamlineDevice):
             spec.get("timeout", 3.0),
         )
 
-    @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: stop, then abort, then release')
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"timeout": 3}: stop, then abort, then release, then restart Sardana',
+    )
     def StopMacro(self, text: str) -> str:
         return self._macro("StopMacro", text)
 
-    @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: abort, then release')
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"timeout": 3}: abort, then release, then restart Sardana',
+    )
     def AbortMacro(self, text: str) -> str:
         return self._macro("AbortMacro", text)
 
-    @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: release')
+    @command(dtype_in=str, dtype_out=str, doc_in='{"timeout": 3}: release, then restart Sardana')
     def HaltMacro(self, text: str) -> str:
         return self._macro("HaltMacro", text)
 

@@ -462,11 +462,15 @@ class QueueLogic:
 
     def macro_action(self, action: str, timeout: float = 3.0) -> str:
         """stop, abort or halt the running macro, escalating: stop, then abort,
-        then release, each given ``timeout`` seconds. Acts even when the queue
-        cannot record that it stopped (then says so)."""
-        chain = {"stop": ("stop", "abort", "release"), "abort": ("abort", "release")}.get(
-            action, ("release",) if action == "halt" else None
-        )
+        then release, each given ``timeout`` seconds, and as the last step (an
+        abort that hangs in Sardana) a restart of the Door's server through
+        the supervisor: the Door is always left ready. Acts even when the
+        queue cannot record that it stopped (then says so)."""
+        chain = {
+            "stop": ("stop", "abort", "release", "restart"),
+            "abort": ("abort", "release", "restart"),
+            "halt": ("release", "restart"),
+        }.get(action)
         if chain is None:
             raise QueueError(f"unknown action {action!r}: stop, abort or halt")
         with self._lock:
@@ -478,10 +482,14 @@ class QueueLogic:
             self._resumed.set()
         for step in chain:
             deadline = time.monotonic() + timeout
+            sent = False
             while True:
                 # Sardana ignores StopMacro/AbortMacro sent before the macro has
-                # really started: ask again until it ends or the step's time is up
-                getattr(self.door, step)()
+                # really started: ask again until it ends or the step's time is
+                # up (a restart is asked for once)
+                if not (sent and step == "restart"):
+                    getattr(self.door, step)()
+                    sent = True
                 again = min(deadline, time.monotonic() + RESEND_PERIOD)
                 while time.monotonic() < again:
                     if not self.door.busy():

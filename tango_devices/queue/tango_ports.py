@@ -14,7 +14,7 @@ from typing import Any
 
 import tango
 
-from tango_devices.common.door import DoorClient, DoorError, MacroRun
+from tango_devices.common.door import DoorClient, DoorError, MacroRun, find_supervisor
 from tango_devices.queue.queue_logic import QueueError
 
 ELEMENT_TYPES = {
@@ -346,6 +346,17 @@ class DoorPort:
 
     def resume(self) -> None:
         self._command("ResumeMacro")
+
+    def restart(self) -> None:
+        """The last resort: the supervisor restarts the Door's server (Sardana
+        then comes back with a ready Door)."""
+        try:
+            server = tango.Database().get_device_info(self.name).ds_full_name
+            find_supervisor(server).RestartServer(server)
+        except (tango.DevFailed, DoorError) as exc:
+            text = _desc(exc) if isinstance(exc, tango.DevFailed) else str(exc)
+            raise QueueError(f"could not restart the server of {self.name}: {text}") from None
+        self._drop()
 
     def busy(self) -> bool:
         try:

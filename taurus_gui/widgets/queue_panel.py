@@ -106,7 +106,7 @@ class QueuePanel(Qt.QWidget):
             ("pause", "Pause", "pause the running macro now"),
             ("pause_deferred", "Pause after item", "pause after the current item"),
             ("resume", "Resume", "resume a paused queue"),
-            ("abort", "Abort macro", "abort the running macro (then release)"),
+            ("abort", "Abort macro", "abort the running macro (release, restart Sardana if stuck)"),
         ):
             button = Qt.QPushButton(text)
             button.setObjectName(f"queue_{key}")

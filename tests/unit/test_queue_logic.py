@@ -115,6 +115,9 @@ class FakeDoor:
     def release(self) -> None:
         self._end("release", "abort")
 
+    def restart(self) -> None:  # the supervisor restarts Sardana: the macro is lost
+        self._end("restart", "lost")
+
     def pause(self) -> None:
         self.calls.append("pause")
 
@@ -651,14 +654,27 @@ def test_a_stop_the_door_ignored_because_it_came_too_early_is_sent_again(rig):
     assert h.outcome == "stopped"
 
 
-def test_a_macro_that_ignores_everything_is_reported(rig):
+def test_a_macro_that_abort_cannot_end_is_ended_by_a_restart_of_sardana(rig):
     door = FakeDoor()
     door.deaf_to = {"abort", "release"}
     eng = rig.logic(door)
     eng.add(ct())
     eng.start()
     wait_run(door, 1)
-    with pytest.raises(QueueError, match="did not end after abort then release"):
+    assert eng.macro_action("abort", timeout=0.1) == "restart"
+    assert door.calls[-1] == "restart" and door.calls.count("restart") == 1
+    (h,) = wait_history(eng, 1)
+    assert h.outcome == "lost" and eng.state == "idle"
+
+
+def test_a_macro_that_ignores_everything_is_reported(rig):
+    door = FakeDoor()
+    door.deaf_to = {"abort", "release", "restart"}
+    eng = rig.logic(door)
+    eng.add(ct())
+    eng.start()
+    wait_run(door, 1)
+    with pytest.raises(QueueError, match="did not end after abort then release then restart"):
         eng.macro_action("abort", timeout=0.1)
 
 
