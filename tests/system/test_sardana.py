@@ -6,6 +6,7 @@ the Starter like every other server (`beamline up`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -263,3 +264,21 @@ def test_a_macro_that_abort_cannot_end_leaves_the_door_ready_after_a_restart(bea
     assert door.wait(run, timeout=30).outcome in ("lost", "abort")
     with DoorClient(f"tango://{beamline.tango_host}/{DOOR}") as fresh:
         run_ok(fresh, "ct", 0.01)
+
+
+def test_the_queue_ends_a_macro_abort_cannot_end_with_a_restart_of_sardana(beamline, queue):
+    (beamline.run_dir / "user_macros" / "stuck_test.py").write_text(STUCK_MACRO)
+    ms = beamline.proxy("bl01/sardana/macroserver", timeout_ms=10000)
+    wait_until(lambda: ms.state() == S.ON, 60, "the MacroServer ready")
+    ms.ReloadMacroLib(["stuck_test"])
+    queue.HistoryClear()
+    item = json.loads(queue.Add(json.dumps({"macro": "stuck_in_c", "args": [600]})))
+    queue.Start()
+    door = beamline.proxy(DOOR)
+    wait_until(lambda: door.state() == S.RUNNING, 20, "the stuck macro running")
+    queue.set_timeout_millis(60000)
+    assert json.loads(queue.AbortMacro(json.dumps({"timeout": 1}))) == "restart"
+    wait_until(lambda: not queue.RunningItem, 60, "the item ended")
+    (entry,) = json.loads(queue.History(""))
+    assert entry["uid"] == item["uid"] and entry["outcome"] == "lost"
+    wait_until(lambda: door.state() == S.ON, 120, "the Door ready after the restart")
