@@ -90,7 +90,13 @@ def db_up(ctx, db_dir, port, bind, mysql_port, external, access_control, as_json
             access_control=access_control,
             bind=bind,
         )
-        changes = proddb.apply_access(state["tango_host"], rules) if rules else []
+        changes = (
+            proddb.apply_access(
+                state["tango_host"], rules, proddb.load_read_only_commands(ctx.config_dir)
+            )
+            if rules
+            else []
+        )
     except proddb.ProdDbError as exc:
         _fail(str(exc))
     except Exception as exc:  # DevFailed from the database or access control
@@ -117,7 +123,11 @@ def db_up(ctx, db_dir, port, bind, mysql_port, external, access_control, as_json
 def db_access(ctx, tango_host) -> None:
     """Apply db_config/access.json to the running TangoAccessControl."""
     try:
-        changes = proddb.apply_access(tango_host, proddb.load_access(ctx.config_dir))
+        changes = proddb.apply_access(
+            tango_host,
+            proddb.load_access(ctx.config_dir),
+            proddb.load_read_only_commands(ctx.config_dir),
+        )
     except proddb.ProdDbError as exc:
         _fail(str(exc))
     except Exception as exc:

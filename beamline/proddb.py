@@ -549,6 +549,33 @@ def load_access(config_dir: Path, user: str | None = None) -> list[UserRule]:
     return rules
 
 
+def load_read_only_commands(config_dir: Path) -> dict[str, tuple[str, ...]]:
+    """``read_only_commands`` of ``db_config/access.json``: per Tango class,
+    the commands a client with only read access may still run (Tango's
+    ``AllowedAccessCmd`` class property; every other command is refused to
+    it, and so is every attribute write)."""
+    path = config_dir / ACCESS_FILE
+    where = str(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProdDbError(f"{where}: {exc}") from exc
+    table = doc.get("read_only_commands", {})
+    if not isinstance(table, dict):
+        raise ProdDbError(f"{where}: read_only_commands: map a class to a list of commands")
+    out = {}
+    for cls, commands in table.items():
+        if not isinstance(commands, list) or not all(
+            isinstance(c, str) and c.isidentifier() for c in commands
+        ):
+            raise ProdDbError(
+                f"{where}: read_only_commands.{cls}: a list of command names, e.g. "
+                f'["GetMacroInfo"], not {commands!r}'
+            )
+        out[cls] = tuple(commands)
+    return out
+
+
 def local_addresses() -> list[str]:
     """This host's IPv4 addresses: a Tango client identifies itself to access
     control by its interfaces' addresses, not by 127.0.0.1."""
@@ -571,12 +598,24 @@ def _is_address(text: object) -> bool:
     return len(parts) == 4 and all(p == "*" or (p.isdigit() and int(p) < 256) for p in parts)
 
 
-def apply_access(tango_host: str, rules: list[UserRule]) -> list[str]:
+def apply_access(
+    tango_host: str,
+    rules: list[UserRule],
+    read_only_commands: dict[str, tuple[str, ...]] | None = None,
+) -> list[str]:
     """Make TangoAccessControl hold exactly these rules (users it knows that
-    the rules do not name are removed). Returns what changed."""
+    the rules do not name are removed), and each class's commands for clients
+    with read access only (its ``AllowedAccessCmd``). Returns what changed."""
     import tango
 
     os.environ["SUPER_TANGO"] = "true"
+    changes = []
+    db = tango.Database(*tango_host.split(":"))
+    for cls, commands in (read_only_commands or {}).items():
+        current = tuple(db.get_class_property(cls, ["AllowedAccessCmd"])["AllowedAccessCmd"])
+        if current != commands:
+            db.put_class_property(cls, {"AllowedAccessCmd": list(commands)})
+            changes.append(f"class {cls}: with read access only: {', '.join(commands) or 'none'}")
     ac = tango.DeviceProxy(f"tango://{tango_host}/{ACCESS_DEVICE}")
     current = {}
     for user in ac.GetUsers():
@@ -586,7 +625,6 @@ def apply_access(tango_host: str, rules: list[UserRule]) -> list[str]:
             tuple(zip(devices[0::2], devices[1::2], strict=False)),
         )
     wanted = {r.user: (r.addresses, r.devices) for r in rules}
-    changes = []
     for user in sorted(set(current) - set(wanted)):
         ac.RemoveUser(user)
         changes.append(f"removed user {user}")

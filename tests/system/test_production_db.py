@@ -154,6 +154,54 @@ def test_access_control_read_only_for_others(production):
     assert other["command"].startswith("API_ReadOnlyMode") and "Stop" in other["command"]
 
 
+SARDANA_CLIENT = """
+import json, sys, tango
+out = {}
+for device, command, arg in json.loads(sys.argv[1]):
+    d = tango.DeviceProxy(device)
+    try:
+        d.command_inout(command, arg) if arg is not None else d.command_inout(command)
+        out[command] = "ok"
+    except tango.DevFailed as exc:
+        out[command] = exc.args[0].reason + ": " + exc.args[0].desc.strip()
+print(json.dumps(out))
+"""
+
+
+def test_a_read_only_client_may_ask_sardana_but_not_change_its_code_or_elements(production):
+    """Clients with read access only (operators on the MacroServer and the
+    Pool, everyone else by default) run the commands of read_only_commands,
+    and nothing else: no macro code written, no element created."""
+    run, _db_dir, _state, _result = production
+    ms = f"tango://{run.tango_host}/bl01/sardana/macroserver"
+    pool = f"tango://{run.tango_host}/bl01/sardana/pool"
+    import tango
+
+    wait_until(lambda: tango.DeviceProxy(ms).state() == tango.DevState.ON, 90, "Sardana ready")
+    calls = [
+        (ms, "GetMacroInfo", ["ct"]),
+        (ms, "SetMacroCode", ["zz_intruder.py", "print('hello')"]),
+        (ms, "GetMacroCode", ["zz_intruder"]),
+        (pool, "CreateMeasurementGroup", ["zz_garbage", "ct_time"]),
+        (pool, "Stop", None),
+    ]
+    proc = subprocess.run(
+        [*AS_NOBODY, sys.executable, "-c", SARDANA_CLIENT, json.dumps(calls)],
+        capture_output=True,
+        text=True,
+        env=run.env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["GetMacroInfo"] == "ok" and out["Stop"] == "ok"
+    for command in ("SetMacroCode", "GetMacroCode", "CreateMeasurementGroup"):
+        assert out[command].startswith("API_ReadOnlyMode"), (command, out[command])
+    assert not (run.run_dir / "user_macros" / "zz_intruder.py").exists()
+    groups = tango.DeviceProxy(pool).MeasurementGroupList or []
+    assert groups and not any("zz_garbage" in g for g in groups)
+
+
 def test_access_rules_come_from_db_config_and_bad_rules_are_refused(production, tmp_path):
     run, _db_dir, _state, _result = production
     config = tmp_path / "config"

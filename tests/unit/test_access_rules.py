@@ -20,7 +20,12 @@ def test_the_demo_rules_load_with_the_user():
     rules = {r.user: r for r in proddb.load_access(PROJECT_CONFIG, user="alice")}
     assert rules["*"].devices == (("*/*/*", "read"),)
     assert rules["alice"].devices == (("*/*/*", "write"),)
-    assert rules["operator"].devices == (("bl01/*/*", "write"), ("sys/*/*", "read"))
+    assert rules["operator"].devices == (
+        ("bl01/*/*", "write"),
+        ("bl01/sardana/macroserver", "read"),  # the more restrictive rule wins
+        ("bl01/sardana/pool", "read"),
+        ("sys/*/*", "read"),
+    )
 
 
 def test_local_stands_for_this_hosts_addresses(tmp_path):
@@ -65,3 +70,30 @@ def test_a_user_named_twice_is_refused_not_the_last_taken(tmp_path):
     )
     with pytest.raises(proddb.ProdDbError, match="users.bob: defined twice in one object"):
         proddb.load_access(tmp_path)
+
+
+def test_read_only_commands_of_the_demo_keep_code_and_elements_for_the_beamline_account():
+    table = proddb.load_read_only_commands(PROJECT_CONFIG)
+    assert table["MacroServer"] == ("GetMacroInfo",)
+    assert "Stop" in table["Pool"] and "Abort" in table["Pool"]
+    forbidden = {"SetMacroCode", "GetMacroCode", "ReloadMacroLib", "CreateMeasurementGroup"}
+    assert not forbidden & {c for commands in table.values() for c in commands}
+    operator = {r.user: r for r in proddb.load_access(PROJECT_CONFIG)}["operator"]
+    assert ("bl01/sardana/macroserver", "read") in operator.devices
+    assert ("bl01/sardana/pool", "read") in operator.devices
+
+
+@pytest.mark.parametrize(
+    "table,words",
+    [
+        ([], ["read_only_commands", "map a class"]),
+        ({"Pool": "Stop"}, ["read_only_commands.Pool", "list of command names"]),
+        ({"Pool": ["Stop now"]}, ["read_only_commands.Pool"]),
+    ],
+)
+def test_bad_read_only_commands_name_the_entry(tmp_path, table, words):
+    (tmp_path / "access.json").write_text(json.dumps({"read_only_commands": table}))
+    with pytest.raises(proddb.ProdDbError) as err:
+        proddb.load_read_only_commands(tmp_path)
+    for word in words:
+        assert word in str(err.value)
