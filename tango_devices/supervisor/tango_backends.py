@@ -55,33 +55,57 @@ class _Probe:
                 if self.fresh_proxy.is_set():
                     self.fresh_proxy.clear()
                     proxy = None
+                attempt = time.monotonic()
+                confirming = unanswered_since is not None
                 if proxy is None:
                     try:
                         proxy = tango.DeviceProxy(self.device)
-                    except tango.DevFailed:
-                        # the database (or the device's entry in it) is not
-                        # there: nothing learnt about the device itself
-                        unanswered_since = self.silent_since = None
+                    except tango.DevFailed as exc:
+                        if _about_the_database(exc):
+                            # nothing learnt about the device itself
+                            unanswered_since = self.silent_since = None
+                        else:  # its server did not answer the connection
+                            unanswered_since = unanswered_since or attempt
+                            if confirming:
+                                self.silent_since = unanswered_since
                         self.stop.wait(self.period)
                         continue
-                attempt = time.monotonic()
-                confirming = unanswered_since is not None
                 try:
                     proxy.set_timeout_millis(self.confirm_ms if confirming else self.timeout_ms)
                     self.last_state = str(proxy.state())
-                except tango.DevFailed:
+                except tango.DevFailed as exc:
                     if unanswered_since is None:
                         unanswered_since = attempt
                     if confirming:
                         self.silent_since = unanswered_since
-                    # a proxy that saw a failure reconnects at most once a
-                    # second: go on with a new one, at once
-                    proxy = None
+                    if not _timed_out(exc):
+                        # the connection is gone (a new process): a proxy that
+                        # saw that reconnects at most once a second, so go on
+                        # with a new one at once
+                        proxy = None
                     self.stop.wait(min(self.period, 0.05))
                     continue
                 self.last_answer = time.monotonic()
                 unanswered_since = self.silent_since = None
                 self.stop.wait(self.period)
+
+
+def _reasons(exc: tango.DevFailed) -> str:
+    return " ".join(f"{e.reason} {e.desc}" for e in exc.args)
+
+
+def _about_the_database(exc: tango.DevFailed) -> bool:
+    """A failure to build a client that comes from the database (down, busy,
+    device unknown), not from the device's server."""
+    text = _reasons(exc)
+    return "sys/database" in text or "DbImportDevice" in text or "Database" in text
+
+
+def _timed_out(exc: tango.DevFailed) -> bool:
+    """The call reached the server and waited for an answer (the connection
+    stays good), as opposed to a connection that is refused or broken."""
+    text = _reasons(exc)
+    return "CallTimedout" in text or "API_DeviceTimedOut" in text or "TimedOut" in text
 
 
 class TangoProber:
