@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,12 +28,14 @@ EXCLUDED_SERVERS = ("Starter/", "DataBaseds/", "PyDatabaseds/")
 
 
 class _Probe:
-    """Reads one device's State several times a second, in its own thread.
+    """Asks one device its State several times a second, in its own thread.
 
-    A read that times out is followed by reads with a long timeout: a device
-    is *silent* only once such a read timed out too (a slow answer on a busy
-    machine is an answer). A failure to even reach the device (building the
-    client needs the database) is no evidence either way."""
+    Each State is asked asynchronously and its answer awaited ``timeout``; a
+    device that has not answered by then is waited for the rest of the hang
+    time on the same request: it is *silent* only once that is unanswered too
+    (a slow answer on a busy machine is an answer). A failure to even reach
+    the device because the database is down is no evidence either way. (No
+    timeout is ever changed on a client: that reconnects, holding the GIL.)"""
 
     def __init__(self, device: str, timeout: float, period: float, confirm: float) -> None:
         self.device = device
@@ -47,47 +50,64 @@ class _Probe:
         self.thread = threading.Thread(target=self._run, name=f"probe-{device}", daemon=True)
         self.thread.start()
 
+    def _proxy(self):
+        proxy = tango.DeviceProxy(self.device)
+        # bounds a request nobody waits for any more; set once, before any call
+        proxy.set_timeout_millis(self.timeout_ms + self.confirm_ms + 1000)
+        return proxy
+
     def _run(self) -> None:
         with tango.EnsureOmniThread():
             proxy = None
-            unanswered_since: float | None = None  # first unanswered read since the last answer
             while not self.stop.is_set():
                 if self.fresh_proxy.is_set():
                     self.fresh_proxy.clear()
                     proxy = None
                 attempt = time.monotonic()
-                confirming = unanswered_since is not None
-                if proxy is None:
-                    try:
-                        proxy = tango.DeviceProxy(self.device)
-                    except tango.DevFailed as exc:
-                        if _about_the_database(exc):
-                            # nothing learnt about the device itself
-                            unanswered_since = self.silent_since = None
-                        else:  # its server did not answer the connection
-                            unanswered_since = unanswered_since or attempt
-                            if confirming:
-                                self.silent_since = unanswered_since
-                        self.stop.wait(self.period)
-                        continue
                 try:
-                    proxy.set_timeout_millis(self.confirm_ms if confirming else self.timeout_ms)
-                    self.last_state = str(proxy.state())
+                    if proxy is None:
+                        proxy = self._proxy()
+                    request = proxy.command_inout_asynch("State")
                 except tango.DevFailed as exc:
-                    if unanswered_since is None:
-                        unanswered_since = attempt
-                    if confirming:
-                        self.silent_since = unanswered_since
-                    if not _timed_out(exc):
-                        # the connection is gone (a new process): a proxy that
-                        # saw that reconnects at most once a second, so go on
-                        # with a new one at once
-                        proxy = None
+                    proxy = None  # a new client at once (a failed one reconnects once a second)
+                    if _about_the_database(exc):
+                        self.silent_since = None  # nothing learnt about the device itself
+                    else:  # its server does not take the connection: silent since now
+                        self.silent_since = self.silent_since or attempt
+                    self.stop.wait(self.period)
+                    continue
+                answered = self._await(proxy, request, attempt)
+                if answered is None:  # the connection broke: a new process, or none
+                    proxy = None
                     self.stop.wait(min(self.period, 0.05))
                     continue
-                self.last_answer = time.monotonic()
-                unanswered_since = self.silent_since = None
-                self.stop.wait(self.period)
+                if answered:
+                    self.stop.wait(self.period)
+
+    def _await(self, proxy, request: int, sent: float) -> bool | None:
+        """Wait for the answer to ``request``: True when it came, False when it
+        did not within the hang time (silent since ``sent``), None when the
+        call failed otherwise."""
+        for wait_ms in (self.timeout_ms, self.confirm_ms):
+            try:
+                state = proxy.command_inout_reply(request, wait_ms)
+            except tango.DevFailed as exc:
+                if _not_arrived(exc):
+                    continue
+                if _timed_out(exc):  # the request itself timed out: still silent
+                    self.silent_since = self.silent_since or sent
+                    return False
+                return None
+            self.last_state = str(state)
+            self.last_answer = time.monotonic()
+            self.silent_since = None
+            return True
+        self.silent_since = self.silent_since or sent
+        # collect the request (it ends at the client's own timeout), so that
+        # requests to a silent device do not pile up
+        with contextlib.suppress(tango.DevFailed):
+            proxy.command_inout_reply(request, 0)
+        return False
 
 
 def _reasons(exc: tango.DevFailed) -> str:
@@ -99,6 +119,11 @@ def _about_the_database(exc: tango.DevFailed) -> bool:
     device unknown), not from the device's server."""
     text = _reasons(exc)
     return "sys/database" in text or "DbImportDevice" in text or "Database" in text
+
+
+def _not_arrived(exc: tango.DevFailed) -> bool:
+    """command_inout_reply's "not yet": the request is still running."""
+    return "AsynReplyNotArrived" in _reasons(exc)
 
 
 def _timed_out(exc: tango.DevFailed) -> bool:
