@@ -262,6 +262,12 @@ class DoorClient:
                 f"{self.name} did not end its macro after abort and release, and "
                 f"{supervisor.dev_name()} could not restart {server}: {_desc(exc)}"
             ) from None
+        with self._lock:  # the macro died with the server
+            run = self._current
+            if run is not None and run.ended is None:
+                run.outcome, run.ended = "lost", time.time()
+                run.exc_value = f"{server} was restarted: the macro did not end on abort"
+                self._ended.set()
         if not self._wait_not_busy(start_timeout):
             raise DoorError(
                 f"{self.name} is not ready {start_timeout:g} s after {server} was restarted "

@@ -198,11 +198,23 @@ def test_stop_or_abort_the_running_macro(beamline, queue, action, outcome):
     assert bad.value.args[0].reason == "QUEUE_BAD_INPUT"
     assert "timeout: 'x' is not of type 'number'" in bad.value.args[0].desc
     assert json.loads(queue.RunningItem)["uid"] == running["uid"]  # the bad one changed nothing
-    step = getattr(queue, action)(json.dumps({"timeout": 5}))
-    assert json.loads(step) == action.lower().replace("macro", "")
-    wait_until(lambda: not queue.RunningItem, 20, "the item ended")
+    queue.set_timeout_millis(120000)  # the escalation's last step restarts Sardana
+    step = json.loads(getattr(queue, action)(json.dumps({"timeout": 5})))
+    wait_until(lambda: not queue.RunningItem, 60, "the item ended")
     (entry,) = history(queue)
-    assert entry["uid"] == running["uid"] and entry["outcome"] == outcome
+    assert entry["uid"] == running["uid"]
+    if step == "restart":
+        # Sardana's abort can hang (sardana #978, #1619): the last step of the
+        # escalation restarted it, and the item is recorded as lost
+        assert entry["outcome"] == "lost"
+        wait_until(
+            lambda: beamline.proxy("bl01/sardana/door").state() == tango.DevState.ON,
+            120,
+            "the Door ready after the restart",
+        )
+    else:
+        assert step == action.lower().replace("macro", "")
+        assert entry["outcome"] == outcome
     # the queue stops: the next item waits for an operator
     assert queue.QueueState == "idle" and json.loads(queue.Items)[0]["uid"] == waiting["uid"]
     assert beamline.proxy("bl01/sardana/door").state() == tango.DevState.ON

