@@ -86,10 +86,11 @@ def supervisor_row(beamline, server):
 
 
 @pytest.fixture(scope="module")
-def beam(beamline, door):
+def beam(beamline):
     """Shutter open, mirror on the sample: the diode sees the feature."""
-    run_ok(door, "shutter_open")
-    run_ok(door, "mv", "mirror_pitch", 3.0)
+    with DoorClient(f"tango://{beamline.tango_host}/{DOOR}") as door:
+        run_ok(door, "shutter_open")
+        run_ok(door, "mv", "mirror_pitch", 3.0)
     return beamline
 
 
