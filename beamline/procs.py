@@ -8,10 +8,12 @@ run directory, whoever started it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,15 +32,24 @@ class ProcInfo:
     create_time: float
 
 
-_SPAWNED: list[subprocess.Popen] = []  # reaped when they end, while this process lives
+_SPAWNED: list[subprocess.Popen] = []  # still running: detached on purpose
+
+
+@atexit.register
+def _let_go() -> None:
+    """They outlive this process on purpose (no "still running" warning)."""
+    for proc in _SPAWNED:
+        if proc.poll() is None:
+            proc.returncode = 0
 
 
 def spawn_detached(
     cmd: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
 ) -> int:
     """Start ``cmd`` in its own session with output appended to ``log_path``.
-    It outlives this process; while this one lives, it is reaped once it ends."""
-    _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
+    It outlives this process; while this one lives, a thread reaps it when it
+    ends (no zombie left for whoever killed it)."""
+    _SPAWNED[:] = [p for p in _SPAWNED if p.returncode is None]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(cmd)}\n".encode())
@@ -54,6 +65,7 @@ def spawn_detached(
             close_fds=True,
         )
     _SPAWNED.append(proc)
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     return proc.pid
 
 

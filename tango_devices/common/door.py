@@ -300,20 +300,32 @@ class DoorClient:
         self.proxy.ReleaseMacro()
 
 
-def find_supervisor(server: str):
+def find_supervisor(server: str, timeout: float = 10.0):
     """A proxy to the supervisor that watches ``server`` (the suite's
-    Supervisor devices list the servers they watch in ``Servers``)."""
-    db = tango.Database()
-    names = list(db.get_device_exported_for_class("Supervisor"))
-    for name in names:
+    Supervisor devices list the servers they watch in ``Servers``); asks
+    again for ``timeout`` seconds (a busy supervisor answers late)."""
+    deadline = time.monotonic() + timeout
+    reasons: dict[str, str] = {}
+    while True:
         try:
-            proxy = tango.DeviceProxy(name)
-            proxy.set_timeout_millis(5000)
-            if server.lower() in (s.lower() for s in proxy.Servers):
+            names = list(tango.Database().get_device_exported_for_class("Supervisor"))
+        except tango.DevFailed as exc:
+            names, reasons["database"] = [], _desc(exc)
+        for name in names:
+            try:
+                proxy = tango.DeviceProxy(name)
+                proxy.set_timeout_millis(3000)
+                watched = [s.lower() for s in proxy.read_attribute("Servers").value or ()]
+            except tango.DevFailed as exc:
+                reasons[name] = f"does not answer ({_desc(exc)})"
+                continue
+            if server.lower() in watched:
                 return proxy
-        except tango.DevFailed:
-            continue
-    raise DoorError(f"no supervisor watches {server} (supervisors: {', '.join(names) or 'none'})")
+            reasons[name] = f"watches {len(watched)} other server(s)"
+        if time.monotonic() >= deadline:
+            why = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no supervisor exported"
+            raise DoorError(f"no supervisor watches {server} ({why})")
+        time.sleep(0.5)
 
 
 def _desc(exc: tango.DevFailed) -> str:

@@ -28,11 +28,18 @@ def _refuse_constant(name: str) -> Any:
     raise ArgumentError(f"{name} is not a number JSON allows; give a finite number")
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400
-        raise ArgumentError(f"{text} is too large for a number; give a finite number")
-    return value
+def _too_large(value: Any, path: tuple = ()) -> tuple | None:
+    """The path of the first number JSON gave as infinity (1e400), or None."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where
+        if isinstance(item, dict):
+            stack.extend((v, (*where, k)) for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, (*where, i)) for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -62,7 +69,7 @@ def loads(text: str, what: str, *, max_bytes: int = MAX_BYTES, max_depth: int = 
             f"{what}: the argument is {len(text):,} characters; at most {max_bytes:,} are taken"
         )
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except ArgumentError as exc:
         raise ArgumentError(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -75,6 +82,12 @@ def loads(text: str, what: str, *, max_bytes: int = MAX_BYTES, max_depth: int = 
         raise ArgumentError(f"{what}: {exc}") from None
     if _depth_exceeds(value, max_depth):
         raise ArgumentError(f"{what}: nested more than {max_depth} levels deep")
+    where = _too_large(value)
+    if where is not None:
+        raise ArgumentError(
+            f"{what}: {field_path(where)}: a number too large to be finite (like 1e400); "
+            "give a finite number"
+        )
     return value
 
 
