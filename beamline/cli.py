@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -511,6 +512,52 @@ def stop(ctx: RunContext, name: str, timeout: float) -> None:
 @main.group()
 def config() -> None:
     """Check, diff and apply db_config/ to the Tango database."""
+
+
+@config.command("generate")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option(
+    "--servers",
+    type=int,
+    help="A beamline of about this many servers (in a real "
+    "beamline's proportions), instead of the counts below.",
+)
+@click.option("--motors", type=int, default=5, show_default=True, help="SMC motors in all.")
+@click.option(
+    "--motor-records", type=int, default=1, show_default=True, help="EPICS motor records in all."
+)
+@click.option("--scalers", type=int, default=1, show_default=True)
+@click.option("--cameras", type=int, default=1, show_default=True)
+@click.option("--gauges", type=int, default=1, show_default=True)
+@click.option("--valves", type=int, default=1, show_default=True)
+@click.option(
+    "--axes-per-controller",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Motors per simulated SMC controller (it has 8 axes).",
+)
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.pass_obj
+def config_generate(ctx: RunContext, out, servers, force, **counts) -> None:
+    """Write a beamline of any size built like the demo: the demo's devices and
+    as many more of each kind (counts are totals). Run it with
+    `beamline --config-dir OUT up`."""
+    from beamline import generate
+
+    try:
+        if servers is not None:
+            spec = generate.Spec.for_servers(servers)
+        else:
+            spec = generate.Spec(**counts)
+        result = generate.write(spec, ctx.config_dir, Path(out), force=force)
+    except generate.GenerateError as exc:
+        fail(str(exc), 2)
+    console.print(
+        f"wrote {result['out']}: {result['servers']} servers "
+        f"({', '.join(f'{v} {k}' for k, v in result['spec'].items())}); "
+        f"run it: beamline --config-dir {result['out']} up"
+    )
 
 
 @config.command("check")
