@@ -254,7 +254,7 @@ class DoorClient:
                 if time.monotonic() >= deadline:
                     break
         server = self.server()
-        supervisor = find_supervisor(server)
+        supervisor = find_supervisor(server, database=database_of(self.proxy))
         try:
             supervisor.RestartServer(server)
         except tango.DevFailed as exc:
@@ -284,9 +284,9 @@ class DoorClient:
         return False
 
     def server(self) -> str:
-        """The Door's server (``Sardana/bl01``), from the database."""
+        """The Door's server (``Sardana/bl01``), from its database."""
         try:
-            return tango.Database().get_device_info(self.proxy.dev_name()).ds_full_name
+            return database_of(self.proxy).get_device_info(self.proxy.dev_name()).ds_full_name
         except tango.DevFailed as exc:
             raise DoorError(f"cannot find the server of {self.name}: {_desc(exc)}") from None
 
@@ -300,20 +300,29 @@ class DoorClient:
         self.proxy.ReleaseMacro()
 
 
-def find_supervisor(server: str, timeout: float = 10.0):
+def database_of(proxy) -> tango.Database:
+    """The database ``proxy``'s device is registered in (a process may talk to
+    several: the default one is the first TANGO_HOST it saw)."""
+    return tango.Database(proxy.get_db_host(), proxy.get_db_port())
+
+
+def find_supervisor(server: str, database: tango.Database | None = None, timeout: float = 10.0):
     """A proxy to the supervisor that watches ``server`` (the suite's
-    Supervisor devices list the servers they watch in ``Servers``); asks
-    again for ``timeout`` seconds (a busy supervisor answers late)."""
+    Supervisor devices list the servers they watch in ``Servers``), in
+    ``database`` (default: TANGO_HOST's); asks again for ``timeout`` seconds
+    (a busy supervisor answers late)."""
+    database = database or tango.Database()
+    prefix = f"tango://{database.get_db_host()}:{database.get_db_port()}/"
     deadline = time.monotonic() + timeout
     reasons: dict[str, str] = {}
     while True:
         try:
-            names = list(tango.Database().get_device_exported_for_class("Supervisor"))
+            names = list(database.get_device_exported_for_class("Supervisor"))
         except tango.DevFailed as exc:
             names, reasons["database"] = [], _desc(exc)
         for name in names:
             try:
-                proxy = tango.DeviceProxy(name)
+                proxy = tango.DeviceProxy(prefix + name)
                 proxy.set_timeout_millis(3000)
                 watched = [s.lower() for s in proxy.read_attribute("Servers").value or ()]
             except tango.DevFailed as exc:
