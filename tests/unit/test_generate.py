@@ -72,7 +72,8 @@ def test_the_cli_writes_a_beamline_and_refuses_bad_input_clearly(tmp_path):
 
     ok = run("--out", str(tmp_path / "bl"), "--motors", "13", "--gauges", "2")
     assert ok.returncode == 0, ok.stderr
-    assert "25 servers" in ok.stdout  # the demo's 16, 8 motors and a gauge more and f"--config-dir {tmp_path / 'bl'} up" in ok.stdout
+    assert "25 servers" in ok.stdout  # the demo's 16, 8 motors and a gauge more
+    assert f"--config-dir {tmp_path / 'bl'} up" in ok.stdout
     again = run("--out", str(tmp_path / "bl"))
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
     for args, words in (
