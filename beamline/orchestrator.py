@@ -356,23 +356,28 @@ def _server_of(config: cfg.BeamlineConfig, device: str) -> str:
     return entry.server if entry else "?"
 
 
-DEATH_GRACE = 3.0  # a server without a process this long after DevStart has failed
+DEATH_GRACE = 3.0  # a server without a process this long (continuously) has failed
 
 
 def _dead_servers_check(
     ctx: RunContext, config: cfg.BeamlineConfig, servers: list[str]
 ) -> Callable[[list[str]], dict[str, str]]:
-    """For devices still not answering: those whose server has no process (exited)."""
+    """For devices still not answering: those whose server has had no process
+    for DEATH_GRACE seconds in a row. One look is not enough: a server that
+    crashed while starting is restarted by the supervisor within a second,
+    and `up` must wait for it rather than report it dead."""
     started = time.monotonic()
+    seen: dict[str, float] = {s.lower(): started for s in servers}
 
     def dead(pending: list[str]) -> dict[str, str]:
-        if time.monotonic() - started < DEATH_GRACE:
-            return {}
+        now = time.monotonic()
         running = procs.server_pids(ctx.run_dir, servers)
+        for name in running:
+            seen[name] = now
         out = {}
         for dev in pending:
             server = _server_of(config, dev)
-            if server.lower() not in running:
+            if now - seen.get(server.lower(), started) >= DEATH_GRACE:
                 out[dev] = (
                     f"server {server} is not running (it exited or never started; see its log)"
                 )

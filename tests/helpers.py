@@ -53,6 +53,15 @@ def wait_until(
         time.sleep(interval)
 
 
+def poll_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> bool:
+    """Like :func:`wait_until`, but says whether it came instead of failing."""
+    try:
+        wait_until(predicate, timeout, "", interval)
+    except AssertionError:
+        return False
+    return True
+
+
 class BeamlineRun:
     """A whole beamline started with the real `beamline` CLI in its own run
     directory, on free ports, with a loopback-only database."""

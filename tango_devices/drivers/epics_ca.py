@@ -508,11 +508,20 @@ def _destroy(slots: Iterable[_Slot]) -> None:
     ca = ca_module()
     for pv in pvs:
         chid = pv.chid
+        # libca clears the channel's subscriptions itself, under its own lock
+        # (waiting for a callback in progress). pyepics's disconnect() would
+        # clear the monitor from this thread while libca's thread may be
+        # clearing and re-adding it for a connection event: a double free,
+        # a segfault seen in a Valve starting beside a slow IOC. So the PV
+        # forgets its monitor first, and again after the channel is gone (a
+        # callback in flight may have set it; __del__ would clear it again).
+        pv._monref = None
         with contextlib.suppress(Exception):
             pv.disconnect()
         if chid is not None:
             with contextlib.suppress(Exception):
                 ca.clear_channel(chid)
+        pv._monref = None
 
 
 def severity_name(severity: int) -> str:

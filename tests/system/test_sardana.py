@@ -18,7 +18,7 @@ import tango
 
 from beamline import procs
 from tango_devices.common.door import DoorClient
-from tests.helpers import wait_until
+from tests.helpers import poll_until, wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -70,11 +70,16 @@ def server_pid(beamline, server: str) -> int:
 
 
 def wait_points(run, n: int, timeout: float = 30):
-    """Until the scan has printed ``n`` data rows (header excluded)."""
-    wait_until(
-        lambda: sum(1 for line in run.output if line.strip()[:1].isdigit()) >= n,
-        timeout,
-        f"{n} scan points",
+    """Until the scan has printed ``n`` data rows (header excluded); fails at
+    once, saying why, if the scan ends before."""
+
+    def points() -> int:
+        return sum(1 for line in run.output if line.strip()[:1].isdigit())
+
+    wait_until(lambda: points() >= n or run.ended is not None, timeout, f"{n} scan points")
+    assert points() >= n, (
+        f"the scan ended ({run.outcome}) after {points()} point(s): {run.error_text}\n"
+        + "\n".join(run.output[-20:])
     )
 
 
@@ -154,6 +159,10 @@ def test_stop_and_abort_a_running_scan(beam, door, how):
         assert run.outcome == "lost"
     else:
         assert run.outcome == how, run.error_text
+        if not poll_until(lambda: door.state() == S.ON, 10):
+            # the same hang after the macro said it ended (the Door stays
+            # RUNNING): the last resort again, and it must work
+            assert door.make_ready(timeout=3.0) in ("aborted", "released", "restarted Sardana/bl01")
     wait_until(lambda: door.state() == S.ON, 10, "the Door back to ON")
     wait_until(lambda: motor.state() == S.ON, 10, "sample_x stopped")
     stopped_at = motor.Position

@@ -602,3 +602,33 @@ def test_up_refuses_a_bad_configuration_before_starting_anything(cfgdir, tmp_pat
         orch.up(RunContext.create(tmp_path / "run", cfgdir), orch.UpOptions())
     assert [str(p) for p in info.value.problems] == [CLASS_PROBLEM.format(server="sample_x")]
     assert not (tmp_path / "run").exists()
+
+
+def test_up_waits_for_a_server_the_supervisor_restarts(cfgdir, tmp_path, monkeypatch, clock):
+    """A server seen without a process once (crashed while starting, about to
+    be restarted) is not reported dead; only one gone DEATH_GRACE in a row."""
+    from beamline import orchestrator as orch
+    from beamline.runtime import RunContext
+
+    config = cfg.load(cfgdir)
+    running: dict[str, int] = {}
+    monkeypatch.setattr(orch.time, "monotonic", clock)
+    monkeypatch.setattr(orch.procs, "server_pids", lambda run_dir, names: dict(running))
+    ctx = RunContext.create(tmp_path / "run", cfgdir)
+    dead = orch._dead_servers_check(ctx, config, ["Valve/valve1"])
+    pending = ["bl01/vac/valve1"]
+
+    running["valve/valve1"] = 10
+    assert dead(pending) == {}
+    clock.advance(orch.DEATH_GRACE + 0.5)
+    assert dead(pending) == {}
+    running.clear()  # crashed, well after its start ...
+    assert dead(pending) == {}
+    clock.advance(orch.DEATH_GRACE - 0.6)
+    assert dead(pending) == {}, "gone for less than the grace: waited for"
+    running["valve/valve1"] = 11  # ... restarted by the supervisor
+    clock.advance(1.0)
+    assert dead(pending) == {}
+    running.clear()
+    clock.advance(orch.DEATH_GRACE)
+    assert "server Valve/valve1 is not running" in dead(pending)["bl01/vac/valve1"]
