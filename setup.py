@@ -64,7 +64,10 @@ setup(
         "console_scripts": [
             "beamline=beamline.cli:main",
             "beamline-sim=tango_devices.simulators.__main__:main",
-            *(f"{name}={entry}" for name, (_cls, entry) in _servers().items()),
+            "beamline-forkserver=tango_devices.common.forkserver:main",
+            # each server executable is a stub that hands its start to the
+            # fork server, or runs the registry's entry point itself
+            *(f"{name}=tango_devices.common.forkserver:{name}" for name in _servers()),
         ],
     },
 )

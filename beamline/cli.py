@@ -202,6 +202,12 @@ def main(ctx: click.Context, run_dir: str | None, config_dir: str | None) -> Non
     is_flag=True,
     help="Do not write db_config to the database (another host or a loader does).",
 )
+@click.option(
+    "--no-fork-server",
+    is_flag=True,
+    help="Start every server as a process of its own from scratch, not forked from "
+    "the fork server (which has imported the device code once for all of them).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--demo-help", is_flag=True, help="Afterwards, print how to use and stop the demo.")
 @click.pass_obj
@@ -216,6 +222,7 @@ def up(
     timeout,
     host_name,
     no_config,
+    no_fork_server,
     as_json,
     demo_help,
 ) -> None:
@@ -233,6 +240,7 @@ def up(
         level_timeout=timeout,
         host=host_name,
         apply_config=not no_config,
+        fork_server=not no_fork_server,
     )
     reporter = QuietReporter() if as_json else RichReporter()
     try:

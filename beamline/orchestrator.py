@@ -10,6 +10,7 @@ Running ``up`` again starts only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -25,6 +26,7 @@ from beamline import config as cfg
 from beamline import procs, tangodb
 from beamline.runtime import RunContext, venv_bin
 from beamline.starter import Starter, StarterError
+from tango_devices.common import forkserver
 
 USER_MACROS = "user_macros"  # in the run directory: where users' own macros are written
 
@@ -44,6 +46,7 @@ class UpOptions:
     level_timeout: float = 60.0
     host: str | None = None  # act as this host (default: this machine's short name)
     apply_config: bool = True  # False: another host or a loader writes db_config
+    fork_server: bool = True  # servers forked from a pre-imported process (cheap)
 
 
 @dataclass
@@ -89,6 +92,7 @@ def check_devices(tango_host: str, devices: list[str], timeout: float = 1.0) -> 
 SUPERVISION_DIR = "supervision"  # each supervisor's view, written once a second
 VIEW_FRESH = 5.0  # s: an older view is not shown as the present
 ANSWER_FRESH = 1.0  # s: a device's last answer to the probes, in a view, counts as now
+RECENT_ANSWER = 2.0  # s: the same with the view's own age, when the database answers
 
 
 def supervisors_views(ctx: RunContext) -> list[dict[str, Any]]:
@@ -107,6 +111,29 @@ def supervisors_views(ctx: RunContext) -> list[dict[str, Any]]:
     return sorted(views, key=lambda v: v.get("supervisor") != MAIN_SUPERVISOR)  # main first
 
 
+def _recent_answers(
+    ctx: RunContext, config: cfg.BeamlineConfig, pids: dict[str, list[int]]
+) -> dict[str, DeviceCheck]:
+    """device (lower case) -> its State as the supervisors' probes heard it
+    within RECENT_ANSWER seconds (the view's own age included), for devices
+    of servers that have a process on this host now."""
+    alive = {
+        d.lower()
+        for s in config.servers.values()
+        if pids.get(s.name.lower())
+        for d in config.devices_of(s.name)
+    }
+    out: dict[str, DeviceCheck] = {}
+    for view in supervisors_views(ctx):
+        for device, seen in (view.get("devices") or {}).items():
+            age = seen.get("age")
+            if age is None or device.lower() not in alive or not seen.get("state"):
+                continue
+            if age + view["age"] <= RECENT_ANSWER:
+                out.setdefault(device.lower(), DeviceCheck(device, seen["state"]))
+    return out
+
+
 def server_env(ctx: RunContext, tango_host: str, listen: str) -> dict[str, str]:
     """The environment of the Starter, inherited by every server it starts."""
     env = dict(os.environ)
@@ -115,6 +142,11 @@ def server_env(ctx: RunContext, tango_host: str, listen: str) -> dict[str, str]:
     env["BEAMLINE_CONFIG_DIR"] = str(ctx.config_dir)
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    fork = ctx.load_state().get("forkserver", {})
+    if fork.get("socket") and procs.alive(fork.get("pid")):
+        env[forkserver.SOCKET_ENV] = fork["socket"]
+    else:
+        env.pop(forkserver.SOCKET_ENV, None)
     if listen in ("0.0.0.0", ""):
         env.pop("ORBendPoint", None)
     else:
@@ -156,6 +188,7 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     tango_host = _database(ctx, opts, report)
     sim_state = _virtual_hardware(ctx, config, opts, report)
     _configuration(ctx, config, opts, tango_host, sim_state, levels, report)
+    _fork_server(ctx, opts, tango_host, report)
     starter = _starter(ctx, opts, tango_host, host, report)
     _fresh_supervisors(ctx, config, tango_host, host)
     failures = _servers(ctx, config, opts, tango_host, starter, levels, report)
@@ -283,6 +316,51 @@ def _configuration(
             "--no-config on one host)"
         )
     report.step("configuration: not written here (--no-config): the database defines it")
+
+
+FORK_SERVER_READY = 30.0  # s for the fork server to import every device module
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, with its NUL)
+
+
+def _fork_server(ctx: RunContext, opts: UpOptions, tango_host: str, report: Reporter) -> None:
+    """The process the device servers are forked from (tango, numpy and every
+    device module imported once for all of them), unless it already runs.
+    Without it (--no-fork-server, or it failed), each server imports all that
+    itself: slower and heavier, nothing else changes."""
+    state = ctx.load_state().get("forkserver", {})
+    if not opts.fork_server:
+        if procs.alive(state.get("pid")):
+            procs.stop([state["pid"]], timeout=2.0)
+        ctx.update_state(forkserver={})
+        return
+    sock = ctx.run_dir / "forkserver.sock"
+    if procs.alive(state.get("pid")) and sock.exists():
+        report.step(f"fork server: already running (pid {state['pid']})")
+        return
+    if len(str(sock).encode()) > SOCKET_PATH_MAX:
+        report.warn(
+            f"fork server: not started, the socket path {sock} is longer than "
+            f"{SOCKET_PATH_MAX} bytes (use a shorter --run-dir); servers start on their own"
+        )
+        return
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    log = ctx.log_dir / "forkserver.log"
+    env = server_env(ctx, tango_host, opts.listen)
+    cmd = [str(venv_bin() / "beamline-forkserver"), str(sock), " " * forkserver.PAD]
+    pid = procs.spawn_detached(cmd, env, log)
+    deadline = time.monotonic() + FORK_SERVER_READY
+    while not sock.exists():
+        if not procs.alive(pid) or time.monotonic() > deadline:
+            procs.stop([pid], timeout=1.0)
+            report.warn(
+                f"fork server: did not start (see {log}); servers start on their own, "
+                "each importing its code itself"
+            )
+            return
+        time.sleep(0.05)
+    ctx.update_state(forkserver={"pid": pid, "socket": str(sock), "log": str(log)})
+    report.step(f"fork server: ready (pid {pid}), every device module imported once")
 
 
 def _starter(
@@ -560,7 +638,11 @@ def down(ctx: RunContext, report: Reporter | None = None, timeout: float = 5.0) 
         report.step(f"level {level}: stopped {', '.join(n for n in names if n.lower() in pids)}")
 
     # -- Starter, virtual hardware, database
-    for key, label in (("starter", "Starter"), ("sim", "virtual hardware")):
+    for key, label in (
+        ("starter", "Starter"),
+        ("forkserver", "fork server"),
+        ("sim", "virtual hardware"),
+    ):
         pid = state.get(key, {}).get("pid")
         if procs.alive(pid):
             if procs.stop([pid], timeout=timeout):
@@ -735,7 +817,12 @@ def status(ctx: RunContext) -> dict[str, Any]:
     pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
     all_devices = [d for s in names for d in config.devices_of(s.name)]
     if out["database"]["answers"]:
-        checks = {c.device: c for c in check_devices(tango_host, all_devices)}
+        # what the supervisors' probes heard lately counts as an answer now
+        # (asking 200 devices again, each through a new client and the
+        # database, takes seconds); the others are asked
+        checks = _recent_answers(ctx, config, pids)
+        rest = [d for d in all_devices if d.lower() not in checks]
+        checks.update({c.device.lower(): c for c in check_devices(tango_host, rest)})
     else:  # no client can find a device: what the supervisors' probes saw
         checks = {}
         for view in supervisors_views(ctx):

@@ -9,6 +9,7 @@ from bench import (
     bench_queue,
     bench_reads,
     bench_sardana,
+    bench_scale,
     bench_scaler,
     bench_startup,
 )
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "logger": bench_logger.run,
     "sardana": bench_sardana.run,
     "queue": bench_queue.run,
+    "scale": bench_scale.run,
 }
 
 

@@ -25,6 +25,7 @@ from tango_devices.supervisor.processes import ProcessLauncher
 log = logging.getLogger(__name__)
 
 EXCLUDED_SERVERS = ("Starter/", "DataBaseds/", "PyDatabaseds/")
+MAX_RETRY = 1.0  # s between two attempts to reach a device that is not up
 
 
 class _Probe:
@@ -59,10 +60,11 @@ class _Probe:
     def _run(self) -> None:
         with tango.EnsureOmniThread():
             proxy = None
+            failures = 0
             while not self.stop.is_set():
                 if self.fresh_proxy.is_set():
                     self.fresh_proxy.clear()
-                    proxy = None
+                    proxy, failures = None, 0
                 attempt = time.monotonic()
                 try:
                     if proxy is None:
@@ -74,8 +76,14 @@ class _Probe:
                         self.silent_since = None  # nothing learnt about the device itself
                     else:  # its server does not take the connection: silent since now
                         self.silent_since = self.silent_since or attempt
-                    self.stop.wait(self.period)
+                    # each new client asks the database first: a server that
+                    # is not up yet is asked less and less often (up to
+                    # MAX_RETRY), so that 200 of them starting do not flood
+                    # a database they all need
+                    failures += 1
+                    self.stop.wait(min(self.period * 2 ** (failures - 1), MAX_RETRY))
                     continue
+                failures = 0
                 answered = self._await(proxy, request, attempt)
                 if answered is None:  # the connection broke: a new process, or none
                     proxy = None

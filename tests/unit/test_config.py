@@ -177,8 +177,9 @@ def test_every_registered_server_is_an_installed_console_script():
         for ep in distribution("beamline-suite").entry_points
         if ep.group == "console_scripts"
     }
-    for server, (_cls, entry) in SERVERS.items():
-        assert scripts.get(server) == entry, server
+    for server in SERVERS:
+        assert scripts.get(server) == f"tango_devices.common.forkserver:{server}", server
+    assert scripts["beamline-forkserver"] == "tango_devices.common.forkserver:main"
 
 
 # ------------------------------------------------------------ sardana/*.yaml

@@ -1,0 +1,248 @@
+"""A whole beamline on one host, at N = 25, 50, 100 and 200 servers
+(`beamline config generate --servers N`), each run from cold:
+
+- cold start: `beamline up` until every device answers (and how many did not);
+- idle CPU over IDLE seconds, per process kind and in total (from /proc), and
+  the supervisors' share;
+- memory: PSS per process kind, in total, and per device server on average;
+- `beamline status` time;
+- crash: SIGKILL of KILLS random motor servers, each until a new client
+  answers (p50, p95);
+- hang: SIGSTOP of one motor server until a new process answers;
+- the logger: events archived per second while idle, its backlog;
+- `beamline down` time.
+
+Environment: BENCH_SCALE_N (default "25,50,100,200"), BENCH_SCALE_IDLE
+(default 30 s), BENCH_SCALE_KILLS (default 10).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import PROJECT, Bench, free_port
+
+SIZES = [int(n) for n in os.environ.get("BENCH_SCALE_N", "25,50,100,200").split(",")]
+IDLE = float(os.environ.get("BENCH_SCALE_IDLE", "30"))
+KILLS = int(os.environ.get("BENCH_SCALE_KILLS", "10"))
+
+
+def run_processes(run_dir: Path) -> dict[int, str]:
+    """pid -> kind, for every process of this run (its BEAMLINE_RUN_DIR)."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.environ().get("BEAMLINE_RUN_DIR") != str(run_dir):
+                continue
+        except (psutil.Error, OSError):
+            continue
+        out[p.info["pid"]] = kind_of(p.info["cmdline"] or [])
+    return out
+
+
+def kind_of(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    for needle, kind in (
+        ("PyDatabaseds", "database"),
+        ("beamline-sim", "simulator"),
+        ("/Starter", "Starter"),
+        ("Supervisor", "supervisors"),
+        ("DataLogger", "logger"),
+        ("ExperimentQueue", "queue"),
+        ("Sardana", "Sardana"),
+    ):
+        if needle in text:
+            return kind
+    exe = Path(cmdline[1]).name if len(cmdline) > 1 else (cmdline[0] if cmdline else "?")
+    return f"server:{exe}"
+
+
+def cpu_times(pids) -> dict[int, float]:
+    import psutil
+
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def pss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def answer(bench: Bench, device: str, deadline: float = 60.0) -> float:
+    import tango
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline:
+        try:
+            p = tango.DeviceProxy(f"tango://{bench.tango_host}/{device}")
+            p.set_timeout_millis(300)
+            p.state()
+            return time.monotonic()
+        except tango.DevFailed:
+            time.sleep(0.01)
+    raise RuntimeError(f"{device} did not answer within {deadline} s")
+
+
+def pid_of(run_dir: Path, server: str) -> int:
+    from beamline import procs
+
+    pids = procs.server_pids(run_dir, [server]).get(server.lower(), [])
+    if not pids:
+        raise RuntimeError(f"{server} is not running")
+    return pids[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def one_size(n: int, tmp: Path) -> dict:
+    from beamline import generate
+
+    config = tmp / f"config{n}"
+    spec = generate.Spec.for_servers(n)
+    generate.write(spec, PROJECT / "db_config", config, force=True)
+    bench = Bench(tmp / f"run{n}", free_port())
+    out: dict = {"servers": n}
+    try:
+        t0 = time.perf_counter()
+        up = json.loads(
+            bench.cli(
+                "--config-dir",
+                str(config),
+                "up",
+                "--port",
+                str(bench.port),
+                "--db-bind",
+                "127.0.0.1",
+                "--sim-auto-ports",
+                "--json",
+                check=False,
+            ).stdout
+            or "{}"
+        )
+        out["cold_start_s"] = time.perf_counter() - t0
+        out["not_answering"] = len(up.get("failures", [])) if up else None
+        os.environ["TANGO_HOST"] = bench.tango_host
+        time.sleep(5)  # let the start-up settle before measuring idle
+        procs = run_processes(bench.run_dir)
+        before = cpu_times(procs)
+        time.sleep(IDLE)
+        after = cpu_times(procs)
+        by_kind: dict[str, float] = defaultdict(float)
+        pss: dict[str, float] = defaultdict(float)
+        count: dict[str, int] = defaultdict(int)
+        for pid, kind in procs.items():
+            if pid in before and pid in after:
+                by_kind[kind] += (after[pid] - before[pid]) / IDLE * 100
+            pss[kind] += pss_mib(pid)
+            count[kind] += 1
+        servers = [k for k in by_kind if k.startswith("server:")]
+        out["idle_cpu_total_pct"] = sum(by_kind.values())
+        out["idle_cpu_supervisors_pct"] = by_kind.get("supervisors", 0.0)
+        out["idle_cpu_servers_pct"] = sum(by_kind[k] for k in servers)
+        out["idle_cpu_by_kind_pct"] = dict(sorted(by_kind.items()))
+        out["pss_total_mib"] = sum(pss.values())
+        n_servers = sum(count[k] for k in servers)
+        out["pss_per_device_server_mib"] = sum(pss[k] for k in servers) / max(1, n_servers)
+        out["pss_by_kind_mib"] = {k: round(v) for k, v in sorted(pss.items())}
+        t0 = time.perf_counter()
+        bench.cli("--config-dir", str(config), "status", "--json", check=False)
+        out["status_s"] = time.perf_counter() - t0
+        motors = [f"m{i:03d}" for i in range(1, spec.motors - 4)] or ["sample_x"]
+        mttr = []
+        for name in random.Random(n).sample(motors, min(KILLS, len(motors))):
+            pid = pid_of(bench.run_dir, f"Motor/{name}")
+            t_kill = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+            mttr.append(answer(bench, f"bl01/mot/{name}") - t_kill)
+            time.sleep(1.0)
+        out["crash_to_answer_p50_s"] = statistics.median(mttr)
+        out["crash_to_answer_p95_s"] = percentile(mttr, 0.95)
+        name = motors[-1]
+        pid = pid_of(bench.run_dir, f"Motor/{name}")
+        t_stop = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        deadline = t_stop + 60
+        while time.monotonic() < deadline:
+            try:
+                if pid_of(bench.run_dir, f"Motor/{name}") != pid:
+                    break
+            except RuntimeError:
+                pass
+            time.sleep(0.05)
+        out["hang_to_answer_s"] = answer(bench, f"bl01/mot/{name}") - t_stop
+        logger = bench.proxy("bl01/sys/logger")
+        written = [logger.read_attribute("EventsWritten").value]
+        time.sleep(10)
+        written.append(logger.read_attribute("EventsWritten").value)
+        out["logger_events_per_s"] = (written[1] - written[0]) / 10
+        out["logger_backlog"] = logger.read_attribute("Backlog").value
+    finally:
+        t0 = time.perf_counter()
+        bench.cli("down", check=False)
+        out["down_s"] = time.perf_counter() - t0
+        os.environ.pop("TANGO_HOST", None)
+    return out
+
+
+ROWS = [
+    ("servers", "servers", "{:.0f}"),
+    ("cold start (s)", "cold_start_s", "{:.1f}"),
+    ("not answering after up", "not_answering", "{}"),
+    ("idle CPU, total (% of a core)", "idle_cpu_total_pct", "{:.0f}"),
+    ("idle CPU, device servers", "idle_cpu_servers_pct", "{:.0f}"),
+    ("idle CPU, supervisors", "idle_cpu_supervisors_pct", "{:.1f}"),
+    ("PSS total (MiB)", "pss_total_mib", "{:.0f}"),
+    ("PSS per device server (MiB)", "pss_per_device_server_mib", "{:.1f}"),
+    ("beamline status (s)", "status_s", "{:.1f}"),
+    ("crash -> answering p50 (s)", "crash_to_answer_p50_s", "{:.2f}"),
+    ("crash -> answering p95 (s)", "crash_to_answer_p95_s", "{:.2f}"),
+    ("hang (SIGSTOP) -> answering (s)", "hang_to_answer_s", "{:.1f}"),
+    ("logger events/s (idle)", "logger_events_per_s", "{:.0f}"),
+    ("logger backlog", "logger_backlog", "{}"),
+    ("beamline down (s)", "down_s", "{:.1f}"),
+]
+
+
+def run() -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        for n in SIZES:
+            print(f"-- N = {n}", flush=True)
+            try:
+                results.append(one_size(n, Path(tmp)))
+            except Exception as exc:  # noqa: BLE001 - a size that fails is reported
+                print(f"N = {n} failed: {exc}", flush=True)
+                results.append({"servers": n, "error": str(exc)})
+            print(json.dumps(results[-1], indent=1), flush=True)
+    print("| " + " | ".join(["measure", *(str(r["servers"]) for r in results)]) + " |")
+    print("| " + " | ".join(["---"] * (len(results) + 1)) + " |")
+    for label, key, fmt in ROWS[1:]:
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "-" for r in results]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    return results
