@@ -13,7 +13,9 @@
 - `beamline down` time.
 
 Environment: BENCH_SCALE_N (default "25,50,100,200"), BENCH_SCALE_IDLE
-(default 30 s), BENCH_SCALE_KILLS (default 10).
+(default 30 s), BENCH_SCALE_KILLS (default 10), BENCH_SCALE_FORK ("1": servers
+forked from the fork server, the default of `up`; "0": `--no-fork-server`;
+"both": each size both ways, the reference in the same run).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import os
 import random
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -33,6 +37,7 @@ from bench.common import PROJECT, Bench, free_port
 SIZES = [int(n) for n in os.environ.get("BENCH_SCALE_N", "25,50,100,200").split(",")]
 IDLE = float(os.environ.get("BENCH_SCALE_IDLE", "30"))
 KILLS = int(os.environ.get("BENCH_SCALE_KILLS", "10"))
+FORK = {"1": [True], "0": [False], "both": [True, False]}[os.environ.get("BENCH_SCALE_FORK", "1")]
 
 
 def run_processes(run_dir: Path) -> dict[int, str]:
@@ -54,6 +59,7 @@ def kind_of(cmdline: list[str]) -> str:
     text = " ".join(cmdline)
     for needle, kind in (
         ("PyDatabaseds", "database"),
+        ("beamline-forkserver", "fork server"),
         ("beamline-sim", "simulator"),
         ("/Starter", "Starter"),
         ("Supervisor", "supervisors"),
@@ -119,14 +125,14 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def one_size(n: int, tmp: Path) -> dict:
+def one_size(n: int, tmp: Path, fork: bool) -> dict:
     from beamline import generate
 
     config = tmp / f"config{n}"
     spec = generate.Spec.for_servers(n)
     generate.write(spec, PROJECT / "db_config", config, force=True)
-    bench = Bench(tmp / f"run{n}", free_port())
-    out: dict = {"servers": n}
+    bench = Bench(tmp / f"run{n}{'' if fork else '-nofork'}", free_port())
+    out: dict = {"servers": n, "fork_server": fork}
     try:
         t0 = time.perf_counter()
         up = json.loads(
@@ -140,6 +146,7 @@ def one_size(n: int, tmp: Path) -> dict:
                 "127.0.0.1",
                 "--sim-auto-ports",
                 "--json",
+                *([] if fork else ["--no-fork-server"]),
                 check=False,
             ).stdout
             or "{}"
@@ -147,6 +154,12 @@ def one_size(n: int, tmp: Path) -> dict:
         out["cold_start_s"] = time.perf_counter() - t0
         out["not_answering"] = len(up.get("failures", [])) if up else None
         os.environ["TANGO_HOST"] = bench.tango_host
+        procs = run_processes(bench.run_dir)
+        started = cpu_times(procs)  # every process of the run is new: its start cost
+        out["start_cpu_s"] = sum(started.values())
+        out["start_cpu_per_server_s"] = sum(
+            t for pid, t in started.items() if procs[pid].startswith("server:")
+        ) / max(1, sum(1 for k in procs.values() if k.startswith("server:")))
         time.sleep(5)  # let the start-up settle before measuring idle
         procs = run_processes(bench.run_dir)
         before = cpu_times(procs)
@@ -196,6 +209,21 @@ def one_size(n: int, tmp: Path) -> dict:
                 pass
             time.sleep(0.05)
         out["hang_to_answer_s"] = answer(bench, f"bl01/mot/{name}") - t_stop
+        gui = subprocess.run(
+            [sys.executable, "-m", "bench.gui_open", "90"],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT,
+            env={**os.environ, "TANGO_HOST": bench.tango_host},
+            timeout=300,
+        )
+        try:
+            opened = json.loads(gui.stdout.strip().splitlines()[-1])
+            out["gui_window_s"] = opened["window_s"]
+            out["gui_all_states_s"] = opened["all_states_s"]
+            out["gui_tiles_without_state"] = opened["without_state"]
+        except (ValueError, IndexError, KeyError):
+            out["gui_error"] = (gui.stdout + gui.stderr)[-2000:]
         logger = bench.proxy("bl01/sys/logger")
         written = [logger.read_attribute("EventsWritten").value]
         time.sleep(10)
@@ -212,7 +240,10 @@ def one_size(n: int, tmp: Path) -> dict:
 
 ROWS = [
     ("servers", "servers", "{:.0f}"),
+    ("fork server", "fork_server", "{}"),
     ("cold start (s)", "cold_start_s", "{:.1f}"),
+    ("CPU to start, all processes (s)", "start_cpu_s", "{:.0f}"),
+    ("CPU to start, per device server (s)", "start_cpu_per_server_s", "{:.2f}"),
     ("not answering after up", "not_answering", "{}"),
     ("idle CPU, total (% of a core)", "idle_cpu_total_pct", "{:.0f}"),
     ("idle CPU, device servers", "idle_cpu_servers_pct", "{:.0f}"),
@@ -223,6 +254,8 @@ ROWS = [
     ("crash -> answering p50 (s)", "crash_to_answer_p50_s", "{:.2f}"),
     ("crash -> answering p95 (s)", "crash_to_answer_p95_s", "{:.2f}"),
     ("hang (SIGSTOP) -> answering (s)", "hang_to_answer_s", "{:.1f}"),
+    ("GUI: window open (s)", "gui_window_s", "{:.1f}"),
+    ("GUI: every tile's state shown (s)", "gui_all_states_s", "{:.1f}"),
     ("logger events/s (idle)", "logger_events_per_s", "{:.0f}"),
     ("logger backlog", "logger_backlog", "{}"),
     ("beamline down (s)", "down_s", "{:.1f}"),
@@ -233,13 +266,14 @@ def run() -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for n in SIZES:
-            print(f"-- N = {n}", flush=True)
-            try:
-                results.append(one_size(n, Path(tmp)))
-            except Exception as exc:  # noqa: BLE001 - a size that fails is reported
-                print(f"N = {n} failed: {exc}", flush=True)
-                results.append({"servers": n, "error": str(exc)})
-            print(json.dumps(results[-1], indent=1), flush=True)
+            for fork in FORK:
+                print(f"-- N = {n}, fork server: {fork}", flush=True)
+                try:
+                    results.append(one_size(n, Path(tmp), fork))
+                except Exception as exc:  # noqa: BLE001 - a size that fails is reported
+                    print(f"N = {n} failed: {exc}", flush=True)
+                    results.append({"servers": n, "fork_server": fork, "error": str(exc)})
+                print(json.dumps(results[-1], indent=1), flush=True)
     print("| " + " | ".join(["measure", *(str(r["servers"]) for r in results)]) + " |")
     print("| " + " | ".join(["---"] * (len(results) + 1)) + " |")
     for label, key, fmt in ROWS[1:]:

@@ -21,6 +21,9 @@ HIDDEN_COMMANDS = frozenset({"Init", "State", "Status", "TestCrash", "TestHang"}
 HIDDEN_ATTRIBUTES = frozenset({"State", "Status", "CommandStates", "Image", "Report", "Items"})
 
 
+GRID_OVER = 12  # a section of more devices: a grid below the beam, forms on demand
+
+
 @dataclass(frozen=True)
 class Section:
     """One stop along the beam in the overview, with its devices in order."""
@@ -36,14 +39,21 @@ class Layout:
     missing: list[str] = field(default_factory=list)  # in the layout, not in the database
 
 
-def layout(sections: Sequence[Section], existing: Iterable[str], other: str = "Other") -> Layout:
+def layout(
+    sections: Sequence[Section],
+    existing: Iterable[str] | Mapping[str, str],
+    other: str = "Other",
+) -> Layout:
     """The configured ``sections`` restricted to the ``existing`` devices.
 
     A configured device the database does not know is left out (and named in
     ``missing``); a device of the database that no section names goes into a
     last section ``other``, so that a device added to db_config shows up in
-    the overview without editing the GUI. Names compare case-insensitively,
-    as Tango's do."""
+    the overview without editing the GUI. When ``existing`` maps each device
+    to its class, those devices are grouped by class instead ("Motor (160)"):
+    a beamline of 200 devices stays readable. Names compare
+    case-insensitively, as Tango's do."""
+    classes = dict(existing) if isinstance(existing, Mapping) else {}
     known = {d.lower(): d for d in existing}
     placed: set[str] = set()
     result: list[Section] = []
@@ -60,7 +70,13 @@ def layout(sections: Sequence[Section], existing: Iterable[str], other: str = "O
         if kept:
             result.append(Section(section.title, tuple(kept), section.note))
     rest = sorted(name for key, name in known.items() if key not in placed)
-    if rest:
+    if rest and classes:
+        groups: dict[str, list[str]] = {}
+        for name in rest:
+            groups.setdefault(classes.get(name) or other, []).append(name)
+        for klass in sorted(groups):
+            result.append(Section(f"{klass} ({len(groups[klass])})", tuple(groups[klass])))
+    elif rest:
         result.append(Section(other, tuple(rest)))
     return Layout(result, missing)
 

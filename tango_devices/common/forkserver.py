@@ -39,7 +39,7 @@ from tango_devices.registry import SERVERS
 
 SOCKET_ENV = "BEAMLINE_FORKSERVER"  # the socket's path; unset: no fork server
 PAD = 1024  # bytes of padding in the fork server's command line: room for its children's
-HANDOFF_TIMEOUT = 5.0  # s the stub waits for the fork server's answer
+HANDOFF_TIMEOUT = 15.0  # s the stub waits for the fork server (then starts the server itself)
 _MAX_MESSAGE = 1 << 20
 PR_SET_NAME, PR_SET_MM, PR_SET_MM_ARG_END = 15, 35, 9  # <linux/prctl.h>
 
@@ -104,7 +104,7 @@ def serve(path: str) -> None:
     tmp = f"{path}.{os.getpid()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(tmp)
-    listener.listen(64)
+    listener.listen(1024)  # 200 servers may ask at once
     os.replace(tmp, path)
     print(f"fork server ready on {path} (pid {os.getpid()})", flush=True)
     try:
@@ -119,10 +119,30 @@ def serve(path: str) -> None:
         listener.close()
 
 
+#: child pid -> (its server, a copy of its stderr): how it ended goes to its log
+_CHILDREN: dict[int, tuple[str, int]] = {}
+
+
 def _reap(*_args) -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+    """Collect ended children; say in each one's own log how it ended (its
+    parent is the fork server: nobody else can know its exit status)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        server, fd = _CHILDREN.pop(pid, ("?", -1))
+        if fd < 0:
+            continue
+        if os.WIFSIGNALED(status):
+            how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        else:
+            how = f"exit code {os.waitstatus_to_exitcode(status)}"
+        with contextlib.suppress(OSError):
+            os.write(fd, f"[fork server] {server} (pid {pid}) ended: {how}\n".encode())
+        os.close(fd)
 
 
 def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
@@ -137,10 +157,16 @@ def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            os.close(ready_r)
-            _child(request, fds, ready_w, (conn, listener))
+        # SIGCHLD waits until the child is registered (it could end at once)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os.close(ready_r)
+                _child(request, fds, ready_w, (conn, listener))
+            _CHILDREN[pid] = (f"{server} {' '.join(request['argv'][1:2])}", os.dup(fds[2]))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         os.close(ready_w)
         with os.fdopen(ready_r, "rb") as ready:
             ok = ready.read(1) == b"1"  # the child looks like the stub now
@@ -160,8 +186,13 @@ def _child(request: dict, fds: list[int], ready_w: int, sockets) -> None:
     try:
         for sock in sockets:
             sock.close()
+        for _server, fd in _CHILDREN.values():  # the other children's log copies
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _CHILDREN.clear()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         os.setsid()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)

@@ -15,13 +15,15 @@ Panels (tabs), created in this order:
 - Sardana's macro executor, sequencer and door output (MACROSERVER_NAME)
 
 The overview's layout along the beam is ``SECTIONS`` below; devices of the
-database that no section names appear in a last "Other" section.
+database that no section names appear after them, grouped by class ("Motor
+(160)"); a group of more than ``GRID_OVER`` devices is a grid of tiles, and
+its devices' forms open on demand (a click on a tile) instead of as panels.
 """
 
 from taurus.qt.qtgui.taurusgui.utils import PanelDescription
 
 from taurus_gui.discovery import SARDANA_CLASSES, discover, trl
-from taurus_gui.model import Section, layout
+from taurus_gui.model import GRID_OVER, Section, layout
 
 GUI_NAME = "BL01"
 ORGANIZATION = "beamline-suite"
@@ -57,7 +59,7 @@ SECTIONS = [
 ]
 
 _found = discover("bl01")
-_layout = layout(SECTIONS, _found.devices)
+_layout = layout(SECTIONS, _found.devices)  # the rest grouped by class
 
 # Sardana's macro panels (macro executor, sequencer, door output) on the Door
 if _found.macroserver:
@@ -110,9 +112,14 @@ p41_pressure = PanelDescription(
     "Pressure", classname="taurus_pyqtgraph:TaurusTrend", model=[trl(f"{GAUGE}/Pressure")]
 )
 
-# one state-aware form per device (Sardana's own devices have their panels)
+# one state-aware form per device (Sardana's own devices have their panels;
+# the devices of large groups get theirs on demand, from the overview)
 for _i, _device in enumerate(
-    d for s in _layout.sections for d in s.devices if _found.devices[d] not in SARDANA_CLASSES
+    d
+    for s in _layout.sections
+    if len(s.devices) <= GRID_OVER
+    for d in s.devices
+    if _found.devices[d] not in SARDANA_CLASSES
 ):
     globals()[f"p5{_i:02d}_device"] = PanelDescription(
         _device, classname="taurus_gui.widgets.device_panel:DevicePanel", model=_device

@@ -14,6 +14,9 @@ from taurus.external.qt import Qt
 from taurus_gui import model
 from taurus_gui.widgets.common import AttrWatcher, StateLabel
 
+GRID_OVER = model.GRID_OVER
+GRID_COLUMNS = 8
+
 
 class DeviceTile(Qt.QFrame):
     """The device's short name (a button opening its panel) over its state."""
@@ -93,7 +96,15 @@ class BeamlineOverview(Qt.QWidget):
         # device -> panel to raise when its tile is clicked (default: the
         # panel named after the device)
         self.panels: dict[str, str] = {}
-        self._layout = Qt.QVBoxLayout(self)
+        self.forms: dict[str, Qt.QWidget] = {}  # forms opened on demand (no panel)
+        outer = Qt.QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = Qt.QScrollArea()
+        scroll.setWidgetResizable(True)
+        outer.addWidget(scroll)
+        content = Qt.QWidget()
+        scroll.setWidget(content)
+        self._layout = Qt.QVBoxLayout(content)
 
     def setModel(self, _model=None, **kwargs) -> None:
         self.build()
@@ -102,24 +113,28 @@ class BeamlineOverview(Qt.QWidget):
         return ""
 
     def build(self) -> None:
+        along = [s for s in self.sections if len(s.devices) <= GRID_OVER]
+        grids = [s for s in self.sections if len(s.devices) > GRID_OVER]
         beam = Qt.QHBoxLayout()
         beam.addWidget(_arrow_label("source"))
-        for index, section in enumerate(self.sections):
+        for index, section in enumerate(along):
             if index:
                 beam.addWidget(_arrow_label(""))
-            box = Qt.QGroupBox(section.title)
-            if section.note:
-                box.setToolTip(section.note)
+            box = self._box(section)
             column = Qt.QVBoxLayout(box)
             for device in section.devices:
-                tile = DeviceTile(device, box)
-                tile.clicked.connect(self.open_panel)
-                self.tiles[device] = tile
-                column.addWidget(tile)
+                column.addWidget(self._tile(device, box))
             column.addStretch(1)
             beam.addWidget(box)
         beam.addStretch(1)
         self._layout.addLayout(beam)
+        # the large groups (a beamline's 160 motors) below, in rows of tiles
+        for section in grids:
+            box = self._box(section)
+            grid = Qt.QGridLayout(box)
+            for i, device in enumerate(section.devices):
+                grid.addWidget(self._tile(device, box), i // GRID_COLUMNS, i % GRID_COLUMNS)
+            self._layout.addWidget(box)
 
         status = Qt.QGroupBox("Interlocks and health")
         lines = Qt.QVBoxLayout(status)
@@ -152,15 +167,41 @@ class BeamlineOverview(Qt.QWidget):
         self._layout.addWidget(status)
         self._layout.addStretch(1)
 
+    def _box(self, section: model.Section) -> Qt.QGroupBox:
+        box = Qt.QGroupBox(section.title)
+        if section.note:
+            box.setToolTip(section.note)
+        return box
+
+    def _tile(self, device: str, parent: Qt.QWidget) -> DeviceTile:
+        tile = DeviceTile(device, parent)
+        tile.clicked.connect(self.open_panel)
+        self.tiles[device] = tile
+        return tile
+
     def open_panel(self, device: str) -> None:
         """Raise the device's panel (panels are named after their device,
-        unless ``panels`` names another one)."""
+        unless ``panels`` names another one); a device without a panel (one
+        of a large group) gets its form in a window of its own, made on the
+        first click."""
         # the TaurusGui: an ancestor (also while this panel floats)
         holder = self.parent()
         while holder is not None and not hasattr(holder, "setFocusToPanel"):
             holder = holder.parent()
-        if holder is not None:
-            holder.setFocusToPanel(self.panels.get(device, device))
+        name = self.panels.get(device, device)
+        if holder is not None and name in holder.getPanelNames():
+            holder.setFocusToPanel(name)
+            return
+        form = self.forms.get(device)
+        if form is None:
+            from taurus_gui.widgets.device_panel import DevicePanel
+
+            form = DevicePanel()
+            form.setWindowTitle(device)
+            form.setModel(device)
+            self.forms[device] = form
+        form.show()
+        form.raise_()
 
 
 def _arrow_label(text: str) -> Qt.QLabel:

@@ -295,16 +295,24 @@ def test_mirror_pitch_steers_the_spot_on_the_camera(dev):
     dev.shutter.Open()
     wait_state(dev.shutter, S.OPEN)
     start = dev.pitch.Position
+
+    def snap() -> float:
+        """The centroid of a frame taken now (not of the one before it)."""
+        before = dev.cam.FrameCounter
+        dev.cam.Snap()
+        wait_until(
+            lambda: dev.cam.FrameCounter > before and dev.cam.state() == S.ON,
+            10,
+            "the new frame",
+        )
+        return dev.cam.CentroidX
+
     try:
         dev.cam.ExposureTime = 0.02
-        dev.cam.Snap()
-        wait_state(dev.cam, S.ON)
-        x0 = dev.cam.CentroidX
+        x0 = snap()
         dev.pitch.Position = start + 0.2
         wait_state(dev.pitch, S.ON)
-        dev.cam.Snap()
-        wait_state(dev.cam, S.ON)
-        x1 = dev.cam.CentroidX
+        x1 = snap()
         assert x1 - x0 == pytest.approx(60.0 * 0.2, abs=2.0)  # pitch_to_pixels = 60 px/mrad
     finally:
         dev.pitch.Position = start

@@ -288,6 +288,38 @@ def test_overview_tile_opens_the_panel(gui, qtbot, monkeypatch):
     assert all(gui.getPanel(name) is not None for name in raised)
 
 
+def test_a_large_group_is_a_grid_whose_tiles_open_forms_on_demand(gui, qtbot, beamline):
+    """A group of more devices than GRID_OVER (a real beamline's motors): rows
+    of tiles below the beam, inside a scroll area, and no panel per device: a
+    click opens the device's form in a window of its own."""
+    from taurus.external.qt import Qt
+
+    from taurus_gui.model import GRID_OVER, Section
+    from taurus_gui.widgets.overview import GRID_COLUMNS, BeamlineOverview
+
+    devices = tuple(panel(gui, "Overview").tiles)
+    assert len(devices) > GRID_OVER
+    overview = BeamlineOverview()
+    overview.sections = [Section(f"Many ({len(devices)})", devices)]
+    overview.setModel("overview")
+    qtbot.addWidget(overview)
+    overview.show()
+    assert overview.findChild(Qt.QScrollArea) is not None
+    box = overview.findChild(Qt.QGroupBox)
+    grid = box.layout()
+    assert isinstance(grid, Qt.QGridLayout) and grid.columnCount() == GRID_COLUMNS
+    assert grid.rowCount() == -(-len(devices) // GRID_COLUMNS)
+    qtbot.waitUntil(lambda: overview.tiles[MOTOR].state.state == "ON", timeout=TIMEOUT * 1000)
+
+    overview.tiles[MOTOR].button.click()  # no TaurusGui around it: a window
+    form = overview.forms[MOTOR]
+    assert form.isVisible() and form.windowTitle() == MOTOR
+    qtbot.waitUntil(lambda: form.state == "ON" and form.form is not None, timeout=TIMEOUT * 1000)
+    overview.tiles[MOTOR].button.click()  # the same window again, raised
+    assert list(overview.forms) == [MOTOR]
+    form.close()
+
+
 def test_killed_server_shows_failed_then_recovered(gui, qtbot, beamline):
     sup = panel(gui, "Supervisor")
     overview = gui.getPanel("Overview").widget()

@@ -146,3 +146,14 @@ def test_status_line_texts():
     assert model.interlock_text(False) == "clear"
     assert model.or_none("") == "none" and model.or_none(None) == "none"
     assert model.or_none(" vacuum bad ") == "vacuum bad"
+
+
+def test_layout_groups_unplaced_devices_by_class_when_classes_are_known():
+    """A beamline of 200 devices: the ones no section names, grouped by class."""
+    existing = {f"bl01/mot/m{i:03d}": "Motor" for i in range(1, 161)}
+    existing |= {"bl01/ct/s1": "Scaler", "bl01/mot/slit_h": "Motor", "bl01/x/y": ""}
+    result = model.layout([Section("Slits", ("bl01/mot/slit_h",))], existing)
+    assert [s.title for s in result.sections] == ["Slits", "Motor (160)", "Other (1)", "Scaler (1)"]
+    assert result.sections[1].devices[:2] == ("bl01/mot/m001", "bl01/mot/m002")
+    assert "bl01/mot/slit_h" not in result.sections[1].devices
+    assert len(result.sections[1].devices) > model.GRID_OVER
