@@ -186,12 +186,21 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     report = report or Reporter()
     config, host, levels = _plan(ctx, opts, report)
     tango_host = _database(ctx, opts, report)
+    # the fork server's imports and the Starter's own start-up (~5 s, most of
+    # it asleep) run while the virtual hardware starts and db_config is written
+    fork_server_ready = _fork_server(ctx, opts, tango_host, report)
+    starter_ready = _starter(ctx, opts, tango_host, host, report)
     sim_state = _virtual_hardware(ctx, config, opts, report)
     _configuration(ctx, config, opts, tango_host, sim_state, levels, report)
-    _fork_server(ctx, opts, tango_host, report)
-    starter = _starter(ctx, opts, tango_host, host, report)
+    fork_server_ready()
     _fresh_supervisors(ctx, config, tango_host, host)
-    failures = _servers(ctx, config, opts, tango_host, starter, levels, report)
+    # the servers are started meanwhile, as the Starter would start them: it
+    # finds them by their command line and manages them once it answers
+    # (and reads its servers, which the supervisors then take from it)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starter = pool.submit(starter_ready)
+        failures = _servers(ctx, config, opts, tango_host, levels, report)
+        starter.result()
     result_state = ctx.load_state()
     result_state["failures"] = [
         {
@@ -322,60 +331,79 @@ FORK_SERVER_READY = 30.0  # s for the fork server to import every device module
 SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, with its NUL)
 
 
-def _fork_server(ctx: RunContext, opts: UpOptions, tango_host: str, report: Reporter) -> None:
+def _nothing() -> None:
+    return None
+
+
+def _fork_server(
+    ctx: RunContext, opts: UpOptions, tango_host: str, report: Reporter
+) -> Callable[[], None]:
     """The process the device servers are forked from (tango, numpy and every
-    device module imported once for all of them), unless it already runs.
-    Without it (--no-fork-server, or it failed), each server imports all that
-    itself: slower and heavier, nothing else changes."""
+    device module imported once for all of them), started unless it already
+    runs; returns what waits until it is ready. Without it (--no-fork-server,
+    or it failed), each server imports all that itself: slower and heavier,
+    nothing else changes."""
     state = ctx.load_state().get("forkserver", {})
     if not opts.fork_server:
         if procs.alive(state.get("pid")):
             procs.stop([state["pid"]], timeout=2.0)
         ctx.update_state(forkserver={})
-        return
+        return _nothing
     sock = ctx.run_dir / "forkserver.sock"
     if procs.alive(state.get("pid")) and sock.exists():
         report.step(f"fork server: already running (pid {state['pid']})")
-        return
+        return _nothing
     if len(str(sock).encode()) > SOCKET_PATH_MAX:
         report.warn(
             f"fork server: not started, the socket path {sock} is longer than "
             f"{SOCKET_PATH_MAX} bytes (use a shorter --run-dir); servers start on their own"
         )
-        return
+        ctx.update_state(forkserver={})
+        return _nothing
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log = ctx.log_dir / "forkserver.log"
     env = server_env(ctx, tango_host, opts.listen)
     cmd = [str(venv_bin() / "beamline-forkserver"), str(sock), " " * forkserver.PAD]
     pid = procs.spawn_detached(cmd, env, log)
-    deadline = time.monotonic() + FORK_SERVER_READY
-    while not sock.exists():
-        if not procs.alive(pid) or time.monotonic() > deadline:
-            procs.stop([pid], timeout=1.0)
-            report.warn(
-                f"fork server: did not start (see {log}); servers start on their own, "
-                "each importing its code itself"
-            )
-            return
-        time.sleep(0.05)
+    # known at once: the Starter started next hands it to every server
     ctx.update_state(forkserver={"pid": pid, "socket": str(sock), "log": str(log)})
-    report.step(f"fork server: ready (pid {pid}), every device module imported once")
+    deadline = time.monotonic() + FORK_SERVER_READY
+
+    def ready() -> None:
+        while not sock.exists():
+            if not procs.alive(pid) or time.monotonic() > deadline:
+                procs.stop([pid], timeout=1.0)
+                ctx.update_state(forkserver={})
+                report.warn(
+                    f"fork server: did not start (see {log}); servers start on their own, "
+                    "each importing its code itself"
+                )
+                return
+            time.sleep(0.05)
+        report.step(f"fork server: ready (pid {pid}), every device module imported once")
+
+    return ready
 
 
 def _starter(
     ctx: RunContext, opts: UpOptions, tango_host: str, host: str, report: Reporter
-) -> Starter:
+) -> Callable[[], Starter]:
     """This host's Starter: registered, and started unless it already runs
-    (refused if a Starter of another run serves this host)."""
+    (refused if a Starter of another run serves this host); returns what
+    waits until it answers and has read its servers from the database."""
     bin_dir = venv_bin()
     starter = Starter(tango_host, host)
     starter.register(bin_dir, ctx.log_dir)
     st = ctx.load_state().get("starter", {})
     if procs.alive(st.get("pid")) and starter.answers():
-        starter.update_servers_info()
-        report.step(f"Starter: {starter.device} already running (pid {st['pid']})")
-        return starter
+
+        def running() -> Starter:
+            starter.update_servers_info()
+            report.step(f"Starter: {starter.device} already running (pid {st['pid']})")
+            return starter
+
+        return running
     foreign = [p for p in procs.find_processes(None, [starter.server]) if p.pid != st.get("pid")]
     if foreign:
         raise UpError(
@@ -385,10 +413,16 @@ def _starter(
         )
     log = ctx.log_dir / "starter.log"
     pid = starter.start_process(server_env(ctx, tango_host, opts.listen), log)
-    starter.wait_ready(30.0, pid=pid, log=log)
     ctx.update_state(starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)})
-    report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
-    return starter
+
+    def started() -> Starter:
+        starter.wait_ready(30.0, pid=pid, log=log)
+        # it started before db_config was written: its servers, read again
+        starter.update_servers_info()
+        report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")
+        return starter
+
+    return started
 
 
 def _servers(
@@ -396,12 +430,17 @@ def _servers(
     config: cfg.BeamlineConfig,
     opts: UpOptions,
     tango_host: str,
-    starter: Starter,
     levels: dict[int, list[cfg.ServerInfo]],
     report: Reporter,
 ) -> list[DeviceCheck]:
     """Every server not yet running, level by level: a level's servers all at
-    once, then wait until its devices answer. Returns the devices that did not."""
+    once, then wait until its devices answer. Returns the devices that did not.
+
+    Each is started exactly as the Starter starts it (its executable from the
+    Starter's StartDsPath with the instance as argument, the Starter's
+    environment, output appended to the Starter's log file for it), without
+    waiting for the Starter: its own start-up takes ~5 s (mostly asleep)."""
+    env = server_env(ctx, tango_host, opts.listen)
     failures: list[DeviceCheck] = []
     for level, servers in levels.items():
         devices = [d for s in servers for d in config.devices_of(s.name)]
@@ -412,11 +451,11 @@ def _servers(
             if s.name.lower() in running:
                 continue
             try:
-                starter.start_server(
-                    s.name, lambda n=s.name: bool(procs.server_pids(ctx.run_dir, [n]))
+                procs.spawn_detached(
+                    [str(venv_bin() / s.executable), s.instance], env, ctx.server_log(s.name)
                 )
-            except StarterError as exc:
-                report.warn(str(exc))
+            except OSError as exc:
+                report.warn(f"could not start {s.name}: {exc}")
         checks = _wait_devices(
             tango_host,
             devices,

@@ -34,6 +34,8 @@ from tango_devices.supervisor.tango_backends import (
 
 log = logging.getLogger(__name__)
 
+BLIND_RETRY = 0.5  # s between reads of the server list while there is none
+
 SPECTRUM = 256
 
 
@@ -126,8 +128,9 @@ class Supervisor(BeamlineDevice):
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_refresh:
-                    next_refresh = now + self.RefreshPeriod
-                    self._refresh()
+                    # no list yet (the Starter is still starting): ask again soon
+                    known = self._refresh() or self.logic.records
+                    next_refresh = now + (self.RefreshPeriod if known else BLIND_RETRY)
                 if self.logic.machine.state is not State.FAULT or self.logic.records:
                     with self._lock:
                         self.logic.step()
@@ -141,7 +144,8 @@ class Supervisor(BeamlineDevice):
                     self._write_view()
                 self._watcher.wait(self.StepPeriod)
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
+        """Read this host's servers from its Starter; False if it could not."""
         try:
             specs = host_servers(self._starter, self._own, self.Supervise)
         except tango.DevFailed as exc:
@@ -149,18 +153,19 @@ class Supervisor(BeamlineDevice):
                 # the servers it knows are still watched and healed (processes
                 # and devices need no database); the list is read again later
                 log.warning("cannot refresh the server list: %s", exc.args[0].desc.strip())
-                return
+                return False
             self.logic.blind(
                 f"Cannot read the servers of host {self._host} from {self._starter.device}: "
-                f"{exc.args[0].desc.strip()}. Retrying every {self.RefreshPeriod:g} s."
+                f"{exc.args[0].desc.strip()}. Retrying every {BLIND_RETRY:g} s."
             )
             self.logic.machine.notify()
-            return
+            return False
         with self._lock:
             known = {r.name.lower() for r in self.logic.records.values()}
             if {s.name.lower() for s in specs} != known or not known:
                 self.logic.set_servers(specs, self._expected)
                 self._dirty = True
+        return bool(specs)
 
     def _mark_dirty(self) -> None:
         self._dirty = True

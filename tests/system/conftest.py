@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tango
 
-from tests.helpers import wait_until
+from tests.helpers import poll_until, wait_until
 
 QUEUE = "bl01/sys/queue"
 
@@ -71,17 +71,24 @@ class Events:
         self.proxy.unsubscribe_event(self.id)
 
 
-def reset_queue(q) -> None:
-    """Back to an idle, empty queue (best effort: also after a failed test)."""
-    try:
-        if q.QueueState == "paused":
-            q.Resume()
-        q.Stop()
-        if q.RunningItem:
-            q.AbortMacro(json.dumps({"timeout": 5}))
+def reset_queue(q, timeout: float = 60.0) -> None:
+    """Back to an idle, empty queue (best effort: also after a failed test).
+    Each step is tried on its own, and the queue is cleared until it is empty
+    and nothing runs (an abort Sardana does not end takes a restart of the
+    Door's server, during which the queue's item is still running)."""
+    for step in (
+        lambda: q.QueueState == "paused" and q.Resume(),
+        q.Stop,
+        lambda: q.RunningItem and q.AbortMacro(json.dumps({"timeout": 5})),
+    ):
+        with contextlib.suppress(tango.DevFailed):
+            step()
+
+    def cleared() -> bool:
         q.Clear()
-    except tango.DevFailed:
-        pass
+        return json.loads(q.Items) == [] and not q.RunningItem
+
+    poll_until(cleared, timeout, interval=0.2)
 
 
 @pytest.fixture(scope="module")
