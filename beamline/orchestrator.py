@@ -364,7 +364,7 @@ def _fork_server(
         sock.unlink()
     log = ctx.log_dir / "forkserver.log"
     env = server_env(ctx, tango_host, opts.listen)
-    cmd = [str(venv_bin() / "beamline-forkserver"), str(sock), " " * forkserver.PAD]
+    cmd = [str(venv_bin() / "beamline-forkserver"), "--socket", str(sock), " " * forkserver.PAD]
     pid = procs.spawn_detached(cmd, env, log)
     # known at once: the Starter started next hands it to every server
     ctx.update_state(forkserver={"pid": pid, "socket": str(sock), "log": str(log)})

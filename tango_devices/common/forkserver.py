@@ -246,11 +246,14 @@ def set_process_title(cmdline: bytes, name: str) -> None:
 
 
 def main() -> None:
-    """``beamline-forkserver SOCKET [PADDING]`` (``beamline up`` starts it,
-    with :data:`PAD` spaces of padding: room for its children's command lines)."""
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: beamline-forkserver SOCKET")
-    serve(sys.argv[1])
+    """``beamline-forkserver --socket PATH [PADDING]`` (``beamline up`` starts
+    it, with :data:`PAD` spaces of padding: room for its children's command
+    lines; an option first, so that its own command line never reads as a
+    server's)."""
+    args = sys.argv[1:]
+    if len(args) < 2 or args[0] != "--socket":
+        raise SystemExit("usage: beamline-forkserver --socket PATH")
+    serve(args[1])
 
 
 def __getattr__(name: str):

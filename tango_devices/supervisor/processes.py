@@ -28,39 +28,89 @@ from tango_devices.supervisor.model import ServerSpec
 
 
 class ProcessWatcher:
+    """Finds each server's process by its command line, as the Starter does.
+
+    What a process runs is read once per process (its command line, and its
+    run directory from its environment) and kept while it lives: a scan of
+    200 servers is then a listing of /proc and a poll of the servers' pidfds
+    (a process that ended, zombie or not, no longer counts), not ~65 us of
+    /proc reads per process of the host ten times a second. A process too
+    young to be sure of is read again (a server forked by the fork server
+    takes its command line a moment after it appears)."""
+
+    YOUNG = 2.0  # s: a process younger than this is not yet known for sure
+
     def __init__(self, run_dir: str | None = None) -> None:
         self.run_dir = run_dir if run_dir is not None else os.environ.get(lifecycle.RUN_DIR_ENV)
-        self._env_cache: dict[int, str | None] = {}
+        self._known: dict[int, str | None] = {}  # pid -> server (lower case) of ours, or None
         self._pidfds: dict[int, int] = {}
+        self._boot = psutil.boot_time()
+        self._ticks = os.sysconf("SC_CLK_TCK")
 
-    def _run_dir_of(self, proc: psutil.Process) -> str | None:
-        pid = proc.pid
-        if pid not in self._env_cache:
+    def _identify(self, pid: int) -> tuple[str | None, bool]:
+        """(its server, if it is one of this run's; whether that is final)."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            return None, True  # gone already
+        # (a forked server's command line ends in padding: empty arguments)
+        args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        server = lifecycle.server_name_from_cmdline(args)
+        if server is None:
+            return None, self._age(pid) >= self.YOUNG
+        if self.run_dir:
             try:
-                self._env_cache[pid] = proc.environ().get(lifecycle.RUN_DIR_ENV)
+                run_dir = psutil.Process(pid).environ().get(lifecycle.RUN_DIR_ENV)
             except (psutil.Error, OSError):
-                self._env_cache[pid] = None
-        return self._env_cache[pid]
+                return None, False
+            if run_dir != self.run_dir:
+                return None, True
+        return server.lower(), True
+
+    def _age(self, pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            start = int(stat[stat.rindex(b")") + 2 :].split()[19]) / self._ticks  # field 22
+        except (OSError, ValueError, IndexError):
+            return self.YOUNG
+        return time.time() - (self._boot + start)
 
     def scan(self) -> dict[str, list[int]]:
+        try:
+            pids = {int(d) for d in os.listdir("/proc") if d.isdigit()}
+        except OSError:
+            pids = set()
+        for pid in [p for p in self._known if p not in pids]:
+            del self._known[pid]
+        for pid in pids - set(self._known):
+            server, final = self._identify(pid)
+            if final:
+                self._known[pid] = server
+        servers = {pid for pid, server in self._known.items() if server is not None}
+        self._watch(servers)
+        for pid in self._ended(servers):
+            self._known[pid] = None  # a zombie stays in /proc until reaped: not a server
         found: dict[str, list[int]] = {}
-        alive = set()
-        for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-            info = proc.info
-            if info["status"] == psutil.STATUS_ZOMBIE or not info["cmdline"]:
-                continue
-            server = lifecycle.server_name_from_cmdline(info["cmdline"])
-            if server is None:
-                continue
-            alive.add(info["pid"])
-            if self.run_dir and self._run_dir_of(proc) != self.run_dir:
-                continue
-            found.setdefault(server.lower(), []).append(info["pid"])
-        for pid in list(self._env_cache):
-            if pid not in alive:
-                del self._env_cache[pid]
-        self._watch({p for pids in found.values() for p in pids})
+        for pid, server in self._known.items():
+            if server is not None:
+                found.setdefault(server, []).append(pid)
         return found
+
+    def _ended(self, pids: set[int]) -> set[int]:
+        """Those of ``pids`` that have ended (zombies included): their pidfd
+        is readable (without pidfds: their state)."""
+        by_fd = {self._pidfds[p]: p for p in pids if p in self._pidfds}
+        unwatched = {p for p in pids if p not in self._pidfds}
+        ended = {p for p in unwatched if process_state(p) in ("", psutil.STATUS_ZOMBIE)}
+        if by_fd:
+            try:
+                ready, _, _ = select.select(list(by_fd), [], [], 0)
+            except (OSError, ValueError):
+                ready = []
+            ended |= {by_fd[fd] for fd in ready}
+        return ended
 
     def cpu_seconds(self, pid: int) -> float | None:
         """User + system CPU time of the process so far (None: gone or unknown)."""

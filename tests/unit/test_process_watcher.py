@@ -1,0 +1,69 @@
+"""The supervisor's process scan against real processes: servers found by
+command line and run directory, an ended one (even a zombie) gone at once,
+a forked server found once it has taken its command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tango_devices.supervisor.processes import ProcessWatcher
+
+SLEEPER = "import time\nwhile True: time.sleep(0.05)\n"
+TITLED_LATER = (
+    "import time\n"
+    "from tango_devices.common.forkserver import set_process_title\n"
+    "time.sleep(0.3)\n"
+    "set_process_title(b'/usr/bin/python3\\0/x/Valve\\0v9\\0', 'Valve')\n"
+    "while True: time.sleep(0.05)\n"
+)
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    procs = []
+
+    def start(name: str, code: str, run_dir, *args: str) -> subprocess.Popen:
+        script = tmp_path / name
+        script.write_text(code)
+        env = {**os.environ, "BEAMLINE_RUN_DIR": str(run_dir)}
+        p = subprocess.Popen([sys.executable, str(script), *args], env=env)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def until(predicate, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.02)
+
+
+def test_servers_of_this_run_are_found_and_an_ended_one_is_gone_at_once(spawn, tmp_path):
+    ours = spawn("Motor", SLEEPER, tmp_path, "m1")
+    spawn("Shutter", SLEEPER, tmp_path / "elsewhere", "s1")  # another run directory
+    spawn("helper.py", SLEEPER, tmp_path, "-x")  # not a server's command line
+    watcher = ProcessWatcher(str(tmp_path))
+    until(lambda: watcher.scan().get("motor/m1") == [ours.pid])
+    assert "shutter/s1" not in watcher.scan()
+    assert set(watcher.scan()) == {"motor/m1"}
+    os.kill(ours.pid, signal.SIGKILL)
+    until(lambda: "motor/m1" not in watcher.scan())
+    assert ours.poll() is not None  # it was a zombie until now: never counted as running
+
+
+def test_a_forked_server_is_found_once_it_has_taken_its_command_line(spawn, tmp_path):
+    later = spawn("zygote.py", TITLED_LATER, tmp_path, "--socket")
+    watcher = ProcessWatcher(str(tmp_path))
+    assert "valve/v9" not in watcher.scan()  # still the fork server's command line
+    until(lambda: watcher.scan().get("valve/v9") == [later.pid])
