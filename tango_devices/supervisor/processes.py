@@ -57,16 +57,21 @@ class ProcessWatcher:
         # (a forked server's command line ends in padding: empty arguments)
         args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
         server = lifecycle.server_name_from_cmdline(args)
+        # a young process may still change what it runs: one forked to be
+        # exec'd shows its parent's command line (a stub started by this very
+        # supervisor shows "Supervisor supervisor"), a forked server the fork
+        # server's: what it is now counts, but is not kept
+        final = self._age(pid) >= self.YOUNG
         if server is None:
-            return None, self._age(pid) >= self.YOUNG
+            return None, final
         if self.run_dir:
             try:
                 run_dir = psutil.Process(pid).environ().get(lifecycle.RUN_DIR_ENV)
             except (psutil.Error, OSError):
                 return None, False
             if run_dir != self.run_dir:
-                return None, True
-        return server.lower(), True
+                return None, final
+        return server.lower(), final
 
     def _age(self, pid: int) -> float:
         try:
@@ -84,16 +89,18 @@ class ProcessWatcher:
             pids = set()
         for pid in [p for p in self._known if p not in pids]:
             del self._known[pid]
+        now: dict[int, str | None] = dict(self._known)
         for pid in pids - set(self._known):
             server, final = self._identify(pid)
+            now[pid] = server
             if final:
                 self._known[pid] = server
-        servers = {pid for pid, server in self._known.items() if server is not None}
+        servers = {pid for pid, server in now.items() if server is not None}
         self._watch(servers)
         for pid in self._ended(servers):
-            self._known[pid] = None  # a zombie stays in /proc until reaped: not a server
+            now[pid] = self._known[pid] = None  # a zombie stays in /proc until reaped
         found: dict[str, list[int]] = {}
-        for pid, server in self._known.items():
+        for pid, server in now.items():
             if server is not None:
                 found.setdefault(server, []).append(pid)
         return found

@@ -67,3 +67,13 @@ def test_a_forked_server_is_found_once_it_has_taken_its_command_line(spawn, tmp_
     watcher = ProcessWatcher(str(tmp_path))
     assert "valve/v9" not in watcher.scan()  # still the fork server's command line
     until(lambda: watcher.scan().get("valve/v9") == [later.pid])
+
+
+def test_a_young_process_that_changes_what_it_runs_is_seen_as_what_it_runs_now(spawn, tmp_path):
+    """Between fork and exec a stub shows its parent's command line (another
+    server's, when the supervisor starts it): that must not stick."""
+    changing = spawn("Shutter", TITLED_LATER, tmp_path, "s0")
+    watcher = ProcessWatcher(str(tmp_path))
+    until(lambda: watcher.scan().get("shutter/s0") == [changing.pid])
+    until(lambda: watcher.scan().get("valve/v9") == [changing.pid])
+    assert "shutter/s0" not in watcher.scan()
