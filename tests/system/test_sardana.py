@@ -101,6 +101,8 @@ def beam(beamline):
 
 def test_align_peak_finds_the_centre_and_the_file_holds_every_point(beam, door):
     run = run_ok(door, "align_peak", "sample_x", 0, 3, 21, 0.05)
+    # the Result event may trail the macro's end (and the Door back to ON)
+    wait_until(lambda: run.result, 5, "the macro's result")
     centre, fwhm = (float(v) for v in run.result)
     assert centre == pytest.approx(PEAK_CENTRE, abs=CENTRE_TOLERANCE)
     assert 0.2 < fwhm < 3.0
