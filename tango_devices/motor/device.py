@@ -54,7 +54,7 @@ class Motor(BeamlineDevice):
     )
     Timeout = device_property(dtype=float, default_value=0.5, doc="Per-request timeout (s)")
     IdlePollPeriod = device_property(
-        dtype=float, default_value=0.2, doc="Hardware poll period when not moving (s)"
+        dtype=float, default_value=0.5, doc="Hardware poll period when not moving (s)"
     )
     ReconnectPeriod = device_property(
         dtype=float, default_value=1.0, doc="Retry period while the controller is unreachable (s)"
