@@ -193,14 +193,12 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     sim_state = _virtual_hardware(ctx, config, opts, report)
     _configuration(ctx, config, opts, tango_host, sim_state, levels, report)
     fork_server_ready()
+    # the Starter must answer (and know its servers) before any server
+    # starts: the supervisors take their list from it, and a server that dies
+    # while starting is restarted only by a supervisor that has its list
+    starter_ready()
     _fresh_supervisors(ctx, config, tango_host, host)
-    # the servers are started meanwhile, as the Starter would start them: it
-    # finds them by their command line and manages them once it answers
-    # (and reads its servers, which the supervisors then take from it)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        starter = pool.submit(starter_ready)
-        failures = _servers(ctx, config, opts, tango_host, levels, report)
-        starter.result()
+    failures = _servers(ctx, config, opts, tango_host, levels, report)
     result_state = ctx.load_state()
     result_state["failures"] = [
         {
@@ -438,8 +436,9 @@ def _servers(
 
     Each is started exactly as the Starter starts it (its executable from the
     Starter's StartDsPath with the instance as argument, the Starter's
-    environment, output appended to the Starter's log file for it), without
-    waiting for the Starter: its own start-up takes ~5 s (mostly asleep)."""
+    environment, output appended to the Starter's log file for it), which
+    finds it by its command line: no DevStart (the Starter refuses one for
+    2-3 s after a server it knew has died)."""
     env = server_env(ctx, tango_host, opts.listen)
     failures: list[DeviceCheck] = []
     for level, servers in levels.items():

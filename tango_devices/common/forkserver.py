@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import importlib
 import json
 import os
@@ -199,6 +200,8 @@ def _child(request: dict, fds: list[int], ready_w: int, sockets) -> None:
         for fd in fds:
             if fd > 2:
                 os.close(fd)
+        # a crash from here on says where, in the server's own log
+        faulthandler.enable(file=sys.stderr, all_threads=True)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
