@@ -103,6 +103,8 @@ class ProcessWatcher:
         for pid, server in now.items():
             if server is not None:
                 found.setdefault(server, []).append(pid)
+        # only the living are watched: an ended one's pidfd would wake wait() at once
+        self._watch({p for ps in found.values() for p in ps})
         return found
 
     def _ended(self, pids: set[int]) -> set[int]:

@@ -27,6 +27,7 @@ from tango_devices.supervisor.model import (
 )
 
 log = logging.getLogger(__name__)
+LAUNCH_GRACE = 0.05  # s after a launch in which its process may not show its command line yet
 
 S = ServerState
 
@@ -202,6 +203,14 @@ class SupervisorLogic:
             self._alive(rec, pid, now, wall)
 
     def _gone(self, rec: ServerRecord, now: float, wall: float) -> None:
+        if (
+            rec.state is S.RESTARTING
+            and rec.launched_at is not None
+            and now - rec.launched_at < LAUNCH_GRACE
+        ):
+            # just started: its process may not show its command line yet
+            # (between exec and the kernel setting up its arguments)
+            return
         if rec.state is S.BACKOFF:
             if now >= (rec.next_restart_at or now):
                 self._launch(rec, now, wall)
