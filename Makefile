@@ -12,7 +12,9 @@ QT_DEBS   := libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon
              libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libxcb-xfixes0
 # the production database (beamline db): MariaDB, Tango's DataBaseds and access control
 PROD_DEBS := mariadb-server tango-db tango-accesscontrol
-DEB_PKGS  := tango-starter tango-test $(PROD_DEBS) $(QT_DEBS)
+# a C compiler: the event relay's bind() shim (tango_devices/relay/portmap.c)
+BUILD_DEBS := gcc libc6-dev
+DEB_PKGS  := tango-starter tango-test $(PROD_DEBS) $(QT_DEBS) $(BUILD_DEBS)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -8,7 +8,7 @@ the executable name in its command line.
 import importlib.util
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 
 def _servers() -> dict[str, tuple[str, str]]:
@@ -30,6 +30,16 @@ setup(
         include=["beamline*", "tango_devices*", "sardana_macros*", "taurus_gui*"]
     ),
     package_data={"beamline": ["schema/*.json"]},
+    # the event relay's bind() shim (LD_PRELOAD, no Python in it); optional:
+    # without a C compiler the suite runs, its events without the relay
+    ext_modules=[
+        Extension(
+            "tango_devices.relay._portmap",
+            ["tango_devices/relay/portmap.c"],
+            libraries=["dl"],
+            optional=True,
+        )
+    ],
     install_requires=[
         "pytango==10.3.*",
         "pytango-db==0.9.*",
@@ -43,6 +53,7 @@ setup(
         "pyepics>=3.5,<3.6",
         "caproto>=1.1,<1.4",
         "h5py>=3.10",
+        "pyzmq>=26,<28",  # the event relay (the same libzmq 4.3.5 as pytango's)
         "sardana[spock]==3.7.*",
         "sardana-config==3.7.*",
         # the operator GUI (taurus comes with sardana)

@@ -65,7 +65,7 @@ class Spec:
 
     def servers(self) -> int:
         """Servers of the generated beamline (one per object, plus the system's)."""
-        system = 5  # two supervisors, the logger, Sardana, the queue
+        system = 6  # two supervisors, the logger, the event relay, Sardana, the queue
         shutter = 1
         return system + shutter + sum(getattr(self, kind) for kind in KINDS)
 

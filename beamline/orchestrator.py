@@ -27,6 +27,7 @@ from beamline import procs, tangodb
 from beamline.runtime import RunContext, venv_bin
 from beamline.starter import Starter, StarterError
 from tango_devices.common import forkserver
+from tango_devices.relay import ports as event_ports
 
 USER_MACROS = "user_macros"  # in the run directory: where users' own macros are written
 
@@ -185,6 +186,7 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     missing. Returns the run state with the devices that did not answer."""
     report = report or Reporter()
     config, host, levels = _plan(ctx, opts, report)
+    _event_ports(ctx, levels, opts, report)
     tango_host = _database(ctx, opts, report)
     # the fork server's imports and the Starter's own start-up (~5 s, most of
     # it asleep) run while the virtual hardware starts and db_config is written
@@ -248,6 +250,32 @@ def _plan(
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / USER_MACROS).mkdir(exist_ok=True)  # the MacroServer's first MacroPath
     return config, host, levels
+
+
+def _event_ports(
+    ctx: RunContext, levels: dict[int, list[cfg.ServerInfo]], opts: UpOptions, report: Reporter
+) -> None:
+    """The event relay's ports of this host's servers (docs/events.md): kept
+    from an earlier `up` of this run directory, free ones for new servers."""
+    names = [s.name for lvl in levels.values() for s in lvl]
+    if os.environ.get(event_ports.DISABLE_ENV) or not any(
+        s.split("/", 1)[0] == event_ports.RELAY_SERVER for s in names
+    ):
+        return
+    if event_ports.shim_path() is None:
+        report.warn(
+            "event relay: its shim is not built (no C compiler when the suite was installed): "
+            "clients see a restarted server's events up to 10 s late; install gcc, then "
+            "make install"
+        )
+        return
+    try:
+        old = event_ports.load(ctx.run_dir)
+        plan = event_ports.allocate(names, old, str(ctx.run_dir), opts.listen)
+    except event_ports.PortPlanError as exc:
+        raise UpError(str(exc)) from exc
+    if plan != old:
+        event_ports.save(ctx.run_dir, plan.values(), opts.listen)
 
 
 def _database(ctx: RunContext, opts: UpOptions, report: Reporter) -> str:
@@ -361,7 +389,8 @@ def _fork_server(
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log = ctx.log_dir / "forkserver.log"
-    env = server_env(ctx, tango_host, opts.listen)
+    # its children bind their event ports through the relay's shim
+    env = event_ports.with_shim(server_env(ctx, tango_host, opts.listen))
     cmd = [str(venv_bin() / "beamline-forkserver"), "--socket", str(sock), " " * forkserver.PAD]
     pid = procs.spawn_detached(cmd, env, log)
     # known at once: the Starter started next hands it to every server

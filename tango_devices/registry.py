@@ -25,6 +25,10 @@ SERVERS: dict[str, tuple[str, str]] = {
         "tango_devices.supervisor.device:main",
     ),
     "DataLogger": ("tango_devices.logger.device:DataLogger", "tango_devices.logger.device:main"),
+    "EventRelay": (
+        "tango_devices.relay.device:EventRelay",
+        "tango_devices.relay.device:main",
+    ),
     "ExperimentQueue": (
         "tango_devices.queue.device:ExperimentQueue",
         "tango_devices.queue.device:main",

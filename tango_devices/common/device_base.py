@@ -35,6 +35,7 @@ from tango.server import Device, attribute, command
 from tango_devices.common import lifecycle
 from tango_devices.common.component import Component, ComponentError
 from tango_devices.common.statemachine import CommandRefused, State, StateMachine, StateTable
+from tango_devices.relay import ports as event_ports
 
 QUALITY = {
     "VALID": AttrQuality.ATTR_VALID,
@@ -485,6 +486,7 @@ def run_server(classes, args=None) -> None:
     if lifecycle.crash_at_init_requested(server):
         print(f"test hook: crash at init of {server}", file=sys.stderr, flush=True)
         sys.exit(4)
+    event_ports.enter(server)  # its events through the host's event relay
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     logging.basicConfig(

@@ -60,6 +60,9 @@ def launch(server: str) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    from tango_devices.relay import ports
+
+    ports.enter(f"{server}/{sys.argv[1] if len(sys.argv) > 1 else ''}")
     module, func = SERVERS[server][1].split(":")
     return getattr(importlib.import_module(module), func)() or 0
 

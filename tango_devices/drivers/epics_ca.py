@@ -500,6 +500,26 @@ def _wait_for_gets(ca: Any, pvs: dict[str, Any], ftypes: dict[str, int], deadlin
         ca.pend_event(3.0e-4)
 
 
+#: (when, what): the callback objects of cleared channels, kept alive a while
+_GRAVEYARD: list[tuple[float, Any]] = []
+_GRAVEYARD_LOCK = threading.Lock()
+GRAVEYARD_KEEP = 30.0  # s a cleared channel's callback objects outlive it
+
+
+def _bury(*objects: Any) -> None:
+    """Keep ``objects`` referenced for :data:`GRAVEYARD_KEEP` seconds, and let
+    go of what was buried longer ago."""
+    now = time.monotonic()
+    with _GRAVEYARD_LOCK:
+        _GRAVEYARD.extend((now, o) for o in objects if o is not None)
+        while _GRAVEYARD and now - _GRAVEYARD[0][0] > GRAVEYARD_KEEP:
+            _GRAVEYARD.pop(0)
+
+
+def _no_monitor(*_args: Any, **_kwargs: Any) -> None:
+    """A cleared PV's ``_check_auto_monitor``: it subscribes no more."""
+
+
 def _destroy(slots: Iterable[_Slot]) -> None:
     """Clear the channels of ``slots`` (their callbacks first)."""
     pvs = [s.pv for s in slots if s.pv is not None]
@@ -513,15 +533,22 @@ def _destroy(slots: Iterable[_Slot]) -> None:
         # clear the monitor from this thread while libca's thread may be
         # clearing and re-adding it for a connection event: a double free,
         # a segfault seen in a Valve starting beside a slow IOC. So the PV
-        # forgets its monitor first, and again after the channel is gone (a
-        # callback in flight may have set it; __del__ would clear it again).
-        pv._monref = None
+        # forgets its monitor before disconnect(), and again after the channel
+        # is gone (a connection callback in flight may have subscribed anew).
+        # The monitor's callback objects stay referenced meanwhile, and a while
+        # after: libca holds a raw pointer to them until the channel is
+        # cleared, and a callback through a freed one runs whatever reused its
+        # memory (seen: "suppress.__exit__() got an unexpected keyword argument
+        # 'value'", then a segfault, in a Valve re-creating a channel).
+        pv._check_auto_monitor = _no_monitor  # a connection callback adds none now
+        before, pv._monref = pv._monref, None
         with contextlib.suppress(Exception):
             pv.disconnect()
         if chid is not None:
             with contextlib.suppress(Exception):
                 ca.clear_channel(chid)
-        pv._monref = None
+        after, pv._monref = pv._monref, None
+        _bury(before, after)
 
 
 def severity_name(severity: int) -> str:

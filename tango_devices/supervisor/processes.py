@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from tango_devices.common import lifecycle
+from tango_devices.relay import ports
 from tango_devices.supervisor.model import ServerSpec
 
 
@@ -175,7 +176,8 @@ class ProcessLauncher:
     ) -> None:
         self._start_ds_path = start_ds_path
         self._log_home = log_home
-        self.env = dict(env if env is not None else os.environ)
+        # not the event ports of the supervisor itself (relay/ports.py)
+        self.env = ports.clean_environment(dict(env if env is not None else os.environ))
         self._children: dict[int, subprocess.Popen] = {}
 
     # ------------------------------------------------------------- paths

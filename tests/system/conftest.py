@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,11 +38,14 @@ class Events:
         self.proxy = proxy
         self.kind = kind
         self.items: list = []
+        self.errors: list[tuple[float, str]] = []  # (time, reason) of each error event
         self.cond = threading.Condition()
         self.id = proxy.subscribe_event(attr, kind, self._cb)
 
     def _cb(self, ev) -> None:
         if ev.err:
+            with self.cond:
+                self.errors.append((time.time(), ev.errors[0].reason))
             return
         item = ev if self.kind == tango.EventType.DATA_READY_EVENT else ev.attr_value
         with self.cond:

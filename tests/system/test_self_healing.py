@@ -22,6 +22,7 @@ import pytest
 import tango
 
 from tests.helpers import running_beamline, wait_until
+from tests.system.conftest import Events
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -129,7 +130,15 @@ def back(run, server, device, old_pid, restarts_before, timeout=20.0):
         proxy.state()
         return r
 
-    return wait_until(answered, timeout, f"{server} restarted and answering")
+    def describe():
+        logs = run.cli("logs", server, "-n", "40").stdout
+        supervisor_log = run.cli("logs", "Supervisor/supervisor", "-n", "30").stdout
+        return (
+            f"supervisor's row: {row(run, server)}\n"
+            f"{server}'s log:\n{logs}\nsupervisor's log:\n{supervisor_log}"
+        )
+
+    return wait_until(answered, timeout, f"{server} restarted and answering", on_timeout=describe)
 
 
 EXPECTED_CAUSE = {
@@ -279,3 +288,44 @@ def test_events_resume_quickly_after_a_restart(healing):
         assert next(t for t, err in received[m:] if not err) - moved_at < 1.0
     finally:
         sub.close()
+
+
+def test_a_plain_subscriber_gets_events_again_without_a_gap_report(healing):
+    """An unmodified PyTango subscriber (no ResilientSubscription) keeps its
+    subscription across a kill -9: the event relay holds its connections, so
+    the restarted server's events reach it as soon as it answers, and cppTango
+    never reports the events lost (API_EventTimeout: 10 s of blindness)."""
+    server, device = "Motor/sample_y", "bl01/mot/sample_y"
+    relay = healing.proxy("bl01/sys/eventrelay")
+    assert relay.state() == S.ON, relay.status()
+    restarts_before = row(healing, server)["restarts"]
+    subscriber = healing.proxy(device)
+    position = Events(subscriber, "Position")
+    try:
+        old_pid = inject(healing, server, device, "sigkill")
+        killed = time.time()
+        back(healing, server, device, old_pid, restarts_before)
+        start = subscriber.read_attribute("Position").value
+        target = start + 0.5 if start < 1.0 else start - 0.5
+        healing.proxy(device).write_attribute("Position", target)
+        # well before cppTango's own recovery (its 10 s heartbeat check)
+        position.wait_for(
+            lambda items: any(v.time.totime() > killed and v.value != start for v in items),
+            6.0,
+            "Position event from the restarted server",
+        )
+        assert position.errors == [], f"the subscriber saw its events fail: {position.errors}"
+        # and none later: the relay replays the heartbeat until the new server's own
+        motor = healing.proxy(device)
+        wait_until(lambda: motor.state() == S.ON, 15, f"{device} at {target}")
+        motor.write_attribute("Position", start)
+        wait_until(
+            lambda: time.time() - killed > 12.0 and position.records()[-1][1] == start,
+            20,
+            "12 s after the kill, the subscriber at the start position again",
+        )
+        assert position.errors == [], f"the subscriber saw its events fail: {position.errors}"
+        report = next(s for s in json.loads(relay.Report)["servers"] if s["server"] == server)
+        assert report["resubscriptions"] >= 1 and "re-created" in report["last_resubscription"]
+    finally:
+        position.close()

@@ -285,8 +285,8 @@ def test_servers_of_a_host(cfgdir):
 # bomb. Each is refused naming the file and the key (or line); all at once.
 CLASS_PROBLEM = (
     "tango/motors.json: servers.Motor.{server}.Motorr: unknown device class Motorr "
-    "(did you mean Motor?); the suite's classes: DataLogger, Detector, ExperimentQueue, "
-    "Motor, Scaler, Shutter, Supervisor, VacuumGauge, Valve"
+    "(did you mean Motor?); the suite's classes: DataLogger, Detector, EventRelay, "
+    "ExperimentQueue, Motor, Scaler, Shutter, Supervisor, VacuumGauge, Valve"
 )
 DUPLICATE_PROBLEM = (
     "tango/motors.json: servers.Motor.sample_x.Motor.bl01/mot/sample_x: defined twice in one "
@@ -370,7 +370,7 @@ def test_unknown_server_executable_and_servers_from_elsewhere(cfgdir):
     p = problems(cfgdir)[0]  # then the properties class Motor lacks: Port, Axis
     assert p.startswith(
         "tango/other.json: servers.Motorr: unknown server Motorr (did you mean Motor?); "
-        "the suite's servers: DataLogger, Detector, ExperimentQueue, Motor, "
+        "the suite's servers: DataLogger, Detector, EventRelay, ExperimentQueue, "
     )
     assert p.endswith('a server from elsewhere needs "external": true in its starter.json entry')
 

@@ -18,6 +18,7 @@ from tango_devices.detector.states import DETECTOR_TABLE
 from tango_devices.logger.states import LOGGER_TABLE
 from tango_devices.motor.states import MOTOR_TABLE
 from tango_devices.queue import states as q
+from tango_devices.relay.states import RELAY_TABLE
 from tango_devices.scaler.states import SCALER_TABLE
 from tango_devices.shutter.states import SHUTTER_TABLE
 from tango_devices.supervisor import states as sup
@@ -152,6 +153,7 @@ TABLES = {
     "Supervisor": sup.SUPERVISOR_TABLE,
     "DataLogger": LOGGER_TABLE,
     "ExperimentQueue": q.QUEUE_TABLE,
+    "EventRelay": RELAY_TABLE,
 }
 
 

@@ -1,0 +1,1 @@
+"""The hosts event relay: clients events survive server restarts."""

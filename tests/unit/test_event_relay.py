@@ -1,0 +1,283 @@
+"""The event relay without Tango: its port plan, its shim, and the relay itself
+over real ZMQ sockets standing in for a server that dies and comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from tango_devices.relay import ports
+from tango_devices.relay.relay_logic import RelayLogic, parse_topic
+from tango_devices.relay.states import ALARM, OFF, ON
+from tests.helpers import free_port, wait_until
+
+# ----------------------------------------------------------------- the plan
+
+
+def test_allocate_gives_four_distinct_free_ports_per_relayed_server():
+    taken = {20000 + i for i in range(0, 12000, 3)}
+    plan = ports.allocate(
+        ["Motor/a", "Motor/b", "EventRelay/relay", "Sardana/bl01", "DataLogger/logger"],
+        {},
+        "/run/one",
+        is_free=lambda p, _a: p not in taken,
+    )
+    assert sorted(plan) == ["datalogger/logger", "motor/a", "motor/b"]
+    every = [p for r in plan.values() for p in r.ports()]
+    assert len(every) == len(set(every)) == 12
+    assert not set(every) & taken
+    assert all(ports.PORT_LOW <= p < ports.PORT_HIGH for p in every)
+
+
+def test_allocate_keeps_the_ports_of_known_servers(tmp_path):
+    first = ports.allocate(["Motor/a"], {}, str(tmp_path), is_free=lambda p, a: True)
+    ports.save(tmp_path, first.values(), "127.0.0.1")
+    again = ports.allocate(
+        ["Motor/a", "Motor/b"], ports.load(tmp_path), str(tmp_path), is_free=lambda p, a: True
+    )
+    assert again["motor/a"] == first["motor/a"]
+    assert not set(again["motor/b"].ports()) & set(first["motor/a"].ports())
+
+
+def test_two_run_directories_search_apart():
+    a = ports.allocate(["Motor/a"], {}, "/tmp/run-a", is_free=lambda p, x: True)
+    b = ports.allocate(["Motor/a"], {}, "/tmp/run-b", is_free=lambda p, x: True)
+    assert a["motor/a"].events != b["motor/a"].events
+
+
+def test_no_free_ports_is_a_clear_error():
+    with pytest.raises(ports.PortPlanError, match="free TCP ports.*BEAMLINE_NO_EVENT_RELAY"):
+        ports.allocate(["Motor/a"], {}, "/x", is_free=lambda p, a: False)
+
+
+def test_a_damaged_plan_names_the_file(tmp_path):
+    ports.plan_path(tmp_path).write_text('{"servers": [{"server": 1}]}')
+    with pytest.raises(ports.PortPlanError, match="event-ports.json"):
+        ports.load(tmp_path)
+
+
+def test_server_environment_from_the_plan(tmp_path):
+    if ports.shim_path() is None:
+        pytest.skip("the shim is not built (no C compiler at install)")
+    plan = ports.allocate(["Motor/a"], {}, str(tmp_path), is_free=lambda p, a: True)
+    ports.save(tmp_path, plan.values(), "127.0.0.1")
+    r = plan["motor/a"]
+    env = {ports.RUN_DIR_ENV: str(tmp_path)}
+    assert ports.server_environment("Motor/a", env) == {
+        "TANGO_ZMQ_EVENT_PORT": str(r.events),
+        "TANGO_ZMQ_HEARTBEAT_PORT": str(r.heartbeat),
+        "BEAMLINE_PORTMAP": f"{r.events}:{r.events_bound},{r.heartbeat}:{r.heartbeat_bound}",
+    }
+    assert ports.server_environment("Motor/other", env) is None
+    assert ports.server_environment("Motor/a", {**env, ports.DISABLE_ENV: "1"}) is None
+    assert ports.server_environment("Motor/a", {}) is None
+
+
+def test_a_server_never_passes_its_ports_on():
+    env = {"PATH": "/bin", "TANGO_ZMQ_EVENT_PORT": "1", "BEAMLINE_PORTMAP": "1:2"}
+    assert ports.clean_environment(env) == {"PATH": "/bin"}
+
+
+# ----------------------------------------------------------------- the shim
+
+
+def test_the_shim_binds_the_mapped_port_and_nothing_else():
+    shim = ports.shim_path()
+    if shim is None:
+        pytest.skip("the shim is not built (no C compiler at install)")
+    advertised, bound, other = free_port(), free_port(), free_port()
+    script = (
+        "import socket, json\n"
+        "from tango_devices.relay import ports\n"
+        "out = {'loaded': ports.shim_loaded()}\n"
+        f"for name, port in (('mapped', {advertised}), ('other', {other})):\n"
+        "    s = socket.socket(); s.bind(('127.0.0.1', port))\n"
+        "    out[name] = s.getsockname()[1]; s.close()\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {**os.environ, "LD_PRELOAD": str(shim), "BEAMLINE_PORTMAP": f"{advertised}:{bound}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"loaded": True, "mapped": bound, "other": other}
+    assert not ports.shim_loaded()  # this process has no shim
+
+
+# ----------------------------------------------------------------- topics
+
+
+def test_parse_topic():
+    prefix = "tango://127.0.0.1:10000/"
+    assert parse_topic(prefix + "bl01/mot/x/position.idl5_change") == (
+        "bl01/mot/x",
+        "position",
+        "idl5_change",
+    )
+    assert parse_topic(prefix + "bl01/mot/x.intr_change") == ("bl01/mot/x", "", "intr_change")
+    assert parse_topic(prefix + "dserver/motor/x") is None
+    assert parse_topic("") is None
+    assert parse_topic("garbage") is None
+
+
+# ----------------------------------------------------------------- the relay
+
+
+class FakeServer:
+    """A 'device server' publishing on its bound ports, as cppTango does:
+    events only for subscribed topics, a heartbeat when told."""
+
+    PREFIX = "tango://127.0.0.1:1/"
+
+    def __init__(self, _ctx, route):
+        self.ctx = zmq.Context()  # its own: closed (listeners gone) when close() returns
+        self.ev = self.ctx.socket(zmq.XPUB)
+        self.hb = self.ctx.socket(zmq.XPUB)
+        for sock in (self.ev, self.hb):
+            sock.setsockopt(zmq.LINGER, 0)
+        self.ev.bind(f"tcp://127.0.0.1:{route.events_bound}")
+        self.hb.bind(f"tcp://127.0.0.1:{route.heartbeat_bound}")
+
+    def publish(self, attr, value):
+        topic = f"{self.PREFIX}bl01/mot/x/{attr}.idl5_change".encode()
+        self.ev.send_multipart([topic, b"\x01", str(value).encode()])
+
+    def heartbeat(self):
+        self.hb.send_multipart([f"{self.PREFIX}dserver/motor/x.heartbeat".encode(), b"\x01", b"h"])
+
+    def close(self):
+        self.ev.close(linger=0)
+        self.hb.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def relay_setup():
+    route = ports.Route("Motor/x", free_port(), free_port(), free_port(), free_port())
+    calls: list[tuple[str, list]] = []
+    resubscribed = threading.Event()
+
+    def resubscribe(admin, topics):
+        calls.append((admin, topics))
+        resubscribed.set()
+        return len(topics), []
+
+    logic = RelayLogic([route], "127.0.0.1", resubscribe)
+    ctx = zmq.Context()
+    yield route, logic, ctx, calls, resubscribed
+    logic.stop()
+    for sock in CLIENT_SOCKETS:
+        sock.close(linger=0)
+    CLIENT_SOCKETS.clear()
+    ctx.destroy(linger=0)
+
+
+CLIENT_SOCKETS: list = []
+
+
+def _client(ctx, route, topic):
+    """A client's sockets, as cppTango's consumer makes them (no reconnection)."""
+    ev = ctx.socket(zmq.SUB)
+    hb = ctx.socket(zmq.SUB)
+    for sock, port in ((ev, route.events), (hb, route.heartbeat)):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, -1)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+    ev.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    hb.setsockopt(zmq.SUBSCRIBE, f"{FakeServer.PREFIX}dserver/motor/x.heartbeat".encode())
+    # a subscription to another server's heartbeat (one socket serves them all)
+    hb.setsockopt(zmq.SUBSCRIBE, f"{FakeServer.PREFIX}dserver/motor/other.heartbeat".encode())
+    CLIENT_SOCKETS.extend((ev, hb))
+    return ev, hb
+
+
+def _receive(sock, timeout):
+    if sock.poll(int(timeout * 1000)):
+        return sock.recv_multipart()
+    return None
+
+
+def _until_received(server, sock, attr, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        server.publish(attr, n)
+        message = _receive(sock, 0.05)
+        if message:
+            return message
+    return None
+
+
+def test_a_restarted_server_reaches_the_clients_old_connections(relay_setup):
+    route, logic, ctx, calls, resubscribed = relay_setup
+    logic.start()
+    assert logic.machine.state is ON
+    topic = f"{FakeServer.PREFIX}bl01/mot/x/position.idl5_change"
+    server = FakeServer(ctx, route)
+    ev, hb = _client(ctx, route, topic)
+    assert _until_received(server, ev, "position"), "no event through the relay"
+    server.heartbeat()
+    assert _receive(hb, 5.0)[0].endswith(b"motor/x.heartbeat")
+
+    server.close()  # killed
+    server = FakeServer(ctx, route)  # restarted on the same ports
+    assert resubscribed.wait(10.0), "the relay did not re-create the subscriptions"
+    assert calls == [("dserver/Motor/x", [("bl01/mot/x", "position", "idl5_change")])]
+    # the heartbeat is replayed at once: the client's 10 s check stays quiet
+    assert _receive(hb, 3.0)[0].endswith(b"motor/x.heartbeat")
+    # the client's own, never reconnected socket gets the new process's events
+    message = _until_received(server, ev, "position")
+    assert message and message[0] == topic.encode()
+    wait_until(lambda: logic.resubscription_count() == 1, 5, "the re-subscription counted")
+    report = logic.report()["servers"][0]
+    assert "1 subscription(s) re-created" in report["last_resubscription"]
+    assert logic.topic_count() == 1
+    server.close()
+
+
+def test_a_dead_server_gets_no_made_up_heartbeat(relay_setup):
+    route, logic, ctx, _calls, _resubscribed = relay_setup
+    logic.start()
+    server = FakeServer(ctx, route)
+    ev, hb = _client(ctx, route, f"{FakeServer.PREFIX}bl01/mot/x/position.idl5_change")
+    assert _until_received(server, ev, "position")
+    server.heartbeat()
+    assert _receive(hb, 5.0)
+    server.close()
+    wait_until(lambda: not logic.report()["servers"][0]["connected"], 5, "the loss seen")
+    while _receive(hb, 0.1):  # what was already on its way
+        pass
+    assert _receive(hb, 2.5) is None, "heartbeats of a dead server were made up"
+
+
+def test_ports_held_by_another_process_give_alarm_then_recover(relay_setup, monkeypatch):
+    route, logic, ctx, _calls, _resubscribed = relay_setup
+    monkeypatch.setattr("tango_devices.relay.relay_logic.RETRY_CLASH", 0.1)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", route.events))
+    holder.listen()
+    logic.start()
+    assert logic.machine.state is ALARM
+    assert f"ports {route.events} and {route.heartbeat} (Motor/x's events)" in logic.machine.status
+    holder.close()
+    wait_until(lambda: logic.machine.state is ON, 10, "ON once the ports are free")
+
+
+def test_nothing_to_relay_is_off():
+    logic = RelayLogic([], "127.0.0.1", lambda a, t: (0, []))
+    logic.start()
+    try:
+        assert logic.machine.state is OFF
+        assert "nothing to relay" in logic.machine.status
+    finally:
+        logic.stop()
