@@ -3,8 +3,13 @@ the stock Starter's own auto-restart, in the same run.
 
 - SIGKILL of a Motor server, >= 10 times each: until a *new* client's read
   answers; also until an *existing* client (a DeviceProxy that saw the
-  failure) reads again, and until a plain event subscriber and a
-  ResilientSubscription get events again. Target: p95 <= 1.0 s (new client).
+  failure) reads again, and until every kind of event subscriber gets a good
+  event again (issue 16): a plain PyTango subscriber, a C++ one (built against
+  the installed cppTango when g++ and its headers are there), a Taurus
+  attribute listener, the Sardana Pool's motor element of the same axis, and
+  ResilientSubscription; and whether each saw error events (API_EventTimeout).
+  Then the same subscribers on a beamline without the event relay, for
+  comparison. Targets: p95 <= 1.0 s (new client; every subscriber).
 - A hung device (TestHang: its thread blocked) until a new client answers.
   Target: HangTimeout (3 s) + 1 s.
 - The stock Starter: the supervisors stopped, AutoRestartDuration = 1 and the
@@ -19,12 +24,18 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 from bench.common import beamline
 
 KILLS = 10
+KILLS_WITHOUT_RELAY = 5
 SERVER, DEVICE = "Motor/slit_v", "bl01/mot/slit_v"
+POOL_ELEMENT = "slit_v"  # the Pool's motor element of the same axis (an alias)
 
 
 def now() -> float:
@@ -57,31 +68,108 @@ def server_pid(bench) -> int:
     raise RuntimeError(f"{SERVER} is not running")
 
 
+CLIENTS = Path(__file__).resolve().parent / "clients"
+EVENT_DEADLINE = 15.0  # s after a kill to wait for each subscriber's first good event
+#: the subscribers, in the order of the report
+SUBSCRIBERS = {
+    "plain": "plain PyTango subscriber (State)",
+    "cpp": "C++ subscriber, cppTango (State)",
+    "taurus": "Taurus attribute listener (State)",
+    "pool": "Sardana Pool's motor element (Position)",
+    "resilient": "ResilientSubscription (State)",
+}
+
+
+def cpp_subscriber() -> Path | None:
+    """The C++ subscriber, built once (None without g++ or cppTango's headers)."""
+    exe = Path(tempfile.gettempdir()) / "beamline-bench-cpp-subscriber"
+    source = CLIENTS / "cpp_subscriber.cpp"
+    if exe.exists() and exe.stat().st_mtime >= source.stat().st_mtime:
+        return exe
+    try:
+        flags = subprocess.run(
+            ["pkg-config", "--cflags", "--libs", "tango"], capture_output=True, text=True
+        )
+        if flags.returncode != 0:
+            return None
+        built = subprocess.run(
+            ["g++", "-O1", "-o", str(exe), str(source), *flags.stdout.split()],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        return None
+    return exe if built.returncode == 0 else None
+
+
 class Watchers:
-    """An existing client and two event subscribers, measuring their recovery."""
+    """An existing client and every kind of event subscriber, each recording
+    (wall time, good?) of its events: in this process (PyTango, the Pool's
+    element, ResilientSubscription) or as a process of its own (C++, Taurus)."""
 
     def __init__(self, bench):
         import tango
 
         from tango_devices.common.events import ResilientSubscription
 
-        self.existing = tango.DeviceProxy(f"tango://{bench.tango_host}/{DEVICE}")
+        self.events: dict[str, list[tuple[float, bool]]] = {k: [] for k in SUBSCRIBERS}
+        self.missing: dict[str, str] = {}
+        self._procs: list[subprocess.Popen] = []
+        url = f"tango://{bench.tango_host}/{DEVICE}"
+        self.existing = tango.DeviceProxy(url)
         self.existing.set_timeout_millis(300)
-        self.plain_events: list[float] = []
-        self.resilient_events: list[float] = []
-        proxy = tango.DeviceProxy(f"tango://{bench.tango_host}/{DEVICE}")
-        proxy.subscribe_event(
-            "State",
-            tango.EventType.CHANGE_EVENT,
-            lambda e: None if e.err else self.plain_events.append(now()),
-        )
-        self._plain_proxy = proxy
+
+        def record(name):
+            return lambda e: self.events[name].append((time.time(), not e.err))
+
+        self._plain = tango.DeviceProxy(url)
+        self._plain.subscribe_event("State", tango.EventType.CHANGE_EVENT, record("plain"))
         self.resilient = ResilientSubscription(
-            DEVICE,
-            "State",
-            lambda e: None if e.err else self.resilient_events.append(now()),
-            tango_host=bench.tango_host,
+            DEVICE, "State", record("resilient"), tango_host=bench.tango_host
         )
+        self._pool = tango.DeviceProxy(f"tango://{bench.tango_host}/{POOL_ELEMENT}")
+        self._pool.subscribe_event("Position", tango.EventType.CHANGE_EVENT, record("pool"))
+        env = {**os.environ, "TANGO_HOST": bench.tango_host}
+        cpp = cpp_subscriber()
+        if cpp is None:
+            self.missing["cpp"] = "not built: no g++ or no cppTango headers (libtango-dev)"
+        else:
+            self._spawn("cpp", [str(cpp), DEVICE, "State"], env)
+        self._spawn(
+            "taurus",
+            [sys.executable, "-m", "bench.clients.taurus_listener", f"{url}/State"],
+            {**env, "QT_QPA_PLATFORM": "offscreen"},
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(
+            self.events[k] for k in SUBSCRIBERS if k not in self.missing
+        ):
+            time.sleep(0.05)
+
+    def _spawn(self, name, cmd, env) -> None:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=str(CLIENTS.parent.parent),
+        )
+        self._procs.append(proc)
+
+        def read():
+            for line in proc.stdout:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1] in ("ok", "err"):
+                    self.events[name].append((float(parts[0]), parts[1] == "ok"))
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def first_good_after(self, name: str, t: float) -> float:
+        return next((w for w, ok in list(self.events[name]) if ok and w > t), float("nan"))
+
+    def errors_between(self, name: str, t0: float, t1: float) -> int:
+        return sum(1 for w, ok in list(self.events[name]) if not ok and t0 < w <= t1)
 
     def existing_back(self, deadline=30.0) -> float:
         import tango
@@ -95,37 +183,45 @@ class Watchers:
                 time.sleep(0.005)
         return float("nan")
 
+    def close(self) -> None:
+        for proc in self._procs:
+            proc.kill()
+            proc.wait()
+        self.resilient.close()
+
 
 def measure_kills(bench, n, with_watchers: bool, settle) -> dict:
-    new, existing, plain, resilient = [], [], [], []
+    out: dict[str, list[float]] = {"new": [], "existing": []}
+    out.update({k: [] for k in SUBSCRIBERS})
+    errors = dict.fromkeys(SUBSCRIBERS, 0)
     watchers = Watchers(bench) if with_watchers else None
-    for _ in range(n):
-        settle()
-        n_plain = len(watchers.plain_events) if watchers else 0
-        n_res = len(watchers.resilient_events) if watchers else 0
-        pid = server_pid(bench)
-        t_kill = now()
-        os.kill(pid, signal.SIGKILL)
-        t_new = answer_new(bench)
-        new.append(t_new - t_kill)
-        if watchers:
-            existing.append(watchers.existing_back() - t_kill)
-            deadline = now() + 15
-            while now() < deadline and (
-                len(watchers.plain_events) <= n_plain or len(watchers.resilient_events) <= n_res
+    try:
+        for _ in range(n):
+            settle()
+            pid = server_pid(bench)
+            t_kill, wall_kill = now(), time.time()
+            os.kill(pid, signal.SIGKILL)
+            t_new = answer_new(bench)
+            out["new"].append(t_new - t_kill)
+            if watchers is None:
+                continue
+            out["existing"].append(watchers.existing_back() - t_kill)
+            deadline = time.time() + EVENT_DEADLINE
+            active = [k for k in SUBSCRIBERS if k not in watchers.missing]
+            while time.time() < deadline and any(
+                watchers.first_good_after(k, wall_kill) != watchers.first_good_after(k, wall_kill)
+                for k in active
             ):
                 time.sleep(0.01)
-            plain.append(
-                watchers.plain_events[n_plain] - t_kill
-                if len(watchers.plain_events) > n_plain
-                else float("nan")
-            )
-            resilient.append(
-                watchers.resilient_events[n_res] - t_kill
-                if len(watchers.resilient_events) > n_res
-                else float("nan")
-            )
-    return {"new": new, "existing": existing, "plain": plain, "resilient": resilient}
+            for k in active:
+                out[k].append(watchers.first_good_after(k, wall_kill) - wall_kill)
+                errors[k] += watchers.errors_between(k, wall_kill, time.time()) > 0
+    finally:
+        if watchers is not None:
+            watchers.close()
+    out["kills_with_error_events"] = errors
+    out["missing"] = watchers.missing if watchers else {}
+    return out
 
 
 def pct(values, q) -> float:
@@ -138,7 +234,11 @@ def pct(values, q) -> float:
 
 def line(label, values) -> str:
     p50, p95 = pct(values, 50), pct(values, 95)
-    return f"  {label:<46} p50 {p50:6.2f} s   p95 {p95:6.2f} s   (n={len(values)})"
+    worst = max((v for v in values if v == v), default=float("nan"))
+    return (
+        f"  {label:<46} p50 {p50:6.2f} s   p95 {p95:6.2f} s   max {worst:6.2f} s"
+        f"   (n={len(values)})"
+    )
 
 
 def wait_supervisor(bench) -> None:
@@ -161,26 +261,39 @@ def supervisor_rows(bench):
     return {r["server"]: r for r in json.loads(sup.Report)["servers"]}
 
 
+def stable_kills(bench) -> None:
+    """Kills a few seconds apart are independent faults, not a crash loop:
+    the supervisor forgets a failure after 1 s of good health (default 10 s)."""
+    import tango
+
+    db = tango.Database(*bench.tango_host.split(":"))
+    db.put_device_property("bl01/sys/supervisor", {"StableAfter": ["1.0"]})
+    bench.proxy("bl01/sys/supervisor-standby").RestartServer("Supervisor/supervisor")
+    wait_supervisor(bench)
+
+
+def supervised_settle_for(bench):
+    def settle():
+        deadline = now() + 30
+        while now() < deadline:
+            if supervisor_rows(bench)[SERVER]["state"] == "RUNNING":
+                time.sleep(1.2)  # a benchmark, not a test: let the server be stable
+                return
+            time.sleep(0.05)
+
+    return settle
+
+
 def run() -> dict:
     import tango
 
     results = {}
     with beamline(BEAMLINE_TEST_HOOKS="1") as bench:
-        # Kills a few seconds apart are independent faults, not a crash loop:
-        # forget a failure after 1 s of good health (default 10 s).
-        db = tango.Database(*bench.tango_host.split(":"))
-        db.put_device_property("bl01/sys/supervisor", {"StableAfter": ["1.0"]})
-        bench.proxy("bl01/sys/supervisor-standby").RestartServer("Supervisor/supervisor")
-        wait_supervisor(bench)
-
-        def supervised_settle():
-            deadline = now() + 30
-            while now() < deadline:
-                if supervisor_rows(bench)[SERVER]["state"] == "RUNNING":
-                    time.sleep(1.2)  # a benchmark, not a test: let the server be stable
-                    return
-                time.sleep(0.05)
-
+        relay = bench.proxy("bl01/sys/eventrelay")
+        if relay.state() != tango.DevState.ON:
+            raise RuntimeError(f"the event relay is not relaying: {relay.status()}")
+        stable_kills(bench)
+        supervised_settle = supervised_settle_for(bench)
         supervised_settle()
         ours = measure_kills(bench, KILLS, True, supervised_settle)
         results["supervisor"] = ours
@@ -209,17 +322,42 @@ def run() -> dict:
         stock = measure_kills(bench, KILLS, False, starter_settle)
         results["starter"] = stock
 
+    # the same subscribers without the event relay, for comparison
+    with beamline(BEAMLINE_TEST_HOOKS="1", BEAMLINE_NO_EVENT_RELAY="1") as bench:
+        stable_kills(bench)
+        settle = supervised_settle_for(bench)
+        settle()
+        bare = measure_kills(bench, KILLS_WITHOUT_RELAY, True, settle)
+        results["without_relay"] = bare
+
     print(f"Healing of {SERVER} after SIGKILL ({KILLS} kills each)")
     print(line("supervisor: new client answers", ours["new"]))
     print(line("supervisor: existing DeviceProxy answers", ours["existing"]))
-    print(line("supervisor: ResilientSubscription event", ours["resilient"]))
-    print(line("supervisor: plain event subscriber event", ours["plain"]))
+    print(f"First good event after the kill, with the event relay ({KILLS} kills):")
+    report_events(ours)
+    print(f"... and without it ({KILLS_WITHOUT_RELAY} kills, BEAMLINE_NO_EVENT_RELAY=1):")
+    report_events(bare)
     print(line("stock Starter (AutoRestart 1 s): new client", stock["new"]))
     ratio = pct(stock["new"], 95) / pct(ours["new"], 95)
     print(f"  ratio of p95 (Starter / supervisor): {ratio:.1f}x")
     print("Hung device (TestHang) to a new client answering, HangTimeout 3 s")
     print(line("supervisor", hangs))
     return results
+
+
+def report_events(result: dict) -> None:
+    for key, label in SUBSCRIBERS.items():
+        if key in result["missing"]:
+            print(f"  {label:<46} skipped: {result['missing'][key]}")
+            continue
+        values = result[key]
+        lost = sum(1 for v in values if v != v)
+        errors = result["kills_with_error_events"][key]
+        print(
+            line(label, values)
+            + f"   error events after {errors}/{len(values)} kills"
+            + (f", no event within {EVENT_DEADLINE:g} s after {lost}" if lost else "")
+        )
 
 
 def answer_new_after_hang(bench, t0) -> float:

@@ -164,6 +164,7 @@ class BeamlineDevice(Device):
     # ------------------------------------------------ logic plumbing
     def init_device(self) -> None:
         super().init_device()
+        self._last_pushed: dict[str, tuple[Any, AttrQuality]] = {}
         lifecycle.clear_exit_marker(_server_name())
         if lifecycle.test_hooks_enabled() and not getattr(self, "_hooks_added", False):
             self._hooks_added = True
@@ -302,10 +303,43 @@ class BeamlineDevice(Device):
 
     def push(self, attr: str, value, quality=AttrQuality.ATTR_VALID) -> None:
         """Push a change event, never failing the caller."""
+        self.push_at(attr, value, time.time(), quality)
+
+    def push_at(self, attr: str, value, when: float, quality=AttrQuality.ATTR_VALID) -> None:
+        """Push a change event stamped ``when``, never failing the caller; the
+        value is kept for :meth:`RepublishEvents`."""
+        self._last_pushed[attr] = (value, quality)
         try:
-            self.push_change_event(attr, value, time.time(), quality)
+            self.push_change_event(attr, value, when, quality)
         except tango.DevFailed as exc:
             self.debug_stream(f"could not push {attr}: {exc.args[0].desc}")
+
+    def is_RepublishEvents_allowed(self) -> bool:
+        return True  # harmless in every state: a kernel command, in no family's table
+
+    @command(
+        dtype_out=int,
+        doc_out="how many attributes' events were pushed",
+    )
+    def RepublishEvents(self) -> int:
+        """Push State, Status and every attribute this device pushes events for,
+        with its current value, to whoever subscribed. The event relay calls it
+        once it has re-created a restarted server's subscriptions: what the new
+        process published before then reached nobody, and its clients must see
+        what changed while it was down (docs/events.md)."""
+        n = 0
+        with tango.AutoTangoMonitor(self):
+            self._mirrored = None  # State and Status again, even if unchanged
+        if self._machine is not None:
+            self.mirror_state()
+            n += 2
+        for attr, (value, quality) in list(self._last_pushed.items()):
+            try:
+                self.push_change_event(attr, value, time.time(), quality)
+                n += 1
+            except tango.DevFailed as exc:
+                self.debug_stream(f"could not push {attr} again: {exc.args[0].desc}")
+        return n
 
 
 def component_command(name: str, method: str, doc: str):
@@ -321,6 +355,10 @@ def component_command(name: str, method: str, doc: str):
     run_command.__name__ = run_command.__qualname__ = name
     is_allowed.__name__ = f"is_{name}_allowed"
     return command(run_command, doc_in=doc, fisallowed=is_allowed)
+
+
+#: commands of every device (BeamlineDevice), allowed in every state, in no table
+KERNEL_COMMANDS = ("RepublishEvents",)
 
 
 def table_checks(table: StateTable) -> dict[str, Callable]:

@@ -131,7 +131,7 @@ class Motor(BeamlineDevice):
             ):
                 return
             self._last_event = now
-            self.push_change_event("Position", reading.value, now, quality)
+            self.push_at("Position", reading.value, now, quality)
 
     def server_init_hook(self) -> None:
         """The server is up and its polling configured: fill the cache now."""

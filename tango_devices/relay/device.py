@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 
 import tango
 from tango import DevState
@@ -22,16 +23,24 @@ from tango.server import attribute, command
 from tango_devices.common import lifecycle
 from tango_devices.common.device_base import BeamlineDevice, run_server, table_checks
 from tango_devices.relay import ports
-from tango_devices.relay.relay_logic import RESUBSCRIBE_TIMEOUT, RelayLogic
+from tango_devices.relay.relay_logic import (
+    EVENTS_READY_TIMEOUT,
+    RESUBSCRIBE_TIMEOUT,
+    RelayLogic,
+)
 from tango_devices.relay.states import RELAY_TABLE
 
 PING_STEP = 0.02  # s between pings of a new process's admin device
 
 
-def resubscribe(admin: str, topics: list[tuple[str, str, str]]) -> tuple[int, list[str]]:
+def resubscribe(
+    admin: str, topics: list[tuple[str, str, str]], events_ready: Callable[[float], bool]
+) -> tuple[int, list[str]]:
     """Re-create ``topics`` in the new process behind ``admin``, as cppTango's
     client keep-alive thread does (eventkeepalive.cpp, reconnect_to_zmq_channel):
-    ``ZmqEventSubscriptionChange [device, attribute, "subscribe", event, "0"]``."""
+    ``ZmqEventSubscriptionChange [device, attribute, "subscribe", event, "0"]``;
+    then have each device publish its current values (RepublishEvents), as the
+    keep-alive thread's re-subscription hands the client a fresh reading."""
     with tango.EnsureOmniThread():
         deadline = time.monotonic() + RESUBSCRIBE_TIMEOUT
         while True:
@@ -60,6 +69,19 @@ def resubscribe(admin: str, topics: list[tuple[str, str, str]]) -> tuple[int, li
                 made += 1
             except tango.DevFailed as exc:
                 errors.append(f"{device}/{attr} {event}: {exc.args[0].desc.strip()}")
+        if made and not events_ready(EVENTS_READY_TIMEOUT):
+            errors.append(
+                f"the new process's event port did not accept the relay within "
+                f"{EVENTS_READY_TIMEOUT:g} s"
+            )
+            return made, errors
+        for device in sorted({t[0].lower() for t in topics} & devices):
+            try:
+                dev = tango.DeviceProxy(device)
+                dev.set_timeout_millis(1000)
+                dev.command_inout("RepublishEvents")
+            except tango.DevFailed as exc:
+                errors.append(f"{device} RepublishEvents: {exc.args[0].desc.strip()}")
         return made, errors
 
 

@@ -53,13 +53,19 @@ RECONNECT_IVL = 20  # ms: the upstream sockets reconnect this fast to a new proc
 RETRY_CLASH = 5.0  # s between attempts to bind ports another process held
 HWM = 10000  # messages queued per socket (cppTango's own publishers keep 1000)
 RESUBSCRIBE_TIMEOUT = 30.0  # s for a new process's admin device to answer
+EVENTS_READY_TIMEOUT = 2.0  # s for the relay to connect to a new process's event port
+SUBSCRIPTIONS_SETTLE = 0.05  # s for the relay's subscriptions to reach a new process
 
 #: a heartbeat's ZmqCallInfo as cppTango 10.3 sends it, for a heartbeat topic
 #: the relay never saw a real heartbeat on (the consumer only parses it)
 HEARTBEAT_CALL_INFO = bytes.fromhex("01000000000000000100000000ab03000000000000")
 
-#: (admin device, [(device, attribute, event)]) -> (subscriptions made, errors)
-Resubscriber = Callable[[str, list[tuple[str, str, str]]], tuple[int, list[str]]]
+#: (admin device, [(device, attribute, event)], events_ready) -> (subscriptions
+#: made, errors); events_ready(timeout) waits until the relay is connected to
+#: the new process's event port (it binds it at the first subscription)
+Resubscriber = Callable[
+    [str, list[tuple[str, str, str]], Callable[[float], bool]], tuple[int, list[str]]
+]
 
 
 def parse_topic(topic: str) -> tuple[str, str, str] | None:
@@ -93,6 +99,8 @@ class _Relay:
     down_hb: Any = None
     up_hb: Any = None
     monitor: Any = None  # connection events of up_hb: a new process
+    events_monitor: Any = None  # connection events of up_ev
+    events_connected: threading.Event = field(default_factory=threading.Event)
     error: str = ""  # the ports could not be bound
     topics: set[str] = field(default_factory=set)
     heartbeat_topics: set[str] = field(default_factory=set)
@@ -109,7 +117,18 @@ class _Relay:
     first_event_pending: bool = False
 
     def sockets(self) -> list[Any]:
-        return [s for s in (self.down_ev, self.up_ev, self.down_hb, self.up_hb, self.monitor) if s]
+        return [
+            s
+            for s in (
+                self.down_ev,
+                self.up_ev,
+                self.down_hb,
+                self.up_hb,
+                self.monitor,
+                self.events_monitor,
+            )
+            if s
+        ]
 
     def heartbeat_messages(self) -> list[list[bytes]]:
         if self.last_heartbeat is not None:
@@ -211,7 +230,12 @@ class RelayLogic:
     def topic_count(self) -> int:
         """Distinct event topics subscribed (a client's subscriptions reach
         every server its socket is connected to: each relay sees them all)."""
-        return len(set().union(*(r.topics for r in list(self._relays.values()))))
+        for _attempt in range(10):  # the relay's thread may change a set meanwhile
+            try:
+                return len(set().union(*(r.topics for r in list(self._relays.values()))))
+            except RuntimeError:
+                continue
+        return -1
 
     def resubscription_count(self) -> int:
         return sum(r.resubscriptions for r in list(self._relays.values()))
@@ -246,7 +270,9 @@ class RelayLogic:
         relay.error = ""
         relay.up_ev = self._xsub(r.events_bound)
         relay.up_hb = self._xsub(r.heartbeat_bound)
-        relay.monitor = relay.up_hb.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        watched = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+        relay.monitor = relay.up_hb.get_monitor_socket(watched)
+        relay.events_monitor = relay.up_ev.get_monitor_socket(watched)
         relay.up_ev.connect(f"tcp://{self.connect_address}:{r.events_bound}")
         relay.up_hb.connect(f"tcp://{self.connect_address}:{r.heartbeat_bound}")
 
@@ -270,13 +296,16 @@ class RelayLogic:
         return sock
 
     def _close(self, relay: _Relay) -> None:
-        if relay.up_hb is not None and relay.monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                relay.up_hb.disable_monitor()
+        for sock, monitor in ((relay.up_hb, relay.monitor), (relay.up_ev, relay.events_monitor)):
+            if sock is not None and monitor is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.disable_monitor()
         for sock in relay.sockets():
             sock.close(linger=0)
-        relay.down_ev = relay.up_ev = relay.down_hb = relay.up_hb = relay.monitor = None
+        relay.down_ev = relay.up_ev = relay.down_hb = relay.up_hb = None
+        relay.monitor = relay.events_monitor = None
         relay.connected = False
+        relay.events_connected.clear()
 
     def _classify(self) -> None:
         errors = [r.error for r in self._relays.values() if r.error]
@@ -302,7 +331,7 @@ class RelayLogic:
                 poller.unregister(sock)
             registered.clear()
             for relay in self._relays.values():
-                for name in ("down_ev", "up_ev", "down_hb", "up_hb", "monitor"):
+                for name in ("down_ev", "up_ev", "down_hb", "up_hb", "monitor", "events_monitor"):
                     sock = getattr(relay, name)
                     if sock is not None:
                         poller.register(sock, zmq.POLLIN)
@@ -420,6 +449,12 @@ class RelayLogic:
             elif message[:1] == b"\x00":
                 topics.discard(message[1:].decode("latin-1"))
             (relay.up_ev if name == "down_ev" else relay.up_hb).send(message)
+        elif name == "events_monitor":
+            event = zmq.utils.monitor.recv_monitor_message(relay.events_monitor)
+            if event["event"] == zmq.EVENT_CONNECTED:
+                relay.events_connected.set()
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                relay.events_connected.clear()
         elif name == "monitor":
             event = zmq.utils.monitor.recv_monitor_message(relay.monitor)
             log.info(
@@ -444,10 +479,19 @@ class RelayLogic:
         admin = relay.route.admin_device
         started = self._clock()
         relay.resubscribing = True
+        ready = relay.events_connected
+
+        def events_ready(timeout: float) -> bool:
+            if not ready.wait(timeout):
+                return False
+            # the relay's subscriptions go to the new process on connection:
+            # let them arrive before anything is published
+            time.sleep(SUBSCRIPTIONS_SETTLE)
+            return True
 
         def work() -> None:
             try:
-                made, errors = self._resubscribe(admin, topics)
+                made, errors = self._resubscribe(admin, topics, events_ready)
             except Exception as exc:  # noqa: BLE001 - reported in the relay's report
                 made, errors = 0, [str(exc)]
             self._done.put((key, made, errors, self._clock() - started))

@@ -14,6 +14,7 @@ import tango
 
 from beamline import procs
 from tango_devices.registry import SERVERS
+from tango_devices.relay import ports as event_ports
 from tests.helpers import running_beamline, wait_until
 
 pytestmark = pytest.mark.system
@@ -95,6 +96,8 @@ def test_every_suite_server_is_forked_and_looks_executed(run):
         assert [os.path.basename(a) for a in args[1:]] == [exe, instance], args
         assert proc.name() == exe[:15]
         assert proc.environ().get("BEAMLINE_RUN_DIR") == str(run.run_dir)
+        if event_ports.relayed(server):
+            relayed_as_planned(run, server, pid)
     assert "Sardana/bl01" in listed  # not one of ours: executed as before
     assert psutil.Process(pid_of(run, "Sardana/bl01")).ppid() != fork
 
@@ -127,6 +130,27 @@ def test_the_starter_kills_stops_and_starts_forked_servers(run):
     )
 
 
+def listening(pid: int) -> set[int]:
+    return {
+        c.laddr.port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def relayed_as_planned(run, server: str, pid: int) -> None:
+    """``pid`` has the event relay's shim and binds its heartbeat on the
+    planned port, not the advertised one (which the relay holds)."""
+    route = event_ports.load(run.run_dir)[server.lower()]
+    assert any("_portmap" in m.path for m in psutil.Process(pid).memory_maps()), server
+    wait_until(
+        lambda: route.heartbeat_bound in listening(pid),
+        10,
+        f"{server} listening on its heartbeat port {route.heartbeat_bound}",
+    )
+    assert route.heartbeat not in listening(pid)
+
+
 def test_without_the_fork_server_servers_start_on_their_own_until_up_again(run):
     fork = fork_server_pid(run)
     os.kill(fork, signal.SIGKILL)
@@ -137,6 +161,8 @@ def test_without_the_fork_server_servers_start_on_their_own_until_up_again(run):
     os.kill(old, signal.SIGKILL)
     new = restarted(run, "Motor/sample_y", "bl01/mot/sample_y", old)
     assert psutil.Process(new).ppid() != fork
+    # started on its own, it executed itself once more with the relay's shim
+    relayed_as_planned(run, "Motor/sample_y", new)
 
     run.up()
     fork = fork_server_pid(run)
@@ -144,3 +170,4 @@ def test_without_the_fork_server_servers_start_on_their_own_until_up_again(run):
     os.kill(old, signal.SIGKILL)
     new = restarted(run, "Motor/det_z", "bl01/mot/det_z", old)
     assert psutil.Process(new).ppid() == fork
+    relayed_as_planned(run, "Motor/det_z", new)

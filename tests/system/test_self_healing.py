@@ -37,6 +37,7 @@ KINDS = [
     ("VacuumGauge/gauge1", "bl01/vac/gauge1", None),
     ("Valve/valve1", "bl01/vac/valve1", None),
     ("Motor/mirror_pitch", "bl01/mot/mirror_pitch", ("Offset", -0.1)),
+    ("EventRelay/relay", "bl01/sys/eventrelay", None),
 ]
 ALL_DEVICES = [d for _, d, _ in KINDS] + [
     "bl01/mot/slit_h",
@@ -305,14 +306,20 @@ def test_a_plain_subscriber_gets_events_again_without_a_gap_report(healing):
         old_pid = inject(healing, server, device, "sigkill")
         killed = time.time()
         back(healing, server, device, old_pid, restarts_before)
+        # the new process's current position, unasked (as cppTango's own
+        # re-subscription would hand it over, 10 s later)
+        position.wait_for(
+            lambda items: any(v.time.totime() > killed for v in items),
+            6.0,
+            "Position event from the restarted server",
+        )
         start = subscriber.read_attribute("Position").value
         target = start + 0.5 if start < 1.0 else start - 0.5
         healing.proxy(device).write_attribute("Position", target)
-        # well before cppTango's own recovery (its 10 s heartbeat check)
         position.wait_for(
             lambda items: any(v.time.totime() > killed and v.value != start for v in items),
             6.0,
-            "Position event from the restarted server",
+            "Position event of the restarted server's move",
         )
         assert position.errors == [], f"the subscriber saw its events fail: {position.errors}"
         # and none later: the relay replays the heartbeat until the new server's own
@@ -329,3 +336,31 @@ def test_a_plain_subscriber_gets_events_again_without_a_gap_report(healing):
         assert report["resubscriptions"] >= 1 and "re-created" in report["last_resubscription"]
     finally:
         position.close()
+
+
+def test_after_the_relays_own_restart_events_go_through_it_again(healing):
+    """The relay rebinds the advertised ports (a client subscribing afterwards
+    gets events through it) and reaches the servers' own ports again."""
+    relay = healing.proxy("bl01/sys/eventrelay")
+    restarts_before = row(healing, "EventRelay/relay")["restarts"]
+    old_pid = inject(healing, "EventRelay/relay", "bl01/sys/eventrelay", "sigkill")
+    back(healing, "EventRelay/relay", "bl01/sys/eventrelay", old_pid, restarts_before)
+    wait_until(lambda: relay.state() == S.ON, 10, "the relay ON", on_timeout=relay.status)
+    motor = healing.proxy("bl01/mot/sample_x")
+    position = Events(healing.proxy("bl01/mot/sample_x"), "Position")
+    try:
+        start = motor.read_attribute("Position").value
+        subscribed = time.time()
+        motor.write_attribute("Position", start + 0.2)
+        position.wait_for(
+            lambda items: any(v.time.totime() > subscribed and v.value != start for v in items),
+            10,
+            "Position event through the restarted relay",
+        )
+        report = next(
+            s for s in json.loads(relay.Report)["servers"] if s["server"] == "Motor/sample_x"
+        )
+        assert report["events"] > 0 and report["connected"], report
+    finally:
+        position.close()
+        wait_until(lambda: motor.state() == S.ON, 15, "sample_x at rest")

@@ -165,8 +165,9 @@ def relay_setup():
     calls: list[tuple[str, list]] = []
     resubscribed = threading.Event()
 
-    def resubscribe(admin, topics):
-        calls.append((admin, topics))
+    def resubscribe(admin, topics, events_ready):
+        # the relay reached the new process's event port before anything is republished
+        calls.append((admin, topics, events_ready(5.0)))
         resubscribed.set()
         return len(topics), []
 
@@ -231,7 +232,7 @@ def test_a_restarted_server_reaches_the_clients_old_connections(relay_setup):
     server.close()  # killed
     server = FakeServer(ctx, route)  # restarted on the same ports
     assert resubscribed.wait(10.0), "the relay did not re-create the subscriptions"
-    assert calls == [("dserver/Motor/x", [("bl01/mot/x", "position", "idl5_change")])]
+    assert calls == [("dserver/Motor/x", [("bl01/mot/x", "position", "idl5_change")], True)]
     # the heartbeat is replayed at once: the client's 10 s check stays quiet
     assert _receive(hb, 3.0)[0].endswith(b"motor/x.heartbeat")
     # the client's own, never reconnected socket gets the new process's events
@@ -274,7 +275,7 @@ def test_ports_held_by_another_process_give_alarm_then_recover(relay_setup, monk
 
 
 def test_nothing_to_relay_is_off():
-    logic = RelayLogic([], "127.0.0.1", lambda a, t: (0, []))
+    logic = RelayLogic([], "127.0.0.1", lambda a, t, r: (0, []))
     logic.start()
     try:
         assert logic.machine.state is OFF
