@@ -133,9 +133,7 @@ class CameraConfig:
                 f"buffer_frames: must be an integer number of frames 1..{MAX_FRAMES}, "
                 f"got {buffer_frames!r}"
             )
-        return cls(
-            width, height, bits, float(readout), float(max_exposure), seed, buffer_frames
-        )
+        return cls(width, height, bits, float(readout), float(max_exposure), seed, buffer_frames)
 
 
 # ------------------------------------------------------------------- rendering

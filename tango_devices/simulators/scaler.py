@@ -433,9 +433,7 @@ class ScalerController(WithoutFaults, PhysicsController):
     def _cmd_bufstatus(self, args: list[str]) -> str:
         no_args(args)
         self.update()
-        return (
-            f"{self.buffer_state()} {self.taken} {self.points} {self.overflow} {self.missed}"
-        )
+        return f"{self.buffer_state()} {self.taken} {self.points} {self.overflow} {self.missed}"
 
     def _cmd_data(self, args: list[str]) -> bytes:
         if len(args) != 2 or not all(a.isascii() and a.isdigit() and len(a) <= 12 for a in args):

@@ -350,9 +350,7 @@ class SmcAxis:
         self._now = now
         # (time, offset, profile or None, mechanical): every change of the motion or of
         # the offset, so that where the axis was at a past instant stays known exactly
-        self._history: deque[tuple[float, float, _Profile | None, float]] = deque(
-            maxlen=HISTORY
-        )
+        self._history: deque[tuple[float, float, _Profile | None, float]] = deque(maxlen=HISTORY)
         self._log(now)
 
     # ---------------------------------------------------------------- reading
