@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tango_devices.drivers.errors import ProtocolError
 from tango_devices.drivers.line_client import (
     LineClient,
     format_seconds,
@@ -21,6 +22,8 @@ from tango_devices.drivers.line_client import (
 )
 
 MODES = ("SINGLE", "MULTIPLE", "CONTINUOUS")
+TRIGGERS = ("INTERNAL", "EXTERNAL")
+E_NO_FRAME = 6
 MAX_FRAME_BYTES = 4096 * 4096 * 2  # a larger announced payload is garbage
 
 
@@ -55,6 +58,31 @@ class _FrameHeader:
         if nbytes > MAX_FRAME_BYTES:
             raise ValueError(f"frame of {nbytes} bytes is larger than {MAX_FRAME_BYTES}")
         return cls(counter, width, height, nbytes)
+
+
+@dataclass(frozen=True)
+class FrameBuffer:
+    """The frames of an external-trigger acquisition: ``count`` frames
+    buffered, numbered ``first`` .. ``first + count - 1`` (``first`` is the
+    next frame's number when none is), and ``missed`` triggers that came
+    while the camera was busy."""
+
+    count: int
+    first: int
+    missed: int
+
+
+def _parse_buffer(result: str) -> FrameBuffer:
+    values = [parse_int(f) for f in result.split()]
+    if len(values) != 3 or any(v < 0 for v in values):
+        raise ValueError(f"a frame buffer status is 3 numbers (count first missed): {result!r}")
+    return FrameBuffer(*values)
+
+
+def _parse_trigger(result: str) -> str:
+    if result not in TRIGGERS:
+        raise ValueError(f"unknown trigger source {result!r} (expected {', '.join(TRIGGERS)})")
+    return result
 
 
 def _parse_status(result: str) -> CameraStatus:
@@ -134,5 +162,33 @@ class CameraClient(LineClient):
         header, payload = self.query_with_payload(
             "FRAME?", _FrameHeader.parse, lambda h: h.nbytes, self.frame_timeout
         )
+        pixels = np.frombuffer(payload, dtype="<u2").reshape(header.height, header.width)
+        return header.counter, pixels.astype(np.uint16)
+
+    # ------------------------------------------------- external trigger
+    def set_trigger(self, source: str) -> None:
+        """``INTERNAL`` (frames timed by the camera) or ``EXTERNAL`` (one frame
+        per pulse on the trigger input; frames buffered and numbered)."""
+        if not isinstance(source, str) or source.upper() not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, got {source!r}")
+        self.command(f"TRIGGER {source.upper()}")
+
+    def trigger(self) -> str:
+        return self.query("?TRIGGER", _parse_trigger)
+
+    def frame_buffer(self) -> FrameBuffer:
+        return self.query("?BUFFER", _parse_buffer)
+
+    def read_frame_number(self, number: int) -> tuple[int, np.ndarray]:
+        """Frame ``number`` of the buffer (TRIGGER EXTERNAL): ``(number,
+        pixels)``; one not acquired yet or no longer buffered is
+        ControllerRejected (E_NO_FRAME)."""
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise ValueError(f"frame number must be an integer >= 0, got {number!r}")
+        header, payload = self.query_with_payload(
+            f"FRAME? {number}", _FrameHeader.parse, lambda h: h.nbytes, self.frame_timeout
+        )
+        if header.counter != number:
+            raise ProtocolError(f"asked for frame {number}, got frame {header.counter}")
         pixels = np.frombuffer(payload, dtype="<u2").reshape(header.height, header.width)
         return header.counter, pixels.astype(np.uint16)

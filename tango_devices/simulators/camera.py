@@ -18,12 +18,22 @@ uniform dark rate, times the exposure; Poisson noise is drawn for the dark
 level over the whole frame and for the spot only in a window of +-6 sigma, then
 the sum is clipped to the pixel range. A 512x512 frame takes about a
 millisecond at short exposures.
+
+External trigger (``TRIGGER EXTERNAL``): ``START`` arms the camera, and each
+pulse on its trigger input (a timing unit wired to it inside the simulator,
+:meth:`CameraController.trigger`) exposes one frame, which completes
+``exposure + readout_time`` later. The beam is sampled when the trigger is
+delivered (the timing unit delivers them within a few milliseconds). Every
+frame of the acquisition is kept (up to ``buffer_frames``, the oldest go
+first) and read by its number with ``FRAME? <n>``; a trigger that comes while
+the camera is still exposing or reading out is ignored and counted as missed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +66,8 @@ SPOT_WINDOW = 6.0  # sigmas each side of the spot centre where spot counts are d
 SCATTER_BELOW = 0.05  # mean dark counts per pixel below which dark counts are scattered
 
 MODES = ("SINGLE", "MULTIPLE", "CONTINUOUS")
+TRIGGERS = ("INTERNAL", "EXTERNAL")
+DEFAULT_BUFFER_FRAMES = 100_000
 
 # Error codes (docs/protocol-camera.md; E_UNKNOWN_COMMAND = 1 and E_BAD_ARGUMENT = 2 are common).
 E_BUSY = 5
@@ -75,8 +87,19 @@ class CameraConfig:
     readout_time: float = 0.005
     max_exposure: float = 60.0
     seed: int | None = None
+    buffer_frames: int = DEFAULT_BUFFER_FRAMES
 
-    KEYS = ("kind", "port", "width", "height", "bits", "readout_time", "max_exposure", "seed")
+    KEYS = (
+        "kind",
+        "port",
+        "width",
+        "height",
+        "bits",
+        "readout_time",
+        "max_exposure",
+        "seed",
+        "buffer_frames",
+    )
 
     @classmethod
     def from_dict(cls, data: Any) -> CameraConfig:
@@ -104,7 +127,13 @@ class CameraConfig:
                 f"got {max_exposure!r}"
             )
         seed = optional_seed(data)
-        return cls(width, height, bits, float(readout), float(max_exposure), seed)
+        buffer_frames = data.get("buffer_frames", defaults.buffer_frames)
+        if not is_int(buffer_frames) or not 1 <= buffer_frames <= MAX_FRAMES:
+            raise ValueError(
+                f"buffer_frames: must be an integer number of frames 1..{MAX_FRAMES}, "
+                f"got {buffer_frames!r}"
+            )
+        return cls(width, height, bits, float(readout), float(max_exposure), seed, buffer_frames)
 
 
 # ------------------------------------------------------------------- rendering
@@ -200,6 +229,15 @@ class CameraController(WithoutFaults, PhysicsController):
         self._goal: int | None = None  # frames to acquire; None: until STOP
         self._completed: _Completed | None = None
         self._rendered: tuple[int, bytes] | None = None  # (counter, FRAME? reply)
+        self.trigger_source = "INTERNAL"
+        #: what must run before the camera answers: the timing units wired to
+        #: its trigger input deliver the triggers up to ``now`` (``upstream(now)``)
+        self.upstream: list[Callable[[float], None]] = []
+        self.missed = 0  # triggers ignored (busy) in this acquisition
+        self._triggered = 0  # frames triggered in this acquisition
+        self._busy_until = -math.inf
+        self._pending: deque[tuple[float, _Completed]] = deque()  # (done at, frame)
+        self._frames: deque[_Completed] = deque(maxlen=cfg.buffer_frames)
         self._commands: dict[str, Command] = {
             "?ID": Command(self._cmd_id),
             "?SIZE": Command(self._cmd_size),
@@ -213,6 +251,9 @@ class CameraController(WithoutFaults, PhysicsController):
             "STOP": Command(self._ok_action(self.stop)),
             "?STATUS": Command(self._cmd_status),
             "FRAME?": Command(self._cmd_frame),
+            "TRIGGER": Command(self._cmd_trigger),
+            "?TRIGGER": Command(self._cmd_query_trigger),
+            "?BUFFER": Command(self._cmd_buffer),
         }
 
     # ------------------------------------------------------------ acquisition
@@ -226,6 +267,11 @@ class CameraController(WithoutFaults, PhysicsController):
         newest one records the beam as it is now. Returns ``now``."""
         if now is None:
             now = self._clock()
+        for deliver in self.upstream:
+            deliver(now)
+        if self.trigger_source == "EXTERNAL":
+            self._complete_triggered(now)
+            return now
         if not self.acquiring:
             return now
         done = max(math.floor((now - self._start) / self.period + 1e-9), 0)
@@ -246,11 +292,89 @@ class CameraController(WithoutFaults, PhysicsController):
         self._start = now
         self._base = self.counter
         self._goal = {"SINGLE": 1, "MULTIPLE": self.frames}.get(self.mode)
+        self.missed = self._triggered = 0
+        self._busy_until = -math.inf
+        self._frames.clear()
 
     def stop(self, now: float) -> None:
         """End the acquisition; the frame being exposed is discarded."""
         self.update(now)
         self.acquiring = False
+        self._pending.clear()
+
+    # ------------------------------------------------------ external trigger
+    def free_frames(self) -> int | None:
+        """Triggers the armed external acquisition still takes (None: until
+        STOP); 0 when not armed for external triggers."""
+        if not (self.acquiring and self.trigger_source == "EXTERNAL"):
+            return 0
+        return None if self._goal is None else self._goal - self._triggered
+
+    def trigger(self, when: float) -> None:
+        """A pulse on the trigger input at ``when`` (called in time order):
+        one frame if armed for external triggers and not busy."""
+        if not (self.acquiring and self.trigger_source == "EXTERNAL") or when < self._start:
+            return
+        if self._goal is not None and self._triggered >= self._goal:
+            return
+        if when < self._busy_until:
+            self.missed += 1
+            return
+        self._triggered += 1
+        self._busy_until = when + self.period
+        number = self._base + self._triggered
+        self._pending.append(
+            (self._busy_until, _Completed(number, self.physics.spot(), self.exposure))
+        )
+
+    def _complete_triggered(self, now: float) -> None:
+        """Frames whose exposure and readout are over by ``now`` join the buffer."""
+        while self._pending and self._pending[0][0] <= now:
+            _, frame = self._pending.popleft()
+            self._frames.append(frame)
+            self.counter = frame.counter
+            self._completed = frame
+        if (
+            self.acquiring
+            and self._goal is not None
+            and self._triggered >= self._goal
+            and not self._pending
+        ):
+            self.acquiring = False
+
+    def _render(self, frame: _Completed) -> bytes:
+        if self._rendered is None or self._rendered[0] != frame.counter:
+            image = self.renderer.render(frame.spot, frame.exposure)
+            pixels = image.astype("<u2", copy=False).tobytes()
+            cfg = self.config
+            header = f"FRAME? {frame.counter} {cfg.width} {cfg.height} {len(pixels)}\r\n"
+            self._rendered = (frame.counter, header.encode("ascii") + pixels)
+        return self._rendered[1]
+
+    def buffered_frame_reply(self, number: int) -> bytes:
+        """The ``FRAME? <n>`` reply: frame ``number`` of the buffer."""
+        self.update()
+        if not self._frames:
+            raise CameraError(
+                E_NO_FRAME,
+                f"frame {number} not acquired yet: no frame buffered "
+                f"(the next frame will be {self.counter + 1})",
+            )
+        first, last = self._frames[0].counter, self._frames[-1].counter
+        if number > last:
+            raise CameraError(
+                E_NO_FRAME,
+                f"frame {number} not acquired yet: the newest frame is {last}; "
+                "wait for its trigger",
+            )
+        if number < first:
+            raise CameraError(
+                E_NO_FRAME,
+                f"frame {number} is no longer buffered: the buffer holds frames "
+                f"{first}..{last} (buffer_frames {self.config.buffer_frames}); read frames "
+                "while the acquisition runs",
+            )
+        return self._render(self._frames[number - first])
 
     def frame_reply(self) -> bytes:
         """The ``FRAME?`` reply for the last completed frame (rendered once)."""
@@ -258,13 +382,7 @@ class CameraController(WithoutFaults, PhysicsController):
         completed = self._completed
         if completed is None:
             raise CameraError(E_NO_FRAME, "no frame acquired yet")
-        if self._rendered is None or self._rendered[0] != completed.counter:
-            image = self.renderer.render(completed.spot, completed.exposure)
-            pixels = image.astype("<u2", copy=False).tobytes()
-            cfg = self.config
-            header = f"FRAME? {completed.counter} {cfg.width} {cfg.height} {len(pixels)}\r\n"
-            self._rendered = (completed.counter, header.encode("ascii") + pixels)
-        return self._rendered[1]
+        return self._render(completed)
 
     def _check_idle(self) -> None:
         self.update()
@@ -275,13 +393,16 @@ class CameraController(WithoutFaults, PhysicsController):
     def status(self) -> dict[str, Any]:
         """Acquisition settings and state, for the control port."""
         self.update()
-        return {
+        status: dict[str, Any] = {
             "acquiring": self.acquiring,
             "counter": self.counter,
             "mode": self.mode,
             "exposure": self.exposure,
             "frames": self.frames,
         }
+        if self.trigger_source == "EXTERNAL":
+            status.update(trigger="EXTERNAL", buffered=len(self._frames), missed=self.missed)
+        return status
 
     # --------------------------------------------------------------- commands
     def _cmd_id(self, args: list[str]) -> str:
@@ -338,5 +459,30 @@ class CameraController(WithoutFaults, PhysicsController):
         return f"{'ACQUIRING' if self.acquiring else 'IDLE'} {self.counter}"
 
     def _cmd_frame(self, args: list[str]) -> bytes:
+        if not args or self.trigger_source != "EXTERNAL":
+            no_args(args)  # numbered frames only with external triggers
+            return self.frame_reply()
+        text = one_arg(args, "nothing (the newest frame) or a frame number")
+        if not (text.isascii() and text.isdigit()) or len(text) > 12:
+            raise CameraError(E_BAD_ARGUMENT, f"bad argument: not a frame number: {text}")
+        return self.buffered_frame_reply(int(text))
+
+    def _cmd_trigger(self, args: list[str]) -> str:
+        text = one_arg(args, " or ".join(TRIGGERS)).upper()
+        if text not in TRIGGERS:
+            raise CameraError(
+                E_BAD_ARGUMENT, f"bad argument: trigger must be {', '.join(TRIGGERS)}, got {text}"
+            )
+        self._check_idle()
+        self.trigger_source = text
+        return "OK"
+
+    def _cmd_query_trigger(self, args: list[str]) -> str:
         no_args(args)
-        return self.frame_reply()
+        return self.trigger_source
+
+    def _cmd_buffer(self, args: list[str]) -> str:
+        no_args(args)
+        self.update()
+        first = self._frames[0].counter if self._frames else self.counter + 1
+        return f"{len(self._frames)} {first} {self.missed}"

@@ -12,12 +12,23 @@ a sampled rate holds until the next sample, so a shutter that opens mid-count
 shows in the counts from the next sample on. Counting ends exactly at the
 preset time and the counts are frozen from then on. Time is injected, so unit
 tests use a fake clock (they drive the sampling with requests).
+
+Hardware-gated buffered counting: ``ARM <points>`` makes the gate input
+count; each gate (a pulse of a timing unit wired to the input inside the
+simulator, :meth:`ScalerController.gate`) latches one point, the counts of
+every channel during the gate and the gate time in microseconds, into a
+buffer read with ``?DATA <first> <n>`` as little-endian int64 arrays. The
+gate's counts are the physics rates sampled when the gate is delivered (the
+timing unit delivers them within a few milliseconds) times the gate time, with
+Poisson noise. A gate that comes less than the dead time after the previous
+one is missed (counted), a gate after the last armed point overflows
+(counted); neither shifts the points.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,9 +44,11 @@ from tango_devices.simulators.common import (
     WithoutFaults,
     check_keys,
     format_seconds,
+    is_int,
     is_number,
     no_args,
     numbered,
+    one_arg,
     optional_seed,
     seconds_arg,
 )
@@ -47,8 +60,15 @@ DEFAULT_MAX_PRESET = 3600.0
 SAMPLE_PERIOD = 0.01  # s, rate sampling while counting (inside an event loop)
 MAX_MEAN = 1e15  # beyond this mean the count is the mean itself (noise < 1e-7)
 
+DEFAULT_BUFFER_SIZE = 1_000_000  # points of the gated buffer
+MAX_BUFFER_SIZE = 10_000_000
+DEFAULT_DEAD_TIME = 0.0001  # s the scaler needs between two gates (latching a point)
+MAX_READ = 100_000  # points of one ?DATA reply
+TICKS_PER_SECOND = 1_000_000  # the gate time column: ticks of the internal 1 MHz clock
+
 # Error codes (docs/protocol-scaler.md; E_UNKNOWN_COMMAND = 1 and E_BAD_ARGUMENT = 2 are common).
 E_BUSY = 5
+E_NOT_TAKEN = 6
 
 
 class ScalerError(CommandError):
@@ -74,9 +94,26 @@ class ScalerController(WithoutFaults, PhysicsController):
     def _configure(self, config: Mapping[str, Any]) -> None:
         if not isinstance(config, Mapping):
             raise ValueError("must be an object with a 'channels' object")
-        check_keys("", config, ("kind", "port", "channels", "max_preset", "seed"))
+        check_keys(
+            "",
+            config,
+            ("kind", "port", "channels", "max_preset", "seed", "buffer_size", "dead_time"),
+        )
         self.signals = self._build_channels(config.get("channels"))
         self.max_preset = self._max_preset(config.get("max_preset", DEFAULT_MAX_PRESET))
+        self.buffer_size = self._buffer_size(config.get("buffer_size", DEFAULT_BUFFER_SIZE))
+        self.dead_time = self._dead_time(config.get("dead_time", DEFAULT_DEAD_TIME))
+        #: what must run before the scaler answers: the timing units wired to
+        #: its gate input deliver the gates up to ``now`` (``upstream(now)``)
+        self.upstream: list[Callable[[float], None]] = []
+        self.armed = False
+        self.points = 0  # points of the armed (or last) buffered acquisition
+        self.taken = 0
+        self.overflow = 0  # gates after the last point
+        self.missed = 0  # gates within the dead time of the previous one
+        self._armed_at = 0.0
+        self._last_gate_end = -float("inf")
+        self._buffer = np.zeros((0, 1 + len(self.signals)), dtype=np.int64)
         self._rng = np.random.default_rng(optional_seed(config))
         self.preset = 1.0
         self.counts = [0] * len(self.signals)
@@ -96,6 +133,12 @@ class ScalerController(WithoutFaults, PhysicsController):
             "CLEAR": Command(self._ok_action(self.clear)),
             "?STATUS": Command(self._cmd_status),
             "?COUNTS": Command(self._cmd_counts),
+            "?BUFSIZE": Command(self._cmd_bufsize),
+            "?DEADTIME": Command(self._cmd_deadtime),
+            "ARM": Command(self._cmd_arm),
+            "DISARM": Command(self._ok_action(self.disarm)),
+            "?BUFSTATUS": Command(self._cmd_bufstatus),
+            "?DATA": Command(self._cmd_data),
         }
 
     @staticmethod
@@ -123,12 +166,29 @@ class ScalerController(WithoutFaults, PhysicsController):
             )
         return float(value)
 
+    @staticmethod
+    def _buffer_size(value: Any) -> int:
+        if not is_int(value) or not 1 <= value <= MAX_BUFFER_SIZE:
+            raise ValueError(
+                f"buffer_size: must be an integer number of points 1..{MAX_BUFFER_SIZE}, "
+                f"got {value!r}"
+            )
+        return value
+
+    @staticmethod
+    def _dead_time(value: Any) -> float:
+        if not is_number(value) or not 0 <= value <= 1:
+            raise ValueError(f"dead_time: must be a number of seconds 0..1, got {value!r}")
+        return float(value)
+
     # ------------------------------------------------------------ counting
     def update(self, now: float | None = None) -> float:
         """Accumulate the counts up to ``now`` (default: the clock), at most to
         the end of the preset; then sample the rates. Returns ``now``."""
         if now is None:
             now = self._clock()
+        for deliver in self.upstream:
+            deliver(now)
         if not self.counting:
             return now
         end = self._start + self.preset
@@ -171,6 +231,7 @@ class ScalerController(WithoutFaults, PhysicsController):
         self.update(now)
         if self.counting:
             raise ScalerError(E_BUSY, "busy: already counting; STOP first")
+        self._check_not_armed("START")
         self.counts = [0] * len(self.signals)
         self.counting = True
         self._start = self._sampled_at = now
@@ -188,8 +249,101 @@ class ScalerController(WithoutFaults, PhysicsController):
         self.update(now)
         if self.counting:
             raise ScalerError(E_BUSY, "busy: counting; STOP first")
+        self._check_not_armed("CLEAR")
         self.counts = [0] * len(self.signals)
         self._elapsed = 0.0
+
+    # --------------------------------------------- gated buffered counting
+    def _check_not_armed(self, command: str) -> None:
+        if self.armed:
+            raise ScalerError(
+                E_BUSY,
+                f"busy: armed for gated counting ({self.taken} of {self.points} points "
+                f"taken); DISARM before {command}",
+            )
+
+    def arm(self, points: int, now: float) -> None:
+        """Count gates from ``now``: one point per gate, ``points`` points;
+        the buffer is cleared."""
+        self.update(now)
+        if self.counting:
+            raise ScalerError(E_BUSY, "busy: counting; STOP first")
+        self._check_not_armed("ARM")
+        if not 1 <= points <= self.buffer_size:
+            raise ScalerError(
+                E_BAD_ARGUMENT,
+                f"bad argument: {points} points is more than the buffer holds "
+                f"({self.buffer_size} points): arm at most {self.buffer_size} points "
+                "and read them before the next ARM"
+                if points > self.buffer_size
+                else f"bad argument: points must be 1..{self.buffer_size}, got {points}",
+            )
+        self.armed = True
+        self.points = points
+        self.taken = self.overflow = self.missed = 0
+        self._armed_at = now
+        self._last_gate_end = -float("inf")
+        self._buffer = np.zeros((points, 1 + len(self.signals)), dtype=np.int64)
+
+    def disarm(self, now: float) -> None:
+        """Stop counting gates; the points taken stay readable. OK when not armed."""
+        self.update(now)
+        self.armed = False
+
+    def free_points(self) -> int:
+        """Points the armed acquisition still takes (0 when not armed)."""
+        return self.points - self.taken if self.armed else 0
+
+    def gate(self, start: float, end: float) -> None:
+        """The gate input was high from ``start`` to ``end`` (called in time
+        order, once the gate has ended): latch one point if armed."""
+        if not self.armed or start < self._armed_at:
+            return
+        if start - self._last_gate_end < self.dead_time:
+            self.missed += 1
+            return
+        self._last_gate_end = end
+        if self.taken >= self.points:
+            self.overflow += 1
+            return
+        seconds = end - start
+        row = self._buffer[self.taken]
+        row[0] = round(seconds * TICKS_PER_SECOND)
+        for i, rate in enumerate(self._sample_rates()):
+            mean = rate * seconds
+            row[1 + i] = int(self._rng.poisson(mean)) if mean <= MAX_MEAN else round(mean)
+        self.taken += 1
+
+    def buffer_state(self) -> str:
+        if self.armed:
+            return "ARMED" if self.taken < self.points else "DONE"
+        return "IDLE"
+
+    def read_points(self, first: int, count: int) -> np.ndarray:
+        """Points ``first`` .. ``first + count - 1`` of the buffer: rows of
+        gate time (µs) and counts per channel."""
+        self.update()
+        if count < 1 or count > MAX_READ:
+            raise ScalerError(
+                E_BAD_ARGUMENT, f"bad argument: read 1..{MAX_READ} points at a time, got {count}"
+            )
+        if first + count > self.taken:
+            lost = (
+                f"; {self.overflow} gate(s) after the last point were lost (buffer overflow: "
+                f"ARM more points, at most {self.buffer_size})"
+                if self.overflow
+                else ""
+            )
+            raise ScalerError(
+                E_NOT_TAKEN,
+                f"points {first}..{first + count - 1} not taken: {self.taken} of "
+                f"{self.points} points taken (0..{self.taken - 1}); read up to point "
+                f"{self.taken - 1} or wait for the gates{lost}"
+                if self.taken
+                else f"points {first}..{first + count - 1} not taken: no point taken yet "
+                f"({self.points} armed); wait for the gates{lost}",
+            )
+        return self._buffer[first : first + count]
 
     def _schedule_sampling(self) -> None:
         """Inside the simulator's event loop, sample every SAMPLE_PERIOD while counting."""
@@ -217,6 +371,13 @@ class ScalerController(WithoutFaults, PhysicsController):
                 str(n): {"signal": s, "counts": c}
                 for n, (s, c) in enumerate(zip(self.signals, self.counts, strict=True), 1)
             },
+            "buffer": {
+                "state": self.buffer_state(),
+                "taken": self.taken,
+                "points": self.points,
+                "overflow": self.overflow,
+                "missed": self.missed,
+            },
         }
 
     # --------------------------------------------------------------- commands
@@ -233,6 +394,7 @@ class ScalerController(WithoutFaults, PhysicsController):
         self.update()
         if self.counting:
             raise ScalerError(E_BUSY, "busy: counting; STOP first")
+        self._check_not_armed("PRESET")
         self.preset = value
         return "OK"
 
@@ -249,3 +411,39 @@ class ScalerController(WithoutFaults, PhysicsController):
         no_args(args)
         self.update()
         return " ".join(str(c) for c in self.counts)
+
+    def _cmd_bufsize(self, args: list[str]) -> str:
+        no_args(args)
+        return str(self.buffer_size)
+
+    def _cmd_deadtime(self, args: list[str]) -> str:
+        no_args(args)
+        return format_seconds(self.dead_time)
+
+    def _cmd_arm(self, args: list[str]) -> str:
+        text = one_arg(args, "a number of points")
+        if not (text.isascii() and text.isdigit()) or len(text) > 12:
+            raise ScalerError(
+                E_BAD_ARGUMENT,
+                f"bad argument: points must be an integer 1..{self.buffer_size}, got {text}",
+            )
+        self.arm(int(text), self._clock())
+        return "OK"
+
+    def _cmd_bufstatus(self, args: list[str]) -> str:
+        no_args(args)
+        self.update()
+        return f"{self.buffer_state()} {self.taken} {self.points} {self.overflow} {self.missed}"
+
+    def _cmd_data(self, args: list[str]) -> bytes:
+        if len(args) != 2 or not all(a.isascii() and a.isdigit() and len(a) <= 12 for a in args):
+            got = " ".join(args) or "nothing"
+            raise ScalerError(
+                E_BAD_ARGUMENT,
+                f"bad argument: expected the first point and a number of points, got {got}",
+            )
+        first, count = int(args[0]), int(args[1])
+        rows = self.read_points(first, count)
+        payload = rows.astype("<i8", copy=False).tobytes()
+        header = f"?DATA {first} {count} {rows.shape[1]} {len(payload)}\r\n"
+        return header.encode("ascii") + payload

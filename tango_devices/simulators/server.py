@@ -11,6 +11,8 @@ of the configuration (``ValueError("axes.3.velocity: ...")``, the key path is
 relative to the controller) and registers the physical quantities it provides
 with the shared :class:`~tango_devices.simulators.physics.BeamlinePhysics`
 (``physics.register_source("smc1/3", ...)``) or reads what it needs from it.
+A controller with a ``wire(controllers)`` method (the timing unit) is then
+connected to the others by name (``ValueError`` names the bad key).
 
 Each kind is served by a *port* from :data:`PORT_KINDS` (default
 :class:`LinePort`: ASCII request lines; a reply may also be ``bytes``, sent as
@@ -222,6 +224,17 @@ def parse_config(data: Any, auto_ports: bool = False, clock: Clock = time.monoto
         specs[name] = ControllerSpec(name, kind, 0 if auto_ports else port, controller)
     if not specs:
         raise ConfigError("controllers: must define at least one controller")
+    # the cables between controllers (a timing unit's outputs and encoder
+    # inputs), once every controller exists
+    built = {name: spec.controller for name, spec in specs.items()}
+    for name, spec in specs.items():
+        wire = getattr(spec.controller, "wire", None)
+        if wire is None:
+            continue
+        try:
+            wire(built)
+        except ValueError as exc:
+            raise ConfigError(f"controllers.{name}.{exc}") from None
     missing = physics.missing_sources()
     if missing:
         raise ConfigError(f"physics.{missing[0]}")
@@ -650,11 +663,14 @@ def run(config: SimConfig, listen: str = "127.0.0.1", state_file: Path | None = 
     return asyncio.run(serve(config, listen, state_file))
 
 
-# Shutter PLC, scaler and camera kinds (their modules do not import this one).
-from tango_devices.simulators import camera, plc, scaler  # noqa: E402
+# Shutter PLC, scaler, camera and timing unit kinds (their modules do not import this one).
+from tango_devices.simulators import camera, plc, scaler, timing  # noqa: E402
 
 CONTROLLER_KINDS.update(
-    plc=plc.PlcController, scaler=scaler.ScalerController, camera=camera.CameraController
+    plc=plc.PlcController,
+    scaler=scaler.ScalerController,
+    camera=camera.CameraController,
+    timing=timing.TimingController,
 )
 
 

@@ -19,9 +19,11 @@ Positions are kept in two frames:
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,7 @@ FIRMWARE_VERSION = "1.0"
 MAX_STEPS = 2_000_000_000
 MIN_ACCELERATION_TIME = 0.001
 MAX_ACCELERATION_TIME = 10.0
+HISTORY = 256  # motion changes an axis remembers (for position_at / crossing_time_between)
 
 # Status word bits (docs/protocol-motion.md).
 MOVING = 0x001
@@ -345,6 +348,10 @@ class SmcAxis:
         self.fault_text: str | None = None
         self._profile: _Profile | None = None
         self._now = now
+        # (time, offset, profile or None, mechanical): every change of the motion or of
+        # the offset, so that where the axis was at a past instant stays known exactly
+        self._history: deque[tuple[float, float, _Profile | None, float]] = deque(maxlen=HISTORY)
+        self._log(now)
 
     # ---------------------------------------------------------------- reading
     @property
@@ -405,11 +412,13 @@ class SmcAxis:
         if event is None:
             self.mechanical = profile.position(now)
             return
-        _, what, where = event
+        when, what, where = event
         self.mechanical = where
         self._profile = None
+        self._log(when)
         if what == "home":
             self._found_home()
+            self._log(when)
         elif what == "limit" and profile.kind == "home":
             side = "high" if profile.direction > 0 else "low"
             self.fault_text = f"home switch not found: {side} limit switch reached"
@@ -420,7 +429,44 @@ class SmcAxis:
 
     def _halt(self) -> None:
         """Stop at once (hard stop); the search, if any, is abandoned."""
-        self._profile = None
+        if self._profile is not None:
+            self._profile = None
+            self._log(self._now)
+
+    def _log(self, when: float) -> None:
+        """Remember the motion as it is from ``when`` on (after a change)."""
+        self._history.append((when, self.offset, self._profile, self.mechanical))
+
+    # ----------------------------------------------------- the past (triggers)
+    def position_at(self, when: float) -> float:
+        """The position register at ``when`` (not after the last update), from
+        the remembered motion: exact whatever happened since."""
+        history = self._history
+        i = max(bisect.bisect_right([h[0] for h in history], when) - 1, 0)
+        _, offset, profile, mechanical = history[i]
+        if profile is None:
+            return mechanical + offset
+        return profile.position(when) + offset
+
+    def crossing_time_between(
+        self, register: float, direction: int, after: float, until: float
+    ) -> float | None:
+        """The first instant in (``after``, ``until``] at which the axis, moving
+        in ``direction`` (+1/-1), reaches ``register`` from before it; None if
+        it does not (a jump of the register by POS or homing is no crossing)."""
+        history = list(self._history)
+        for i, (t0, offset, profile, _) in enumerate(history):
+            t1 = history[i + 1][0] if i + 1 < len(history) else math.inf
+            lo, hi = max(t0, after), min(t1, until)
+            if profile is None or lo >= hi or profile.direction != direction:
+                continue
+            target = register - offset
+            if direction * (target - profile.position(lo)) <= 0:
+                continue  # already there or beyond at the start of this stretch
+            when = profile.crossing_time(target)
+            if when is not None and lo < when <= hi:
+                return when
+        return None
 
     def _check_can_move(self, direction: int) -> None:
         if self.interlock:
@@ -448,6 +494,7 @@ class SmcAxis:
         self._profile = _move_profile(
             now, self.mechanical, target_mech, self.velocity, self.acceleration_time
         )
+        self._log(now)
 
     def home(self, direction: int, now: float) -> None:
         """Search the home switch moving in ``direction`` (+1 or -1)."""
@@ -455,10 +502,12 @@ class SmcAxis:
         self._check_can_move(direction)
         if self.home_switch:
             self._found_home()
+            self._log(now)
             return
         self._profile = _home_profile(
             now, self.mechanical, direction, self.velocity, self.acceleration_time
         )
+        self._log(now)
 
     def stop(self, now: float) -> None:
         """Decelerating stop; ends a home search without homing."""
@@ -472,6 +521,7 @@ class SmcAxis:
             return
         limit = profile.end_position if profile.kind == "move" else None
         self._profile = _stop_profile(now, self.mechanical, v0, profile.accel, limit)
+        self._log(now)
 
     def set_position(self, value: int, now: float) -> None:
         """Calibrate: the register reads ``value`` from now on; nothing moves."""
@@ -479,6 +529,7 @@ class SmcAxis:
         if self.moving:
             raise SmcError(E_BUSY, "axis busy")
         self.offset = value - self.mechanical
+        self._log(now)
 
     def set_power(self, on: bool, now: float) -> None:
         self.update(now)
