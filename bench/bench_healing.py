@@ -2,8 +2,10 @@
 the stock Starter's own auto-restart, in the same run.
 
 - SIGKILL of a Motor server, >= 10 times each: until a *new* client's read
-  answers; also until an *existing* client (a DeviceProxy that saw the
-  failure) reads again, and until every kind of event subscriber gets a good
+  answers; also until an *existing* client reads again: one that made no
+  call while the server was down, and one reading every 10 ms through the
+  outage (a GUI's poll: cppTango lets a proxy that failed reconnect once a
+  second), and until every kind of event subscriber gets a good
   event again (issue 16): a plain PyTango subscriber, a C++ one (built against
   the installed cppTango when g++ and its headers are there), a Taurus
   attribute listener, the Sardana Pool's motor element of the same axis, and
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -75,7 +78,7 @@ SUBSCRIBERS = {
     "plain": "plain PyTango subscriber (State)",
     "cpp": "C++ subscriber, cppTango (State)",
     "taurus": "Taurus attribute listener (State)",
-    "pool": "Sardana Pool's motor element (Position)",
+    "pool": "Sardana Pool's motor element (Position read)",
     "resilient": "ResilientSubscription (State)",
 }
 
@@ -112,7 +115,8 @@ class Watchers:
 
         from tango_devices.common.events import ResilientSubscription
 
-        self.events: dict[str, list[tuple[float, bool]]] = {k: [] for k in SUBSCRIBERS}
+        kinds = [*SUBSCRIBERS, "polling"]
+        self.events: dict[str, list[tuple[float, bool]]] = {k: [] for k in kinds}
         self.missing: dict[str, str] = {}
         self._procs: list[subprocess.Popen] = []
         url = f"tango://{bench.tango_host}/{DEVICE}"
@@ -127,8 +131,18 @@ class Watchers:
         self.resilient = ResilientSubscription(
             DEVICE, "State", record("resilient"), tango_host=bench.tango_host
         )
+        # the Pool reads our motor through its controller (no subscription):
+        # its view is back when a read of its element's Position answers
         self._pool = tango.DeviceProxy(f"tango://{bench.tango_host}/{POOL_ELEMENT}")
-        self._pool.subscribe_event("Position", tango.EventType.CHANGE_EVENT, record("pool"))
+        self._pool.set_timeout_millis(1000)
+        self._pool_stop = threading.Event()
+        self._pool_thread = threading.Thread(target=self._read_pool, daemon=True)
+        self._pool_thread.start()
+        # a client reading State every 10 ms, through the outage (a GUI's poll)
+        self._polling = tango.DeviceProxy(url)
+        self._polling.set_timeout_millis(300)
+        self._polling_thread = threading.Thread(target=self._poll, daemon=True)
+        self._polling_thread.start()
         env = {**os.environ, "TANGO_HOST": bench.tango_host}
         cpp = cpp_subscriber()
         if cpp is None:
@@ -145,6 +159,32 @@ class Watchers:
             self.events[k] for k in SUBSCRIBERS if k not in self.missing
         ):
             time.sleep(0.05)
+
+    def _read_pool(self) -> None:
+        import tango
+
+        with tango.EnsureOmniThread():
+            while not self._pool_stop.is_set():
+                try:
+                    value = self._pool.read_attribute("Position")
+                    ok = value.quality == tango.AttrQuality.ATTR_VALID
+                except tango.DevFailed:
+                    ok = False
+                self.events["pool"].append((time.time(), ok))
+                self._pool_stop.wait(0.02)
+
+    def _poll(self) -> None:
+        import tango
+
+        with tango.EnsureOmniThread():
+            while not self._pool_stop.is_set():
+                try:
+                    self._polling.state()
+                    ok = True
+                except tango.DevFailed:
+                    ok = False
+                self.events["polling"].append((time.time(), ok))
+                self._pool_stop.wait(0.01)
 
     def _spawn(self, name, cmd, env) -> None:
         proc = subprocess.Popen(
@@ -165,11 +205,22 @@ class Watchers:
 
         threading.Thread(target=read, daemon=True).start()
 
+    def _after(self, name: str, t: float) -> list[tuple[float, bool]]:
+        """The events of ``name`` after ``t``, oldest first (read from the end:
+        the Pool's reader adds 50 a second)."""
+        events = self.events[name]
+        out = []
+        for i in range(len(events) - 1, -1, -1):
+            if events[i][0] <= t:
+                break
+            out.append(events[i])
+        return out[::-1]
+
     def first_good_after(self, name: str, t: float) -> float:
-        return next((w for w, ok in list(self.events[name]) if ok and w > t), float("nan"))
+        return next((w for w, ok in self._after(name, t) if ok), float("nan"))
 
     def errors_between(self, name: str, t0: float, t1: float) -> int:
-        return sum(1 for w, ok in list(self.events[name]) if not ok and t0 < w <= t1)
+        return sum(1 for w, ok in self._after(name, t0) if not ok and w <= t1)
 
     def existing_back(self, deadline=30.0) -> float:
         import tango
@@ -184,6 +235,9 @@ class Watchers:
         return float("nan")
 
     def close(self) -> None:
+        self._pool_stop.set()
+        self._pool_thread.join(5)
+        self._polling_thread.join(5)
         for proc in self._procs:
             proc.kill()
             proc.wait()
@@ -191,7 +245,7 @@ class Watchers:
 
 
 def measure_kills(bench, n, with_watchers: bool, settle) -> dict:
-    out: dict[str, list[float]] = {"new": [], "existing": []}
+    out: dict[str, list[float]] = {"new": [], "existing": [], "polling": []}
     out.update({k: [] for k in SUBSCRIBERS})
     errors = dict.fromkeys(SUBSCRIBERS, 0)
     watchers = Watchers(bench) if with_watchers else None
@@ -207,15 +261,15 @@ def measure_kills(bench, n, with_watchers: bool, settle) -> dict:
                 continue
             out["existing"].append(watchers.existing_back() - t_kill)
             deadline = time.time() + EVENT_DEADLINE
-            active = [k for k in SUBSCRIBERS if k not in watchers.missing]
+            active = [k for k in [*SUBSCRIBERS, "polling"] if k not in watchers.missing]
             while time.time() < deadline and any(
-                watchers.first_good_after(k, wall_kill) != watchers.first_good_after(k, wall_kill)
-                for k in active
+                math.isnan(watchers.first_good_after(k, wall_kill)) for k in active
             ):
                 time.sleep(0.01)
             for k in active:
                 out[k].append(watchers.first_good_after(k, wall_kill) - wall_kill)
-                errors[k] += watchers.errors_between(k, wall_kill, time.time()) > 0
+                if k in errors:
+                    errors[k] += watchers.errors_between(k, wall_kill, time.time()) > 0
     finally:
         if watchers is not None:
             watchers.close()
@@ -332,7 +386,8 @@ def run() -> dict:
 
     print(f"Healing of {SERVER} after SIGKILL ({KILLS} kills each)")
     print(line("supervisor: new client answers", ours["new"]))
-    print(line("supervisor: existing DeviceProxy answers", ours["existing"]))
+    print(line("supervisor: existing DeviceProxy, idle while down", ours["existing"]))
+    print(line("supervisor: existing DeviceProxy, polling 10 ms", ours["polling"]))
     print(f"First good event after the kill, with the event relay ({KILLS} kills):")
     report_events(ours)
     print(f"... and without it ({KILLS_WITHOUT_RELAY} kills, BEAMLINE_NO_EVENT_RELAY=1):")
@@ -353,9 +408,10 @@ def report_events(result: dict) -> None:
         values = result[key]
         lost = sum(1 for v in values if v != v)
         errors = result["kills_with_error_events"][key]
+        what = "failed reads" if key == "pool" else "error events"
         print(
             line(label, values)
-            + f"   error events after {errors}/{len(values)} kills"
+            + f"   {what} after {errors}/{len(values)} kills"
             + (f", no event within {EVENT_DEADLINE:g} s after {lost}" if lost else "")
         )
 
