@@ -67,7 +67,8 @@ class Spec:
         """Servers of the generated beamline (one per object, plus the system's)."""
         system = 6  # two supervisors, the logger, the event relay, Sardana, the queue
         shutter = 1
-        return system + shutter + sum(getattr(self, kind) for kind in KINDS)
+        timing = 1  # the timing unit tg1
+        return system + shutter + timing + sum(getattr(self, kind) for kind in KINDS)
 
     @classmethod
     def for_servers(cls, total: int) -> Spec:

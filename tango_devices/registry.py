@@ -15,6 +15,10 @@ SERVERS: dict[str, tuple[str, str]] = {
     "Shutter": ("tango_devices.shutter.device:Shutter", "tango_devices.shutter.device:main"),
     "Scaler": ("tango_devices.scaler.device:Scaler", "tango_devices.scaler.device:main"),
     "Detector": ("tango_devices.detector.device:Detector", "tango_devices.detector.device:main"),
+    "TimingUnit": (
+        "tango_devices.timing.device:TimingUnit",
+        "tango_devices.timing.device:main",
+    ),
     "VacuumGauge": (
         "tango_devices.vacuum.device:VacuumGauge",
         "tango_devices.vacuum.device:gauge_main",

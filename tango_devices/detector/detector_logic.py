@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,10 +20,12 @@ import numpy as np
 
 from tango_devices.common.component import Component, ComponentError
 from tango_devices.detector import states as st
-from tango_devices.drivers.camera import CameraClient
+from tango_devices.drivers.camera import CameraClient, FrameBuffer
 
 MAX_EXPOSURE = 60.0
 MAX_FRAMES = 100000
+#: with external triggers the newest frame (Image, ROI) is fetched at most this often
+LIVE_PERIOD = 0.05
 
 
 class DetectorError(ComponentError):
@@ -33,6 +36,14 @@ class AcquisitionMode(enum.IntEnum):
     SINGLE = 0
     MULTIPLE = 1
     CONTINUOUS = 2
+
+
+class TriggerMode(enum.IntEnum):
+    """INTERNAL: frames timed by the camera; EXTERNAL: one frame per pulse on
+    its trigger input (a timing unit's output), frames buffered and numbered."""
+
+    INTERNAL = 0
+    EXTERNAL = 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class CameraObservation:
     counter: int
     frame: np.ndarray | None  # a new frame, if the counter moved
     frame_counter: int
+    buffer: FrameBuffer | None = None  # external triggers: the numbered frames
 
 
 class DetectorLogic(Component):
@@ -107,7 +119,11 @@ class DetectorLogic(Component):
         self._frame_counter = 0
         self._stats: RoiStats | None = None
         self._last_fetched = -1
+        self._fetched_at = -math.inf
         self._acquiring = False
+        self._trigger = TriggerMode.INTERNAL
+        self._trigger_on_hw: str | None = None  # what the camera has, if known
+        self._buffer: FrameBuffer | None = None
 
     # ------------------------------------------------------------ observing
     def on_connect(self) -> None:
@@ -116,24 +132,46 @@ class DetectorLogic(Component):
         if self._roi is None:
             self._roi = (0, 0, width, height)
         self._last_fetched = -1
+        self._trigger_on_hw = None
+        self._trigger_on_hw = self._driver.trigger()
 
     def observe(self) -> CameraObservation:
         status = self._driver.status()
+        external = self._trigger_on_hw == "EXTERNAL"
         frame = None
         counter = self._frame_counter
-        if status.counter > 0 and status.counter != self._last_fetched:
+        now = time.monotonic()
+        if (
+            status.counter > 0
+            and status.counter != self._last_fetched
+            # external triggers can come faster than anyone looks at a live image
+            and (not (external and status.acquiring) or now - self._fetched_at >= LIVE_PERIOD)
+        ):
             counter, frame = self._driver.read_frame()
             self._last_fetched = counter
-        return CameraObservation(status.acquiring, status.counter, frame, counter)
+            self._fetched_at = now
+        buffer = self._driver.frame_buffer() if external else None
+        return CameraObservation(status.acquiring, status.counter, frame, counter, buffer)
 
     def apply(self, obs: CameraObservation) -> None:
         self._acquiring = obs.acquiring
+        self._buffer = obs.buffer
         if obs.frame is not None:
             self._image = obs.frame
             self._frame_counter = obs.frame_counter
             self._stats = roi_stats(obs.frame, self._clipped_roi())
 
     def classify(self, obs: CameraObservation) -> tuple[str, str]:
+        if obs.buffer is not None:
+            buffered = _describe_buffer(obs.buffer)
+            if obs.acquiring:
+                return st.ACQUIRING, (
+                    f"Acquiring on external triggers ({self._mode.name.lower()}, exposure "
+                    f"{self._exposure:g} s): {buffered}; frame {obs.counter}."
+                )
+            return st.IDLE, (
+                f"Ready ({self.identity}); external trigger: {buffered}; last frame {obs.counter}."
+            )
         if obs.acquiring:
             return st.ACQUIRING, (
                 f"Acquiring ({self._mode.name.lower()}, exposure {self._exposure:g} s); "
@@ -142,7 +180,7 @@ class DetectorLogic(Component):
         return st.IDLE, f"Ready ({self.identity}); last frame {obs.counter}."
 
     def publish_key(self):
-        return (self._frame_counter, self._acquiring)
+        return (self._frame_counter, self._acquiring, self._buffer)
 
     def busy(self) -> bool:
         return self.machine.state is st.RUNNING
@@ -173,6 +211,16 @@ class DetectorLogic(Component):
     @property
     def stats(self) -> RoiStats | None:
         return self._stats
+
+    @property
+    def trigger(self) -> TriggerMode:
+        return self._trigger
+
+    def buffer_value(self, name: str) -> int | None:
+        """A field of the external-trigger frame buffer (count, first, missed),
+        as last observed; None in INTERNAL mode or when not known."""
+        buffer = self._buffer
+        return None if buffer is None or not self.link_ok else getattr(buffer, name)
 
     @property
     def exposure(self) -> float:
@@ -211,6 +259,14 @@ class DetectorLogic(Component):
             names = ", ".join(f"{m.value} {m.name}" for m in AcquisitionMode)
             raise DetectorError(f"AcquisitionMode must be one of {names}, not {mode!r}") from None
 
+    def set_trigger(self, mode: int) -> None:
+        self.require("write_TriggerMode")
+        try:
+            self._trigger = TriggerMode(int(mode))
+        except ValueError:
+            names = ", ".join(f"{m.value} {m.name}" for m in TriggerMode)
+            raise DetectorError(f"TriggerMode must be one of {names}, not {mode!r}") from None
+
     def set_frames(self, count: int) -> None:
         self.require("write_NumberOfFrames")
         if not 1 <= int(count) <= MAX_FRAMES:
@@ -239,7 +295,11 @@ class DetectorLogic(Component):
         self.republish()
 
     # -------------------------------------------------------------- commands
-    def _acquire(self, what: str, mode: AcquisitionMode, frames: int) -> None:
+    def _acquire(self, what: str, mode: AcquisitionMode, frames: int, trigger: TriggerMode) -> None:
+        if self._trigger_on_hw != trigger.name:
+            self._trigger_on_hw = None
+            self.call(what, self._driver.set_trigger, trigger.name)
+            self._trigger_on_hw = trigger.name
         self.call(what, self._driver.set_exposure, self._exposure)
         self.call(what, self._driver.set_mode, mode.name)
         if mode is AcquisitionMode.MULTIPLE:
@@ -250,13 +310,36 @@ class DetectorLogic(Component):
     def snap(self) -> None:
         """One frame with the current exposure, whatever the acquisition mode."""
         self.require("Snap")
-        self._acquire("Snap", AcquisitionMode.SINGLE, 1)
+        self._acquire("Snap", AcquisitionMode.SINGLE, 1, TriggerMode.INTERNAL)
 
     def start(self) -> None:
         self.require("Start")
-        self._acquire("Start", self._mode, self._frames)
+        self._acquire("Start", self._mode, self._frames, self._trigger)
 
     def stop(self) -> None:
         self.require("Stop")
         self.call("Stop", self._driver.stop)
         self.poll_once()
+
+    def read_frame(self, number: int) -> np.ndarray:
+        """Frame ``number`` of an external-trigger acquisition (uint16, height x width)."""
+        self.require("ReadFrame")
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise DetectorError(f"ReadFrame takes a frame number >= 0, not {number!r}")
+        if self._trigger_on_hw != "EXTERNAL":
+            raise DetectorError(
+                "ReadFrame reads the numbered frames of an external-trigger acquisition: set "
+                "TriggerMode to EXTERNAL and Start (the newest frame is always in Image)"
+            )
+        _number, pixels = self.call(f"ReadFrame {number}", self._driver.read_frame_number, number)
+        return pixels
+
+
+def _describe_buffer(buffer: FrameBuffer) -> str:
+    if buffer.count:
+        frames = (
+            f"{buffer.count} frame(s) buffered ({buffer.first}..{buffer.first + buffer.count - 1})"
+        )
+    else:
+        frames = f"no frame buffered (the next is {buffer.first})"
+    return frames + (f", {buffer.missed} trigger(s) missed" if buffer.missed else "")

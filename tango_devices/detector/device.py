@@ -13,7 +13,7 @@ import time
 import numpy as np
 import tango
 from tango import DevState
-from tango.server import attribute, device_property
+from tango.server import attribute, command, device_property
 
 from tango_devices.common.device_base import (
     BeamlineDevice,
@@ -21,7 +21,12 @@ from tango_devices.common.device_base import (
     component_command,
     run_server,
 )
-from tango_devices.detector.detector_logic import AcquisitionMode, DetectorConfig, DetectorLogic
+from tango_devices.detector.detector_logic import (
+    AcquisitionMode,
+    DetectorConfig,
+    DetectorLogic,
+    TriggerMode,
+)
 
 MAX_SIZE = 4096
 
@@ -47,7 +52,7 @@ class Detector(BeamlineDevice):
         self._last_event = 0.0
         self._last_counter = -1
         self.set_data_ready_event("Image", True)
-        for name in ("FrameCounter", "RoiSum", "CentroidX", "CentroidY"):
+        for name in ("FrameCounter", "RoiSum", "CentroidX", "CentroidY", "BufferedFrames"):
             self.set_change_event(name, True, False)
         config = DetectorConfig(
             url=self.Port,
@@ -80,6 +85,9 @@ class Detector(BeamlineDevice):
                 except tango.DevFailed as exc:
                     self.debug_stream(f"data-ready event not sent: {exc.args[0].desc}")
                 self.push("FrameCounter", counter)
+            buffered = logic.buffer_value("count")
+            if buffered is not None:
+                self.push("BufferedFrames", buffered)
             stats = logic.stats
             if stats is not None:
                 self.push("RoiSum", stats.total)
@@ -134,6 +142,41 @@ class Detector(BeamlineDevice):
         persist=True,
         min_value="1",
         description="Frames per Start in MULTIPLE mode. Kept in the database.",
+    )
+
+    TriggerMode = component_attribute(
+        "TriggerMode",
+        "trigger",
+        "set_trigger",
+        dtype=TriggerMode,
+        persist=True,
+        description="INTERNAL: frames timed by the camera; EXTERNAL: Start arms the camera and "
+        "each pulse on its trigger input (the timing unit) takes one frame, buffered and "
+        "numbered (ReadFrame). Snap is always INTERNAL. Kept in the database.",
+    )
+
+    BufferedFrames = component_attribute(
+        "BufferedFrames",
+        lambda logic: logic.buffer_value("count"),
+        dtype=int,
+        description="External trigger: frames buffered, numbered FirstFrame .. "
+        "FirstFrame + BufferedFrames - 1.",
+    )
+
+    FirstFrame = component_attribute(
+        "FirstFrame",
+        lambda logic: logic.buffer_value("first"),
+        dtype=int,
+        description="External trigger: the number of the oldest buffered frame (the next "
+        "frame's number when none is).",
+    )
+
+    MissedTriggers = component_attribute(
+        "MissedTriggers",
+        lambda logic: logic.buffer_value("missed"),
+        dtype=int,
+        description="External trigger: pulses that came while the camera was still busy "
+        "with the previous frame (no frame taken).",
     )
 
     Roi = component_attribute(
@@ -197,6 +240,20 @@ class Detector(BeamlineDevice):
     Start = component_command("Start", "start", "Start acquiring in the current AcquisitionMode.")
 
     Stop = component_command("Stop", "stop", "Stop acquiring.")
+
+    def is_ReadFrame_allowed(self) -> bool:
+        return self.check("ReadFrame")
+
+    @command(
+        dtype_in=np.int64,
+        doc_in="the frame's number (FirstFrame .. FirstFrame + BufferedFrames - 1)",
+        dtype_out=(np.uint16,),
+        doc_out="its pixels, row by row: Height rows of Width",
+    )
+    def ReadFrame(self, number: int) -> np.ndarray:
+        """A frame of an external-trigger acquisition, by its number."""
+        pixels = self.run("ReadFrame", self.need_logic("ReadFrame").read_frame, int(number))
+        return pixels.ravel()
 
 
 def main(args=None) -> None:

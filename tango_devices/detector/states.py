@@ -29,6 +29,9 @@ DETECTOR_TABLE = StateTable(
         "write_ExposureTime": {INIT, ON, FAULT},
         "write_AcquisitionMode": {INIT, ON, FAULT},
         "write_NumberOfFrames": {INIT, ON, FAULT},
+        "write_TriggerMode": {INIT, ON, FAULT},
+        # frames of an external-trigger acquisition, by number, while it runs and after
+        "ReadFrame": {ON, RUNNING},
         # the ROI is evaluated by the device on every frame: change it any time
         "write_Roi": {INIT, ON, RUNNING, FAULT},
     },

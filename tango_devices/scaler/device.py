@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import tango
 from tango import DevState
-from tango.server import attribute, device_property
+from tango.server import attribute, command, device_property
 
 from tango_devices.common.device_base import (
     BeamlineDevice,
     component_attribute,
     component_command,
     run_server,
+    throw,
 )
-from tango_devices.scaler.scaler_logic import ScalerConfig, ScalerLogic
+from tango_devices.scaler.scaler_logic import MAX_BUFFER_READ, ScalerConfig, ScalerLogic
 
 EVENT_PERIOD = 0.1  # s, while counting
 
@@ -46,7 +48,7 @@ class Scaler(BeamlineDevice):
         self.set_state(DevState.INIT)
         self._last_event = 0.0
         self._running = False
-        for name in ("ElapsedTime", "Counts"):
+        for name in ("ElapsedTime", "Counts", "PointsTaken", "BufferState"):
             self.set_change_event(name, True, False)
         config = ScalerConfig(
             url=self.Port,
@@ -83,7 +85,7 @@ class Scaler(BeamlineDevice):
             if counts is None:
                 return
             now = time.monotonic()
-            running = logic.counting
+            running = logic.counting or logic.buffer_armed
             # throttle while counting; always publish the final counts
             if running and self._running and now - self._last_event < EVENT_PERIOD:
                 return
@@ -92,6 +94,10 @@ class Scaler(BeamlineDevice):
                 self.push(name, value)
             self.push("Counts", list(counts.values()))
             self.push("ElapsedTime", logic.elapsed)
+            taken = logic.buffer_value("taken")
+            if taken is not None:
+                self.push("PointsTaken", taken)
+                self.push("BufferState", logic.buffer_value("state"))
 
     def _read_channel(self, attr) -> int:
         counts = self.value_or_fail(self.need_logic("read_channel").counts(), attr.get_name())
@@ -132,11 +138,98 @@ class Scaler(BeamlineDevice):
     def ChannelNames(self):
         return list(self.Channels)
 
+    # ------------------------------------------- gated buffered counting
+    PointsTaken = component_attribute(
+        "PointsTaken",
+        lambda logic: logic.buffer_value("taken"),
+        dtype=int,
+        description="Gated buffer: points taken of BufferPoints (one per gate).",
+    )
+    BufferPoints = component_attribute(
+        "BufferPoints",
+        lambda logic: logic.buffer_value("points"),
+        dtype=int,
+        description="Gated buffer: points of the armed (or last) acquisition.",
+    )
+    BufferState = component_attribute(
+        "BufferState",
+        lambda logic: logic.buffer_value("state"),
+        dtype=str,
+        description="Gated buffer: IDLE (not armed), ARMED (taking points) or DONE (every "
+        "point taken).",
+    )
+    MissedGates = component_attribute(
+        "MissedGates",
+        lambda logic: logic.buffer_value("missed"),
+        dtype=int,
+        description="Gates that came within the dead time of the previous one (lost).",
+    )
+    OverflowGates = component_attribute(
+        "OverflowGates",
+        lambda logic: logic.buffer_value("overflow"),
+        dtype=int,
+        description="Gates that came after the last armed point (lost).",
+    )
+    BufferSize = component_attribute(
+        "BufferSize",
+        "buffer_size",
+        dtype=int,
+        description="The most points one ArmBuffer may ask for.",
+    )
+    DeadTime = component_attribute(
+        "DeadTime",
+        "dead_time",
+        dtype=float,
+        unit="s",
+        format="%.6f",
+        description="Time the scaler needs between two gates (its latency).",
+    )
+
+    def is_ArmBuffer_allowed(self) -> bool:
+        return self.check("ArmBuffer")
+
+    @command(
+        dtype_in=np.int64,
+        doc_in="points: one per gate on the gate input (1..BufferSize); the buffer is cleared",
+    )
+    def ArmBuffer(self, points: int) -> None:
+        """Gated buffered counting for hardware-triggered scans: RUNNING until
+        every point is taken (or Stop); arm it before the timing unit."""
+        self.run("ArmBuffer", self.need_logic("ArmBuffer").arm_buffer, int(points))
+
+    def is_ReadBuffer_allowed(self) -> bool:
+        return self.check("ReadBuffer")
+
+    @command(
+        dtype_in=(np.int64,),
+        doc_in=f"[first, count]: points of the gated buffer (count 0: every point taken from "
+        f"first; at most {MAX_BUFFER_READ})",
+        dtype_out=(np.int64,),
+        doc_out="[first, n, then n rows of (gate time in us, counts of each channel in the "
+        "order of ChannelNames)]",
+    )
+    def ReadBuffer(self, args) -> np.ndarray:
+        logic = self.need_logic("ReadBuffer")
+        values = [int(v) for v in args]
+        if len(values) != 2:
+            throw("SCALER_ERROR", f"ReadBuffer takes [first, count], not {values}", "ReadBuffer")
+        points = self.run("ReadBuffer", logic.read_buffer, *values)
+        n = len(points.gate_time)
+        rows = np.empty((n, 1 + points.counts.shape[1]), dtype=np.int64)
+        rows[:, 0] = np.rint(points.gate_time * 1e6)
+        rows[:, 1:] = points.counts
+        return np.concatenate([np.array([points.first, n], dtype=np.int64), rows.ravel()])
+
     Start = component_command(
         "Start", "start", "Clear the counts and count for PresetTime seconds."
     )
 
-    Stop = component_command("Stop", "stop", "Stop counting now (the counts so far are kept).")
+    Stop = component_command(
+        "Stop",
+        "stop",
+        "Stop counting now (the counts so far are kept); disarm the gated buffer (its points "
+        "stay readable).",
+    )
 
     Clear = component_command("Clear", "clear", "Clear the counts.")
 

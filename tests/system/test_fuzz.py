@@ -29,6 +29,7 @@ DEVICES = [
     "bl01/shutter/fe",
     "bl01/ct/scaler",
     "bl01/det/cam1",
+    "bl01/tim/tg1",
     "bl01/vac/gauge1",
     "bl01/vac/valve1",
     "bl01/sys/queue",
@@ -104,7 +105,7 @@ JSONISH = st.one_of(
 
 def bad_values(kind, fmt) -> st.SearchStrategy:
     """Values that no attribute or command of ours may take as valid."""
-    if fmt == tango.AttrDataFormat.SPECTRUM:
+    if fmt == tango.AttrDataFormat.SPECTRUM or kind == tango.CmdArgType.DevVarLong64Array:
         return st.one_of(
             st.just([]),
             st.lists(LONG64S, min_size=1, max_size=4),
@@ -154,6 +155,7 @@ def targets():
         "bl01/shutter/fe": "Shutter",
         "bl01/ct/scaler": "Scaler",
         "bl01/det/cam1": "Detector",
+        "bl01/tim/tg1": "TimingUnit",
         "bl01/vac/gauge1": "VacuumGauge",
         "bl01/vac/valve1": "Valve",
         "bl01/sys/queue": "ExperimentQueue",

@@ -145,6 +145,7 @@ def test_render_applies_simulation_overrides():
     c = cfg.load(PROJECT_CONFIG)
     plain = c.render(None)
     ports = {"smc1": 45678, "plc1": 45679, "scaler1": 45680, "cam1": 45681, "ioc1": 45682}
+    ports["tg1"] = 45683
     sim = c.render(
         {"listen": "127.0.0.1", "controllers": {n: {"port": p} for n, p in ports.items()}}
     )
@@ -161,6 +162,8 @@ def test_render_applies_simulation_overrides():
     assert shutter["Port"] == ["socket://127.0.0.1:45679"]
     gauge = sim["servers"]["VacuumGauge"]["gauge1"]["VacuumGauge"]["bl01/vac/gauge1"]
     assert gauge["properties"]["EpicsAddrList"] == ["127.0.0.1:45682"]
+    timing = sim["servers"]["TimingUnit"]["tg1"]["TimingUnit"]["bl01/tim/tg1"]["properties"]
+    assert timing["Port"] == ["socket://127.0.0.1:45683"]
     # rendering never mutates the loaded configuration
     assert get(c.tango) == ["socket://smc1.bl01.lan:4001"]
 
@@ -286,7 +289,7 @@ def test_servers_of_a_host(cfgdir):
 CLASS_PROBLEM = (
     "tango/motors.json: servers.Motor.{server}.Motorr: unknown device class Motorr "
     "(did you mean Motor?); the suite's classes: DataLogger, Detector, EventRelay, "
-    "ExperimentQueue, Motor, Scaler, Shutter, Supervisor, VacuumGauge, Valve"
+    "ExperimentQueue, Motor, Scaler, Shutter, Supervisor, TimingUnit, VacuumGauge, Valve"
 )
 DUPLICATE_PROBLEM = (
     "tango/motors.json: servers.Motor.sample_x.Motor.bl01/mot/sample_x: defined twice in one "

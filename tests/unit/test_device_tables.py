@@ -1,5 +1,6 @@
 """Every (state, trigger) and (state, command) pair of the Shutter, Scaler,
-Detector, VacuumGauge and Valve tables, against the contract restated here."""
+Detector, VacuumGauge, Valve and TimingUnit tables, against the contract
+restated here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tango_devices.common.statemachine import CommandRefused, State, StateMachin
 from tango_devices.detector import states as det
 from tango_devices.scaler import states as sca
 from tango_devices.shutter import states as shu
+from tango_devices.timing import states as tim
 from tango_devices.vacuum import states as vac
 
 S = State
@@ -36,11 +38,19 @@ CONTRACTS = {
     ),
     "Scaler": (
         sca.SCALER_TABLE,
-        {COMM_LOST: S.FAULT, sca.MISCONFIGURED: S.FAULT, sca.COUNTING: S.RUNNING, sca.IDLE: S.ON},
+        {
+            COMM_LOST: S.FAULT,
+            sca.MISCONFIGURED: S.FAULT,
+            sca.COUNTING: S.RUNNING,
+            sca.BUFFERING: S.RUNNING,
+            sca.IDLE: S.ON,
+        },
         {
             "Start": {S.ON},
             "Stop": {S.RUNNING, S.ON},
             "Clear": {S.ON},
+            "ArmBuffer": {S.ON},
+            "ReadBuffer": {S.ON, S.RUNNING},
             "write_PresetTime": {S.INIT, S.ON, S.FAULT},
         },
     ),
@@ -54,7 +64,38 @@ CONTRACTS = {
             "write_ExposureTime": {S.INIT, S.ON, S.FAULT},
             "write_AcquisitionMode": {S.INIT, S.ON, S.FAULT},
             "write_NumberOfFrames": {S.INIT, S.ON, S.FAULT},
+            "write_TriggerMode": {S.INIT, S.ON, S.FAULT},
+            "ReadFrame": {S.ON, S.RUNNING},
             "write_Roi": {S.INIT, S.ON, S.RUNNING, S.FAULT},
+        },
+    ),
+    "TimingUnit": (
+        tim.TIMING_TABLE,
+        {
+            COMM_LOST: S.FAULT,
+            tim.IDLE: S.ON,
+            tim.ARMED: S.STANDBY,
+            tim.RUNNING_OBSERVED: S.RUNNING,
+        },
+        {
+            "Arm": {S.ON},
+            "Start": {S.ON, S.STANDBY},
+            "Stop": {S.ON, S.STANDBY, S.RUNNING},
+            "LoadTrain": {S.ON},
+            "ReadPulses": {S.ON, S.STANDBY, S.RUNNING},
+            **{
+                f"write_{name}": {S.ON}
+                for name in (
+                    "Mode",
+                    "Delay",
+                    "Period",
+                    "Width",
+                    "Count",
+                    "Encoder",
+                    "PositionStart",
+                    "PositionStep",
+                )
+            },
         },
     ),
     "VacuumGauge": (

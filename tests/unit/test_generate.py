@@ -72,7 +72,7 @@ def test_the_cli_writes_a_beamline_and_refuses_bad_input_clearly(tmp_path):
 
     ok = run("--out", str(tmp_path / "bl"), "--motors", "13", "--gauges", "2")
     assert ok.returncode == 0, ok.stderr
-    assert "26 servers" in ok.stdout  # the demo's 17, 8 motors and a gauge more
+    assert "27 servers" in ok.stdout  # the demo's 18, 8 motors and a gauge more
     assert f"--config-dir {tmp_path / 'bl'} up" in ok.stdout
     again = run("--out", str(tmp_path / "bl"))
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
@@ -80,7 +80,7 @@ def test_the_cli_writes_a_beamline_and_refuses_bad_input_clearly(tmp_path):
         (["--motors", "0"], ["--motors 0"]),
         (["--lasers", "3"], ["No such option", "--lasers"]),
         (["--axes-per-controller", "12"], ["1 to 8 axes"]),
-        (["--servers", "3"], ["the demo alone has 17"]),
+        (["--servers", "3"], ["the demo alone has 18"]),
     ):
         bad = run("--out", str(tmp_path / "other"), *args)
         assert bad.returncode == 2, (args, bad.stdout)

@@ -23,6 +23,7 @@ from tango_devices.relay.states import RELAY_TABLE
 from tango_devices.scaler.states import SCALER_TABLE
 from tango_devices.shutter.states import SHUTTER_TABLE
 from tango_devices.supervisor import states as sup
+from tango_devices.timing.states import TIMING_TABLE
 from tango_devices.vacuum.states import GAUGE_TABLE, VALVE_TABLE
 
 IDLE, RUNNING, STOPPING, PAUSED = q.IDLE, q.RUNNING, q.STOPPING, q.PAUSED
@@ -155,6 +156,7 @@ TABLES = {
     "DataLogger": LOGGER_TABLE,
     "ExperimentQueue": q.QUEUE_TABLE,
     "EventRelay": RELAY_TABLE,
+    "TimingUnit": TIMING_TABLE,
 }
 
 
