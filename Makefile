@@ -30,7 +30,8 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml
+# registry.py: the server executables (console scripts) come from it
+$(STAMP): setup.py pyproject.toml tango_devices/registry.py tango_devices/relay/portmap.c
 	@scripts/install-system-packages $(DEB_PKGS)
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' \
 		|| { echo "error: $(PYTHON) is not Python 3.11; set PYTHON=/path/to/python3.11"; exit 1; }
