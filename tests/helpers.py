@@ -150,6 +150,12 @@ class BeamlineRun:
         p.set_timeout_millis(timeout_ms)
         return p
 
+    def server_pids(self, server: str) -> list[int]:
+        """The processes running ``server`` (``Motor/sample_x``) for this beamline."""
+        from beamline import procs
+
+        return procs.server_pids(self.run_dir, [server]).get(server.lower(), [])
+
     def processes(self) -> list:
         from beamline import procs
 

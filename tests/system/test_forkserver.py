@@ -42,7 +42,7 @@ def fork_server_pid(run) -> int:
 
 
 def pid_of(run, server: str) -> int | None:
-    pids = procs.server_pids(run.run_dir, [server]).get(server.lower(), [])
+    pids = run.server_pids(server)
     return pids[0] if len(pids) == 1 else None
 
 

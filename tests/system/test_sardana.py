@@ -16,7 +16,6 @@ import h5py
 import pytest
 import tango
 
-from beamline import procs
 from tango_devices.common.door import DoorClient
 from tests.helpers import poll_until, wait_until
 
@@ -64,7 +63,7 @@ def last_entry(beamline, title: str):
 
 
 def server_pid(beamline, server: str) -> int:
-    pids = procs.server_pids(beamline.run_dir, [server]).get(server.lower(), [])
+    pids = beamline.server_pids(server)
     assert pids, f"{server} is not running"
     return pids[0]
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import tango
 
-from beamline import procs, tangodb
+from beamline import tangodb
 from beamline.runtime import RunContext
 from tests.helpers import BEAMLINE, running_beamline, wait_until
 from tests.system.conftest import fill_disk, small_disk, wait_state
@@ -108,7 +108,7 @@ def start_database(run) -> None:
 
 
 def server_pid(run, server: str) -> int | None:
-    pids = procs.server_pids(run.run_dir, [server]).get(server.lower(), [])
+    pids = run.server_pids(server)
     return pids[0] if pids else None
 
 
