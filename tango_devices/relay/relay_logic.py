@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -66,6 +67,24 @@ HEARTBEAT_CALL_INFO = bytes.fromhex("01000000000000000100000000ab03000000000000"
 Resubscriber = Callable[
     [str, list[tuple[str, str, str]], Callable[[float], bool]], tuple[int, list[str]]
 ]
+
+
+#: ZMQ sockets in the relay's context: 8 per server (2 XPUB, 2 XSUB and 2
+#: monitors, each monitor a pair); libzmq's default (1023) is ~120 servers
+MAX_SOCKETS = 8192
+#: open files the relay asks for: a socket each, its listeners, its
+#: connections to the servers and to every client (a Debian default is 1024)
+OPEN_FILES = 65536
+
+
+def room_for_many_servers() -> None:
+    """Raise this process's open-file limit towards :data:`OPEN_FILES` (as far
+    as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def parse_topic(topic: str) -> tuple[str, str, str] | None:
@@ -158,7 +177,9 @@ class RelayLogic:
         self._resubscribe = resubscribe
         self._clock = clock
         self.machine = StateMachine(RELAY_TABLE)
+        room_for_many_servers()
         self._ctx = zmq.Context()
+        self._ctx.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
         self._relays: dict[str, _Relay] = {}
         self._pending_routes: list[Route] = list(routes)
         self._requests: queue.Queue = queue.Queue()

@@ -282,3 +282,33 @@ def test_nothing_to_relay_is_off():
         assert "nothing to relay" in logic.machine.status
     finally:
         logic.stop()
+
+
+def test_the_relay_has_room_for_a_whole_beamline(monkeypatch):
+    """300 servers: 2,400 ZMQ sockets (libzmq's default limit is 1,023) and
+    thousands of open files (a Debian default soft limit is 1,024)."""
+    import resource
+
+    limits = {"now": (1024, 1048576)}
+    monkeypatch.setattr(resource, "getrlimit", lambda _what: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda _what, value: limits.update(now=value))
+    routes = [
+        ports.Route(f"Motor/m{i:03d}", *(30000 + 4 * i + k for k in range(4))) for i in range(300)
+    ]
+    logic = RelayLogic(routes, "127.0.0.1", lambda a, t, r: (0, []))
+    try:
+        assert limits["now"] == (65536, 1048576)
+        assert logic._ctx.get(zmq.MAX_SOCKETS) >= 8 * len(routes)
+    finally:
+        logic.stop()
+
+
+def test_the_relay_relays_more_servers_than_libzmqs_default_allows(tmp_path):
+    plan = ports.allocate([f"Motor/m{i:03d}" for i in range(140)], {}, str(tmp_path))
+    logic = RelayLogic(plan.values(), "127.0.0.1", lambda a, t, r: (0, []))
+    try:
+        logic.start()
+        assert logic.machine.state is ON, logic.machine.status
+        assert len(logic.report()["servers"]) == 140
+    finally:
+        logic.stop()
