@@ -186,8 +186,9 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     missing. Returns the run state with the devices that did not answer."""
     report = report or Reporter()
     config, host, levels = _plan(ctx, opts, report)
-    _event_ports(ctx, levels, opts, report)
     tango_host = _database(ctx, opts, report)
+    # after the database: its port is taken then, and no server gets it
+    _event_ports(ctx, levels, opts, report)
     # the fork server's imports and the Starter's own start-up (~5 s, most of
     # it asleep) run while the virtual hardware starts and db_config is written
     fork_server_ready = _fork_server(ctx, opts, tango_host, report)

@@ -312,3 +312,46 @@ def test_the_relay_relays_more_servers_than_libzmqs_default_allows(tmp_path):
         assert len(logic.report()["servers"]) == 140
     finally:
         logic.stop()
+
+
+def test_once_the_new_process_sends_its_own_heartbeat_none_is_made_up(relay_setup, monkeypatch):
+    monkeypatch.setattr("tango_devices.relay.relay_logic.REEMIT_PERIOD", 0.2)
+    route, logic, ctx, _calls, resubscribed = relay_setup
+    logic.start()
+    server = FakeServer(ctx, route)
+    ev, hb = _client(ctx, route, f"{FakeServer.PREFIX}bl01/mot/x/position.idl5_change")
+    assert _until_received(server, ev, "position")
+    server.close()
+    server = FakeServer(ctx, route)
+    assert resubscribed.wait(10.0)
+    # bridging: replayed every REEMIT_PERIOD while the new process sent none
+    assert _receive(hb, 2.0) and _receive(hb, 2.0), "no heartbeat replayed while bridging"
+    server.heartbeat()  # its own first one
+    wait_until(lambda: logic.report()["servers"][0]["heartbeats"] >= 1, 5, "its heartbeat seen")
+    while _receive(hb, 0.3):  # what was already on its way, and its own
+        pass
+    assert _receive(hb, 1.0) is None, "heartbeats made up after the server's own"
+    server.close()
+
+
+def test_a_burst_of_events_arrives_whole_and_in_order(relay_setup):
+    """The relay waits on its sockets' ZMQ_FDs (edge-like signals): nothing
+    may be left behind in a socket whose signal was taken."""
+    route, logic, ctx, _calls, _resubscribed = relay_setup
+    logic.start()
+    server = FakeServer(ctx, route)
+    topic = f"{FakeServer.PREFIX}bl01/mot/x/position.idl5_change"
+    ev, _hb = _client(ctx, route, topic)
+    ev.setsockopt(zmq.RCVHWM, 0)
+    assert _until_received(server, ev, "position")
+    while _receive(ev, 0.2):
+        pass
+    for n in range(3000):
+        server.ev.send_multipart([topic.encode(), b"\x01", str(n).encode()])
+    got = []
+    while len(got) < 3000:
+        message = _receive(ev, 5.0)
+        assert message is not None, f"only {len(got)} of 3000 events arrived"
+        got.append(int(message[2]))
+    assert got == list(range(3000))
+    server.close()
