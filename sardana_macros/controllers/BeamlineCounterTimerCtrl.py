@@ -18,6 +18,8 @@ from sardana.pool.controller import CounterTimerController, DefaultValue, Descri
 
 from sardana_macros.tango_link import DeviceDown, DeviceLink
 
+CLOCK_TICK = 1e-6  # s: the timing unit's resolution (docs/protocol-timing.md)
+
 
 class BeamlineCounterTimerController(CounterTimerController):
     ctrl_properties = {
@@ -67,7 +69,9 @@ class BeamlineCounterTimerController(CounterTimerController):
             # the measurement group asks before an acquisition is prepared: its
             # own configuration says how it synchronizes this controller
             if self._hardware(self._asking_group_synchronization()):
-                return self.dead_time(cached_ok=True)
+                # one tick of the timing unit's 1 MHz clock above the dead time:
+                # period - width is never rounded below it
+                return self.dead_time(cached_ok=True) + CLOCK_TICK
             return self._latency_time
         return CounterTimerController.GetCtrlPar(self, par)
 

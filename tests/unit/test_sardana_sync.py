@@ -205,5 +205,6 @@ def test_latency_time_follows_the_asking_group_configuration(ct):
 
     ctrl = _ct(ct, AcqSynch.SoftwareTrigger)  # the last acquisition was a step scan
     ctrl._getPoolController = lambda: None
-    assert _Group(AcqSynch.HardwareGate).latency_time(ctrl) == 0.0001  # DeadTime
+    # the dead time and one tick of the timing unit's clock
+    assert _Group(AcqSynch.HardwareGate).latency_time(ctrl) == pytest.approx(0.000101)
     assert _Group(AcqSynch.SoftwareTrigger).latency_time(ctrl) == 0.1
