@@ -14,10 +14,10 @@ import json
 
 import tango
 from sardana import State
-from sardana.pool.controller import Description, TriggerGateController, Type
+from sardana.pool.controller import DefaultValue, Description, TriggerGateController, Type
 from sardana.pool.pooldefs import SynchDomain, SynchParam
 
-from sardana_macros.tango_link import DeviceDown, DeviceLink
+from sardana_macros.tango_link import DeviceDown, DeviceLink, split_devices
 
 #: the unit's states as Sardana sees a trigger/gate element: armed or
 #: sending pulses is Moving (the synchronization runs until it is On again)
@@ -62,15 +62,65 @@ def time_train(description) -> dict:
     }
 
 
+def position_train(description, encoder, offset, steps_per_unit) -> dict:
+    """The TimingUnit's LoadTrain in POSITION mode: a pulse every ``Total``
+    (position) from ``Initial`` on, in encoder steps of the Motor device
+    (steps = (position - Offset) x StepsPerUnit; the description is in the
+    device's user positions). Refused when the step between points is not a
+    whole number of encoder steps: the pulses would drift from the points."""
+    train = time_train(description)
+    group = list(description)[0]
+    try:
+        initial = float(group[SynchParam.Initial][SynchDomain.Position])
+        total = float(group[SynchParam.Total][SynchDomain.Position])
+    except (KeyError, TypeError):
+        raise ValueError(
+            "the synchronization has no positions (Initial, Total): a position "
+            "train needs them; scan a motor, or use a time train"
+        ) from None
+    start = (initial - offset) * steps_per_unit
+    step = total * steps_per_unit
+    if abs(step - round(step)) > 1e-6 * max(1.0, abs(step)) or round(step) == 0:
+        raise ValueError(
+            f"{abs(total):g} between points is {abs(step):g} encoder steps "
+            f"({steps_per_unit:g} steps per unit): the timing unit fires on whole steps; "
+            "choose a range and number of intervals that give a whole number of steps"
+        )
+    return {
+        "mode": "position",
+        "count": train["count"],
+        "start": int(round(start)),
+        "step": int(round(step)),
+        "width": train["width"],
+        "encoder": int(encoder),
+    }
+
+
 class BeamlineTriggerGateController(TriggerGateController):
     ctrl_properties = {
         "Device": {Type: str, Description: "The TimingUnit device, e.g. bl01/tim/tg1"},
+        "Encoders": {
+            Type: str,
+            DefaultValue: "",
+            Description: "Motor device on each encoder input, e.g. "
+            "'3:bl01/mot/sample_x, 4:bl01/mot/sample_y': with the element's "
+            "MoveableOnInput ({motor: input}) a scan of that motor gets a position train",
+        },
     }
     MaxDevice = 1
 
     def __init__(self, inst, props, *args, **kwargs):
         TriggerGateController.__init__(self, inst, props, *args, **kwargs)
         self.link = DeviceLink(self.Device)
+        self.encoders = {}
+        for entry in split_devices(getattr(self, "Encoders", "")):
+            number, _, device = entry.partition(":")
+            if not number.strip().isdigit() or not device.strip():
+                raise ValueError(
+                    f"Encoders: {entry!r} is not <input>:<motor device>, e.g. 3:bl01/mot/sample_x"
+                )
+            self.encoders[int(number)] = device.strip()
+        self.active_input = None  # the encoder input of the moveable scanned
         self.train = None  # the last train loaded
 
     def AddDevice(self, axis):
@@ -81,7 +131,11 @@ class BeamlineTriggerGateController(TriggerGateController):
         pass
 
     def SynchOne(self, axis, synch_description):
-        train = time_train(synch_description)
+        if self.active_input is None:
+            train = time_train(synch_description)
+        else:
+            offset, steps_per_unit = self._motor_scale(self.active_input)
+            train = position_train(synch_description, self.active_input, offset, steps_per_unit)
         self.link.command("LoadTrain", json.dumps(train))
         self.train = train
 
@@ -114,7 +168,26 @@ class BeamlineTriggerGateController(TriggerGateController):
     def StopOne(self, axis):
         self.link.command("Stop")
 
+    def _motor_scale(self, number):
+        """(Offset, StepsPerUnit) of the Motor device on encoder input ``number``."""
+        device = self.encoders.get(number)
+        if device is None:
+            raise ValueError(
+                f"encoder input {number} has no Motor device in the Encoders property "
+                f"({self.Encoders!r}): add '{number}:<motor device>'"
+            )
+        motor = DeviceLink(device)
+        offset = float(motor.read("Offset"))
+        values = motor.call("StepsPerUnit", lambda p: p.get_property("StepsPerUnit"))
+        steps = list(values.get("StepsPerUnit", []))
+        if not steps:
+            raise ValueError(f"{device} has no StepsPerUnit property")
+        return offset, float(steps[0])
+
     def SetAxisPar(self, axis, name, value):
         if name == "active_input":
-            return  # one encoder per train, chosen by the unit's settings
+            # the Pool's choice from MoveableOnInput for the moveable scanned;
+            # None (timescan, or no moveable): a time train
+            self.active_input = None if value is None else int(value)
+            return
         raise ValueError(f"unsupported axis parameter {name!r}")

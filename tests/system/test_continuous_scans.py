@@ -114,3 +114,22 @@ def test_gap_shorter_than_the_dead_time_is_refused_before_anything_starts(beam):
     assert (motor.Position, scaler.BufferState, scaler.PointsTaken, tg.PulsesSent) == before
     assert tg.state() == S.ON and scaler.state() == S.ON
     assert tg.TrainState == 0  # IDLE
+
+
+def test_ct_on_the_gated_group_counts_one_gate(beam, door, continuous):  # noqa: F811
+    tg, scaler = beam.proxy("bl01/tim/tg1"), beam.proxy("bl01/ct/scaler")
+    run = run_ok(door, "ct", 0.05)
+    assert any("i0" in line for line in run.output), run.output
+    assert tg.PulsesSent == 1 and scaler.PointsTaken == 1
+    assert tg.Width == pytest.approx(0.05, abs=1e-6)
+    assert _buffer(scaler)[0][0] == 50000  # one 50 ms gate, in us
+
+
+def test_step_scans_after_a_continuous_one_count_in_software_as_before(beam, door):  # noqa: F811
+    tg = beam.proxy("bl01/tim/tg1")
+    sent = tg.PulsesSent
+    run_ok(door, "ascan", "sample_x", 0, 0.2, 2, 0.05)
+    data = last_entry(beam, "ascan sample_x 0.0 0.2 2 0.05")
+    assert len(data["i0"]) == 3 and not any(math.isnan(v) for v in data["i0"])
+    assert list(data["ct_time"]) == pytest.approx([0.05] * 3, abs=1e-3)  # PresetTime counting
+    assert tg.PulsesSent == sent  # no train: software synchronization

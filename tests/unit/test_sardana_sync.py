@@ -208,3 +208,61 @@ def test_latency_time_follows_the_asking_group_configuration(ct):
     # the dead time and one tick of the timing unit's clock
     assert _Group(AcqSynch.HardwareGate).latency_time(ctrl) == pytest.approx(0.000101)
     assert _Group(AcqSynch.SoftwareTrigger).latency_time(ctrl) == 0.1
+
+
+# ------------------------------------------------------------ position trains
+def _scan_description(start, total, repeats=51, active=0.01):
+    from sardana.pool.pooldefs import SynchDomain as D
+    from sardana.pool.pooldefs import SynchParam as P
+
+    return [
+        {
+            P.Delay: {D.Time: 0.2, D.Position: 0.004},
+            P.Initial: {D.Position: start},
+            P.Active: {D.Time: active, D.Position: 0.0198},
+            P.Total: {D.Time: 0.0101, D.Position: total},
+            P.Repeats: repeats,
+        }
+    ]
+
+
+def test_position_train_in_encoder_steps_of_the_motor_device(tg):
+    # Position = DialPosition + Offset, steps = DialPosition x StepsPerUnit
+    train = tg.position_train(_scan_description(1.0, 0.02), 3, offset=0.5, steps_per_unit=1000)
+    assert train == {
+        "mode": "position",
+        "count": 51,
+        "start": 500,
+        "step": 20,
+        "width": 0.01,
+        "encoder": 3,
+    }
+    backwards = tg.position_train(_scan_description(1.0, -0.02), 3, 0.0, 1000)
+    assert backwards["start"] == 1000 and backwards["step"] == -20
+
+
+def test_position_train_refuses_a_step_of_part_of_an_encoder_step(tg):
+    with pytest.raises(ValueError, match=r"16\.6667 encoder steps .* whole number of steps"):
+        tg.position_train(_scan_description(0.0, 1 / 60), 3, 0.0, 1000)
+
+
+def test_trigger_gate_loads_a_position_train_for_the_moveable_on_its_input(tg):
+    ctrl = tg.BeamlineTriggerGateController(
+        "tgctrl", {"Device": "bl01/tim/tg1", "Encoders": "3:bl01/mot/sample_x"}
+    )
+    ctrl.link = FakeLink()
+    ctrl._motor_scale = lambda number: (0.0, 1000.0)
+    ctrl.SetAxisPar(1, "active_input", 3)
+    ctrl.SynchOne(1, _scan_description(0.0, 0.02))
+    import json
+
+    loaded = json.loads(ctrl.link.calls[0][1])
+    assert loaded["mode"] == "position" and loaded["encoder"] == 3 and loaded["step"] == 20
+    ctrl.SetAxisPar(1, "active_input", None)  # timescan: no moveable
+    ctrl.SynchOne(1, _scan_description(0.0, 0.02))
+    assert json.loads(ctrl.link.calls[1][1])["mode"] == "time"
+
+
+def test_trigger_gate_encoders_property_is_checked(tg):
+    with pytest.raises(ValueError, match="is not <input>:<motor device>"):
+        tg.BeamlineTriggerGateController("tgctrl", {"Device": "d/e/f", "Encoders": "x:bl01/mot/a"})
