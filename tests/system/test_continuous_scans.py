@@ -133,3 +133,28 @@ def test_step_scans_after_a_continuous_one_count_in_software_as_before(beam, doo
     assert len(data["i0"]) == 3 and not any(math.isnan(v) for v in data["i0"])
     assert list(data["ct_time"]) == pytest.approx([0.05] * 3, abs=1e-3)  # PresetTime counting
     assert tg.PulsesSent == sent  # no train: software synchronization
+
+
+@pytest.fixture
+def on_encoder(beam):  # noqa: F811
+    """tg_train fires on sample_x's encoder (input 3) for one test."""
+    element = beam.proxy("triggergate/tgctrl/1")
+    element.MoveableOnInput = json.dumps({"sample_x": 3})
+    yield
+    element.MoveableOnInput = json.dumps(None)
+
+
+def test_ascanct_position_train_fires_on_the_encoder_positions(beam, door, continuous, on_encoder):  # noqa: F811
+    tg, scaler = beam.proxy("bl01/tim/tg1"), beam.proxy("bl01/ct/scaler")
+    intervals, points = 50, 51  # 1 mm in 50 intervals: 20 encoder steps each
+    run_ok(door, "ascanct", "sample_x", 0, 1, intervals, INTEG, timeout=180)
+    assert tg.Mode == 1 and tg.Encoder == 3  # POSITION on sample_x's encoder
+    assert tg.PositionStep == 20
+    assert tg.PulsesSent == points and scaler.PointsTaken == points
+    _, positions = _pulses(tg)
+    start = tg.PositionStart
+    # each pulse at the exact crossing of its position
+    assert positions == pytest.approx([start + 20 * k for k in range(points)], abs=1)
+    data = last_entry(beam, f"ascanct sample_x 0.0 1.0 {intervals} {INTEG}")
+    assert len(data["i0"]) == points and not any(math.isnan(v) for v in data["i0"])
+    assert list(data["i0"]) == [row[1] for row in _buffer(scaler)]
