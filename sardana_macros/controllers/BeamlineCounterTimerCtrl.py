@@ -110,8 +110,9 @@ class BeamlineCounterTimerController(CounterTimerController):
         return self._dead_time
 
     def PrepareOne(self, axis, value, repetitions, latency, nb_starts):
-        """Check a hardware-synchronized acquisition against the scaler
-        before anything starts (the scan has not begun its motion yet)."""
+        """Check a hardware-synchronized acquisition against the scaler before
+        anything is armed or started (in ascanct: after the move to the start
+        position, before the scan's motion and the trigger/gate)."""
         if not self._hardware():
             return
         if value <= 0:
