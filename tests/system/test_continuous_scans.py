@@ -11,6 +11,7 @@ import math
 import pytest
 import tango
 
+from tests.helpers import wait_until
 from tests.system.test_sardana import (  # noqa: F401  (beam, door: fixtures)
     beam,
     door,
@@ -178,3 +179,27 @@ def test_ascanct_position_train_fires_on_the_encoder_positions(beam, door, conti
     data = last_entry(beam, f"ascanct sample_x 0.0 1.0 {intervals} {INTEG}")
     assert len(data["i0"]) == points and not any(math.isnan(v) for v in data["i0"])
     assert list(data["i0"]) == [row[1] for row in _buffer(scaler)]
+
+
+@pytest.mark.parametrize("how", ["stop", "abort"])
+def test_stopping_a_continuous_scan_stops_motor_and_triggers(beam, door, continuous, how):  # noqa: F811
+    tg, scaler = beam.proxy("bl01/tim/tg1"), beam.proxy("bl01/ct/scaler")
+    motor = beam.proxy("bl01/mot/sample_x")
+    points = 401  # 4 s of 10 ms points
+    run = door.start(["ascanct", "sample_x", "0", "2", str(points - 1), str(INTEG)])
+    wait_until(lambda: tg.PulsesSent >= 20 or run.ended is not None, 60, "20 pulses")
+    assert run.ended is None, f"the scan ended early ({run.outcome}): {run.error_text}"
+    getattr(door, how)()
+    door.wait(run, timeout=30)
+    assert run.outcome == how, (run.outcome, run.error_text)
+    # the triggers stopped, the scaler disarmed, the motor stopped short of the end
+    wait_until(lambda: tg.state() == S.ON, 10, "tg1 back to ON")
+    wait_until(lambda: scaler.state() == S.ON, 10, "the scaler back to ON")
+    wait_until(lambda: motor.state() == S.ON, 10, "sample_x stopped")
+    sent = tg.PulsesSent
+    assert 20 <= sent < points
+    assert scaler.PointsTaken <= sent
+    assert motor.Position < 2.0
+    # and the next continuous scan works
+    run_ok(door, "ascanct", "sample_x", 0, 0.2, 10, INTEG, timeout=120)
+    assert tg.PulsesSent == 11 and scaler.PointsTaken == 11
