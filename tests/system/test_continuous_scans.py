@@ -203,3 +203,20 @@ def test_stopping_a_continuous_scan_stops_motor_and_triggers(beam, door, continu
     # and the next continuous scan works
     run_ok(door, "ascanct", "sample_x", 0, 0.2, 10, INTEG, timeout=120)
     assert tg.PulsesSent == 11 and scaler.PointsTaken == 11
+
+
+def test_timescan_and_meshct_on_the_gated_group(beam, door, continuous):  # noqa: F811
+    tg, scaler = beam.proxy("bl01/tim/tg1"), beam.proxy("bl01/ct/scaler")
+    run_ok(door, "timescan", 20, INTEG, timeout=120)
+    assert tg.PulsesSent == 20 and scaler.PointsTaken == 20
+    data = last_entry(beam, f"timescan 20 {INTEG}")
+    assert len(data["i0"]) == 20 and not any(math.isnan(v) for v in data["i0"])
+    assert list(data["i0"]) == [row[1] for row in _buffer(scaler)]
+
+    # one train per row: 3 rows of 11 points
+    run_ok(door, "meshct", "sample_x", 0, 0.2, 10, "sample_y", 0, 0.1, 2, INTEG, timeout=180)
+    assert tg.PulsesSent == 11 and scaler.PointsTaken == 11  # the last row's
+    data = last_entry(beam, "meshct sample_x 0.0 0.2 10 sample_y 0.0 0.1 2")
+    assert len(data["i0"]) == 33, len(data["i0"])
+    assert not any(math.isnan(v) for v in data["i0"])
+    assert list(data["i0"])[-11:] == [row[1] for row in _buffer(scaler)]
