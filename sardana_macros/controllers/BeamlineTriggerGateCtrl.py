@@ -120,7 +120,12 @@ class BeamlineTriggerGateController(TriggerGateController):
                     f"Encoders: {entry!r} is not <input>:<motor device>, e.g. 3:bl01/mot/sample_x"
                 )
             self.encoders[int(number)] = device.strip()
-        self.active_input = None  # the encoder input of the moveable scanned
+        # the encoder input of the moveable scanned: the Pool sets it (from
+        # MoveableOnInput) before PrepareOne of each acquisition, only while
+        # MoveableOnInput is configured; an acquisition prepared without it
+        # gets a time train
+        self._input_set = None
+        self.active_input = None
         self.train = None  # the last train loaded
 
     def AddDevice(self, axis):
@@ -129,6 +134,9 @@ class BeamlineTriggerGateController(TriggerGateController):
 
     def DeleteDevice(self, axis):
         pass
+
+    def PrepareOne(self, axis, nb_starts):
+        self.active_input, self._input_set = self._input_set, None
 
     def SynchOne(self, axis, synch_description):
         if self.active_input is None:
@@ -188,6 +196,6 @@ class BeamlineTriggerGateController(TriggerGateController):
         if name == "active_input":
             # the Pool's choice from MoveableOnInput for the moveable scanned;
             # None (timescan, or no moveable): a time train
-            self.active_input = None if value is None else int(value)
+            self._input_set = None if value is None else int(value)
             return
         raise ValueError(f"unsupported axis parameter {name!r}")

@@ -187,7 +187,11 @@ def test_stopping_a_continuous_scan_stops_motor_and_triggers(beam, door, continu
     motor = beam.proxy("bl01/mot/sample_x")
     points = 401  # 4 s of 10 ms points
     run = door.start(["ascanct", "sample_x", "0", "2", str(points - 1), str(INTEG)])
-    wait_until(lambda: tg.PulsesSent >= 20 or run.ended is not None, 60, "20 pulses")
+    wait_until(
+        lambda: (tg.TrainCount == points and tg.PulsesSent >= 20) or run.ended is not None,
+        60,
+        "20 pulses of this scan's train",
+    )
     assert run.ended is None, f"the scan ended early ({run.outcome}): {run.error_text}"
     getattr(door, how)()
     door.wait(run, timeout=30)

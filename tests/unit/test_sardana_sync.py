@@ -252,15 +252,23 @@ def test_trigger_gate_loads_a_position_train_for_the_moveable_on_its_input(tg):
     )
     ctrl.link = FakeLink()
     ctrl._motor_scale = lambda number: (0.0, 1000.0)
-    ctrl.SetAxisPar(1, "active_input", 3)
+    ctrl.SetAxisPar(1, "active_input", 3)  # the Pool, then PrepareOne
+    ctrl.PrepareOne(1, 1)
     ctrl.SynchOne(1, _scan_description(0.0, 0.02))
     import json
 
     loaded = json.loads(ctrl.link.calls[0][1])
     assert loaded["mode"] == "position" and loaded["encoder"] == 3 and loaded["step"] == 20
     ctrl.SetAxisPar(1, "active_input", None)  # timescan: no moveable
+    ctrl.PrepareOne(1, 1)
     ctrl.SynchOne(1, _scan_description(0.0, 0.02))
     assert json.loads(ctrl.link.calls[1][1])["mode"] == "time"
+    # MoveableOnInput cleared: the Pool sets no input at all
+    ctrl.SetAxisPar(1, "active_input", 3)
+    ctrl.PrepareOne(1, 1)
+    ctrl.PrepareOne(1, 1)
+    ctrl.SynchOne(1, _scan_description(0.0, 0.02))
+    assert json.loads(ctrl.link.calls[2][1])["mode"] == "time"
 
 
 def test_trigger_gate_encoders_property_is_checked(tg):
