@@ -490,7 +490,7 @@ def test_modest_yaml_aliases_are_fine(cfgdir):
         "      mg_counters2:\n        channels: *counters\n      mg_cam:\n",
     )
     c = cfg.load(cfgdir)
-    assert sum(d.device_class == "MeasurementGroup" for d in c.devices.values()) == 4
+    assert sum(d.device_class == "MeasurementGroup" for d in c.devices.values()) == 5
 
 
 def _yaml_variable(cfgdir, text: str) -> tuple[int, str]:

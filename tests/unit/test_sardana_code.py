@@ -17,6 +17,7 @@ CLASSES = {
     "BeamlineRoiCtrl": "BeamlineRoiController",
     "BeamlineTwoDCtrl": "BeamlineTwoDController",
     "BeamlineIORegisterCtrl": "BeamlineIORegisterController",
+    "BeamlineTriggerGateCtrl": "BeamlineTriggerGateController",
 }
 
 
