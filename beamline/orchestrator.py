@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from beamline import config as cfg
-from beamline import procs, tangodb
+from beamline import procs, sardana_yaml, tangodb
 from beamline.runtime import RunContext, venv_bin
 from beamline.starter import Starter, StarterError
 from tango_devices.common import forkserver
@@ -187,6 +187,11 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     report = report or Reporter()
     config, host, levels = _plan(ctx, opts, report)
     tango_host = _database(ctx, opts, report)
+    # read again now that the database is known: sardana-config writes full
+    # device names (a measurement group's synchronizer) with it, and would
+    # otherwise keep the default host it saw first (0.05 s the second time)
+    sardana_yaml.use_tango_host(tango_host)
+    config = cfg.load(ctx.config_dir, ctx.run_dir)
     # after the database: its port is taken then, and no server gets it
     _event_ports(ctx, levels, opts, report)
     # the fork server's imports and the Starter's own start-up (~5 s, most of

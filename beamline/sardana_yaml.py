@@ -66,6 +66,24 @@ def project_dir() -> Path:
     return Path(sardana_macros.__file__).resolve().parent.parent
 
 
+def use_tango_host(tango_host: str) -> None:
+    """Full device names (a measurement group's synchronizer, ...) are made by
+    Taurus's name validators with a default database, which they keep, and
+    cache per name, from the first name they saw: use ``tango_host`` from now
+    on (``beamline up`` reads db_config before it knows the database)."""
+    from taurus import Factory
+    from taurus.core.tango.tangovalidator import (
+        TangoAttributeNameValidator,
+        TangoDeviceNameValidator,
+    )
+
+    Factory(scheme="tango").set_default_tango_host(tango_host)
+    for validator in (TangoDeviceNameValidator, TangoAttributeNameValidator):
+        cache = getattr(validator(), "names_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+
+
 def load_file(path: Path, rel: str, run_dir: Path, problems: list) -> SardanaDoc | None:
     """Parse, substitute, validate and convert one YAML file; problems are appended."""
     try:

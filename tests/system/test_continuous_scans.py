@@ -30,20 +30,15 @@ INTEG = 0.01
 @pytest.fixture(scope="module", autouse=True)
 def gated_group(beam):  # noqa: F811
     """mg_cont as db_config/sardana/bl01.yaml declares it: its counters gated by
-    tg_train. The YAML's measurement group configuration holds full names
-    rendered with the TANGO_HOST of the moment the configuration was loaded;
-    `beamline up` loads it before it knows the database's address, so on a
-    test beamline (its own port) the Pool cannot resolve the synchronizer and
-    falls back to software. Written here with this beamline's host, as
-    expconf would (the fix belongs to beamline/orchestrator.py: build the
-    Sardana configuration once TANGO_HOST is known)."""
+    tg_train, named with this beamline's database (the configuration holds
+    full names: `beamline up` builds it once it knows the database's address,
+    or the Pool would not find the synchronizer and count in software)."""
     group = beam.proxy(GROUP)
     conf = json.loads(group.Configuration)
     synchronizer = f"tango://{beam.tango_host}/triggergate/tgctrl/1"
     (ctrl,) = [c for name, c in conf["controllers"].items() if name.endswith("/ctctrl")]
-    if ctrl.get("synchronizer") != synchronizer:
-        ctrl["synchronizer"], ctrl["synchronization"] = synchronizer, 1  # Gate
-        group.Configuration = json.dumps(conf)
+    assert ctrl.get("synchronizer") == synchronizer, conf
+    assert ctrl.get("synchronization") == 1  # Gate
     return group
 
 
