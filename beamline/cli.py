@@ -22,7 +22,7 @@ from rich.table import Table
 
 from beamline import config as cfg
 from beamline import orchestrator as orch
-from beamline import procs, tangodb
+from beamline import procs, sardana_yaml, tangodb
 from beamline.runtime import RunContext, venv_bin
 
 # Off a terminal (pipes, CI logs) rich would squeeze tables into 80 columns.
@@ -596,14 +596,18 @@ def config_check(ctx: RunContext) -> None:
 def _config_target(
     ctx: RunContext, tango_host: str | None
 ) -> tuple[cfg.BeamlineConfig, str, dict | None]:
-    try:
-        c = cfg.load(ctx.config_dir, ctx.run_dir)
-    except cfg.ConfigError as exc:
-        fail(
-            "configuration problems (run `beamline config check`):\n"
-            + "\n".join(f"  {p}" for p in exc.problems),
-            2,
-        )
+    def load() -> cfg.BeamlineConfig:
+        try:
+            return cfg.load(ctx.config_dir, ctx.run_dir)
+        except cfg.ConfigError as exc:
+            fail(
+                "configuration problems (run `beamline config check`):\n"
+                + "\n".join(f"  {p}" for p in exc.problems),
+                2,
+            )
+            raise
+
+    load()  # its problems first, whatever the database
     state = ctx.load_state()
     th = tango_host or state.get("tango_host") or os.environ.get("TANGO_HOST")
     if not th:
@@ -611,6 +615,9 @@ def _config_target(
     if not tangodb.answers(th):
         fail(f"no Tango database answers at {th}")
     os.environ["TANGO_HOST"] = th
+    # again with this database: Sardana's full names are made with it
+    sardana_yaml.use_tango_host(th)
+    c = load()
     sim_state = ctx.load_sim_state() if state.get("simulated") and not tango_host else None
     return c, th, sim_state
 

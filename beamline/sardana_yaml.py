@@ -182,8 +182,21 @@ def load_file(path: Path, rel: str, run_dir: Path, problems: list) -> SardanaDoc
                     names = value if isinstance(value, list) else str(value).split(",")
                     key = f"pools.{pool_name}.controllers.{ctrl_name}.properties.{prop}"
                     controller_devices[key] = [n.strip() for n in names if n.strip()]
-    dsconfig = build_dsconfig(remove_environment_from_config(config))
-    return SardanaDoc(rel, _plain(dsconfig), environments, controller_devices)
+    dsconfig = _plain(build_dsconfig(remove_environment_from_config(config)))
+    _dedupe_group_elements(dsconfig)
+    return SardanaDoc(rel, dsconfig, environments, controller_devices)
+
+
+def _dedupe_group_elements(dsconfig: dict[str, Any]) -> None:
+    """A measurement group's ``elements`` once each, as the Pool writes them
+    back: sardana-config lists a synchronizer once per channel it gates, and
+    `config diff` then always differed from a running beamline."""
+    for instances in dsconfig.get("servers", {}).values():
+        for classes in instances.values():
+            for device in classes.get("MeasurementGroup", {}).values():
+                props = device.get("properties", {})
+                if isinstance(props.get("elements"), list):
+                    props["elements"] = list(dict.fromkeys(props["elements"]))
 
 
 def expansion_problem(events: Iterable[Any], rel: str) -> Problem | None:
