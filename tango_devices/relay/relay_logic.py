@@ -548,6 +548,11 @@ class RelayLogic:
             )
             if event["event"] == zmq.EVENT_CONNECTED:
                 relay.connected = True
+                # a new process: read what the event socket's monitor has to
+                # say first (the old connection's end, not yet read, would
+                # leave events_connected set: republished values lost)
+                while relay.events_monitor is not None and self._readable(relay.events_monitor):
+                    self._handle(relay, "events_monitor")
                 if relay.ever_connected and relay.topics:
                     self._start_resubscription(relay)
                 relay.ever_connected = True
