@@ -137,7 +137,6 @@ class _Relay:
     heartbeats: int = 0
     resubscriptions: int = 0
     last_resubscription: str = ""
-    resubscribing: bool = False
     first_event_pending: bool = False
 
     def sockets(self) -> list[Any]:
@@ -463,7 +462,6 @@ class RelayLogic:
             relay = self._relays.get(key)
             if relay is None:
                 continue
-            relay.resubscribing = False
             relay.resubscriptions += 1
             relay.first_event_pending = True
             log.info(
@@ -567,7 +565,6 @@ class RelayLogic:
         key = relay.route.server.lower()
         admin = relay.route.admin_device
         started = self._clock()
-        relay.resubscribing = True
         ready = relay.events_connected
 
         def events_ready(timeout: float) -> bool:
