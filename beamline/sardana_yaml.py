@@ -404,13 +404,46 @@ def write_file_environment(env: SardanaEnv, updates: dict[str, Any]) -> None:
     sync_env_db(env.env_db, updates, (), env.macro_server)
 
 
+#: Sardana's general hooks: a list of (macro line, [hook places]) that users
+#: extend with ``defgh``; the configured hooks are added to it, never replace it
+GENERAL_HOOKS = "_GeneralHooks"
+
+
 def environment_updates(env: SardanaEnv, current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Variables whose configured value differs from ``current``: name -> (old, new)."""
-    return {
-        name: (current.get(name), value)
-        for name, value in env.variables.items()
-        if name not in current or current[name] != value
-    }
+    """Variables whose configured value differs from ``current``: name -> (old, new).
+    ``_GeneralHooks`` only when a configured hook is missing: the hooks users
+    defined stay, after them the missing ones."""
+    updates = {}
+    for name, value in env.variables.items():
+        if name == GENERAL_HOOKS:
+            merged = merge_general_hooks(current.get(name), value)
+            if merged is not None:
+                updates[name] = (current.get(name), merged)
+        elif name not in current or current[name] != value:
+            updates[name] = (current.get(name), value)
+    return updates
+
+
+def merge_general_hooks(current: Any, configured: Any) -> list | None:
+    """``current`` general hooks with every ``configured`` one in it (a hook
+    is [macro line, [places]]), in their order; None when none is missing."""
+
+    def key(hook: Any) -> tuple[str, tuple[str, ...]]:
+        name, places = hook
+        if isinstance(places, str):
+            places = [places]
+        return str(name), tuple(str(p) for p in places)
+
+    have = list(current) if isinstance(current, list | tuple) else []
+    known = set()
+    for hook in have:
+        try:
+            known.add(key(hook))
+        except (TypeError, ValueError):
+            continue  # a malformed entry: Sardana's to report, kept as it is
+    configured = configured if isinstance(configured, list | tuple) else []
+    missing = [[str(h[0]), list(key(h)[1])] for h in configured if key(h) not in known]
+    return have + missing if missing else None
 
 
 def ensure_directories(env: SardanaEnv) -> None:

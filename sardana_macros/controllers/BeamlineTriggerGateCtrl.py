@@ -7,14 +7,28 @@ period = total, width = active, count = repeats), arms the unit when the
 acquisition starts (``Arm``: the unit checks the train against the scaler
 and camera it drives, which Sardana has armed by then) and starts it
 (``Start``). A train the unit refuses fails the acquisition with the
-unit's reason and fix. docs/triggers.md.
+unit's reason and fix.
+
+A unit that stops answering while its train runs (its server killed,
+restarting) ends the synchronization in Fault naming the device, and the
+element's ``LostTrain`` says so until the next acquisition is prepared: the
+beamline's general hook ``continuous_scan_end_check`` fails the scan with it
+(Sardana's continuous scans do not look at the synchronizer's state).
+docs/triggers.md.
 """
 
 import json
 
 import tango
 from sardana import State
-from sardana.pool.controller import DefaultValue, Description, TriggerGateController, Type
+from sardana.pool.controller import (
+    Access,
+    DataAccess,
+    DefaultValue,
+    Description,
+    TriggerGateController,
+    Type,
+)
 from sardana.pool.pooldefs import SynchDomain, SynchParam
 
 from sardana_macros.tango_link import DeviceDown, DeviceLink, split_devices
@@ -107,6 +121,14 @@ class BeamlineTriggerGateController(TriggerGateController):
             "MoveableOnInput ({motor: input}) a scan of that motor gets a position train",
         },
     }
+    axis_attributes = {
+        "LostTrain": {
+            Type: str,
+            Access: DataAccess.ReadOnly,
+            Description: "Why the train of the last acquisition was not followed to its end "
+            "(the unit stopped answering while it ran); empty if it was",
+        },
+    }
     MaxDevice = 1
 
     def __init__(self, inst, props, *args, **kwargs):
@@ -127,6 +149,8 @@ class BeamlineTriggerGateController(TriggerGateController):
         self._input_set = None
         self.active_input = None
         self.train = None  # the last train loaded
+        self.running = False  # a train of this acquisition started, its end not seen
+        self.lost = ""  # LostTrain: why the last train was not followed to its end
 
     def AddDevice(self, axis):
         if axis != 1:
@@ -137,6 +161,7 @@ class BeamlineTriggerGateController(TriggerGateController):
 
     def PrepareOne(self, axis, nb_starts):
         self.active_input, self._input_set = self._input_set, None
+        self.running, self.lost = False, ""
 
     def SynchOne(self, axis, synch_description):
         if self.active_input is None:
@@ -155,13 +180,26 @@ class BeamlineTriggerGateController(TriggerGateController):
 
     def StartOne(self, axis):
         self.link.command("Start")
+        self.running = True
 
     def StateOne(self, axis):
         try:
             state = self.link.call("State", lambda p: p.state())
         except DeviceDown as exc:
-            return State.Fault, str(exc)
+            if self.running:
+                # the Pool ends the synchronization on Fault: the rest of the
+                # train is neither followed nor stoppable
+                self.running = False
+                self.lost = (
+                    f"{self.link.name} stopped answering while the train of this acquisition "
+                    f"ran ({self.link.last_error}): its pulses were not followed to the end "
+                    "and could not be stopped, so points may be missing. The supervisor "
+                    f"restarts its server; scan again once {self.link.name} answers."
+                )
+            return State.Fault, self.lost or str(exc)
         sardana_state = UNIT_STATES.get(state, State.Unknown)
+        if sardana_state != State.Moving:
+            self.running = False
         if sardana_state in (State.Fault, State.Unknown):
             try:
                 status = self.link.call("Status", lambda p: p.status())
@@ -171,10 +209,17 @@ class BeamlineTriggerGateController(TriggerGateController):
         return sardana_state, f"{self.link.name} is {state}"
 
     def AbortOne(self, axis):
+        self.running = False
         self.link.command("Stop")
 
     def StopOne(self, axis):
+        self.running = False
         self.link.command("Stop")
+
+    def GetAxisExtraPar(self, axis, name):
+        if name.lower() == "losttrain":
+            return self.lost
+        raise ValueError(f"unknown axis attribute {name!r}")
 
     def _motor_scale(self, number):
         """(Offset, StepsPerUnit) of the Motor device on encoder input ``number``."""
