@@ -196,7 +196,8 @@ class BeamlineTriggerGateController(TriggerGateController):
                     "and could not be stopped, so points may be missing. The supervisor "
                     f"restarts its server; scan again once {self.link.name} answers."
                 )
-            return State.Fault, self.lost or str(exc)
+                return State.Fault, self.lost
+            return State.Fault, str(exc)
         sardana_state = UNIT_STATES.get(state, State.Unknown)
         if sardana_state != State.Moving:
             self.running = False

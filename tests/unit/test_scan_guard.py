@@ -355,6 +355,9 @@ def test_a_unit_lost_while_its_train_runs_is_reported_until_the_next_acquisition
         "(connection refused)"
     )
     assert ctrl.GetAxisExtraPar(1, "LostTrain") == status
+    # still down: the device's own cause, the loss kept
+    assert "does not answer (State)" in ctrl.StateOne(1)[1]
+    assert ctrl.GetAxisExtraPar(1, "LostTrain") == status
     # back: its state again, the loss kept for the scan to report
     ctrl.link.down, ctrl.link.state = False, tango.DevState.ON
     assert ctrl.StateOne(1) == (State.On, "bl01/tim/tg1 is ON")
