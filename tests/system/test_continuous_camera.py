@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tango
 
+from tests.helpers import wait_until
 from tests.system.test_sardana import (  # noqa: F401  (beam, door: fixtures)
     beam,
     door,
@@ -159,3 +160,42 @@ def test_period_shorter_than_the_camera_readout_is_refused_before_anything_start
     assert cam.TriggerMode == 0
     assert cam.state() == S.ON and tg.state() == S.ON and scaler.state() == S.ON
     assert tg.TrainState == "IDLE"
+
+
+@pytest.mark.parametrize("how", ["Stop", "Abort"])
+def test_stopping_a_triggered_acquisition_puts_the_camera_back(beam, door, how):  # noqa: F811
+    """Stop/abort through the measurement group (a stopped ascanct pads every
+    point it did not take with a NaN image: Sardana's HDF5 recorder broadcasts
+    the NaN pixel by pixel, ~5 s per 512x512 point; see docs/triggers.md)."""
+    tg, cam = beam.proxy("bl01/tim/tg1"), beam.proxy(CAMERA)
+    group = beam.proxy(GROUP, timeout_ms=10000)
+    settings = _settings(cam)
+    points = 400  # 6 s of 15 ms points
+    group.SynchDescription = json.dumps(
+        [{"0": {"0": 0.0}, "2": {"0": INTEG}, "1": {"0": INTEG + READOUT + 1e-6}, "3": points}]
+    )
+    group.NbStarts = 1
+    group.Prepare()
+    group.Start()
+    wait_until(lambda: cam.BufferedFrames >= 20, 30, "20 frames of this acquisition")
+    assert cam.TriggerMode == 1 and tg.TrainCount == points  # EXTERNAL while it runs
+    getattr(group, how)()
+    # the train and the camera stopped short of the end, the camera back on
+    # INTERNAL with its settings as before
+    wait_until(lambda: group.state() == S.ON, 30, "mg_cont_cam back to ON")
+    wait_until(lambda: tg.state() == S.ON, 10, "tg1 back to ON")
+    wait_until(lambda: cam.state() == S.ON, 10, "cam1 back to ON")
+    assert _settings(cam) == settings
+    assert 20 <= cam.BufferedFrames < points and tg.PulsesSent < points
+
+    # and the next continuous scan takes every frame
+    run_ok(door, "senv", "ActiveMntGrp", "mg_cont_cam")
+    try:
+        run_ok(door, "ascanct", "sample_x", 0, 0.2, 9, INTEG, timeout=120)
+    finally:
+        run_ok(door, "senv", "ActiveMntGrp", "mg_bl01")
+    assert tg.PulsesSent == 10 and cam.BufferedFrames == 10 and cam.MissedTriggers == 0
+    data = last_entry(beam, f"ascanct sample_x 0.0 0.2 9 {INTEG}")
+    assert np.asarray(data["cam1_image"]).shape == (10, cam.Height, cam.Width)
+    assert not any(math.isnan(v) for v in data["roi_sum"])
+    assert _settings(cam) == settings
