@@ -359,6 +359,7 @@ class TriggeredFrames:
         self.roi = (0, 0, 0, 0)
         self.saved = None  # (AcquisitionMode, NumberOfFrames) to put back
         self.failure = ""
+        self.stopped = False
         self._polled = (-1.0, None)
 
     # ------------------------------------------------------------- prepare
@@ -409,6 +410,7 @@ class TriggeredFrames:
         mode, frames = int(link.read("AcquisitionMode")), int(link.read("NumberOfFrames"))
         self.saved = (mode, frames)
         self.failure = ""
+        self.stopped = False
         self.cache, self.fetched, self._polled = {}, 0, (-1.0, None)
         try:
             self.shape = (int(link.read("Height")), int(link.read("Width")))
@@ -457,6 +459,8 @@ class TriggeredFrames:
                 return State.On, f"{self.link.name}: no hardware-triggered acquisition"
             if self.failure:
                 return State.Fault, self.failure
+            if self.stopped:
+                return State.On, f"{self.link.name}: stopped"
             try:
                 tango_state, first, count, missed = self._poll()
             except DeviceDown as exc:
@@ -539,8 +543,13 @@ class TriggeredFrames:
             self.saved = None
 
     def abort(self):
+        """Stop or abort: the camera stops and goes back at once; the frames it
+        took stay readable (the Pool's last read after a stop gets them)."""
         with self.lock:
-            self.phase = "idle"
+            if self.phase == "started":
+                self.stopped = True
+            else:
+                self.phase = "idle"
             self.restore()
 
 

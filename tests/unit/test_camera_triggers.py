@@ -282,6 +282,11 @@ def test_abort_stops_the_camera_and_puts_it_back(twod, roi):
     assert camera.commands() == ["Start", "Stop"]
     assert camera.written("TriggerMode") == [1, 0]
     assert camera.attributes["NumberOfFrames"] == 7
+    # ended for the Pool; the frame taken before the stop is still read, once
+    assert image.StateOne(1)[0] == State.On
+    frames, sums = _read(image, counters)
+    assert [int(f[0, 0]) for f in frames] == [41] and len(sums) == 1
+    assert _read(image, counters) == ([], [])
 
 
 def test_missed_triggers_fail_the_acquisition_naming_them(twod, roi):
