@@ -10,15 +10,16 @@ the Scaler's gated buffer takes one point per pulse of the timing unit
 each read returns the points taken since the last one: the timer the gate's
 length (s), each channel its counts (docs/triggers.md)."""
 
-import inspect
-
 from sardana import State
 from sardana.pool import AcqSynch
 from sardana.pool.controller import CounterTimerController, DefaultValue, Description, Type
 
-from sardana_macros.tango_link import DeviceDown, DeviceLink
-
-CLOCK_TICK = 1e-6  # s: the timing unit's resolution (docs/protocol-timing.md)
+from sardana_macros.tango_link import (
+    CLOCK_TICK,
+    DeviceDown,
+    DeviceLink,
+    asking_group_synchronization,
+)
 
 
 class BeamlineCounterTimerController(CounterTimerController):
@@ -68,36 +69,12 @@ class BeamlineCounterTimerController(CounterTimerController):
         if par.lower() == "latency_time":
             # the measurement group asks before an acquisition is prepared: its
             # own configuration says how it synchronizes this controller
-            if self._hardware(self._asking_group_synchronization()):
+            if self._hardware(asking_group_synchronization(self)):
                 # one tick of the timing unit's 1 MHz clock above the dead time:
                 # period - width is never rounded below it
                 return self.dead_time(cached_ok=True) + CLOCK_TICK
             return self._latency_time
         return CounterTimerController.GetCtrlPar(self, par)
-
-    def _asking_group_synchronization(self):
-        """The synchronization the measurement group asking for the latency
-        time has configured for this controller (its LatencyTime is the
-        largest of its controllers'); this controller's current one if the
-        caller is no measurement group."""
-        frame = inspect.currentframe()
-        try:
-            for _ in range(6):
-                frame = frame.f_back
-                if frame is None:
-                    break
-                group = frame.f_locals.get("self")
-                configuration = getattr(group, "configuration", None)
-                if configuration is not None and hasattr(
-                    configuration, "get_acq_synch_by_controller"
-                ):
-                    try:
-                        return configuration.get_acq_synch_by_controller(self._getPoolController())
-                    except Exception:
-                        break
-        finally:
-            del frame
-        return self._synchronization
 
     def dead_time(self, cached_ok=False):
         """The scaler's dead time between two gates (s)."""

@@ -143,6 +143,10 @@ class FakeServer:
         self.hb = self.ctx.socket(zmq.XPUB)
         for sock in (self.ev, self.hb):
             sock.setsockopt(zmq.LINGER, 0)
+            # no drops on this side: what a test sends reaches the relay (a
+            # burst test checks the relay's own queues, not cppTango's 1000)
+            sock.setsockopt(zmq.SNDHWM, 0)
+        SERVERS.append(self)  # closed by relay_setup's teardown if a test fails first
         self.ev.bind(f"tcp://127.0.0.1:{route.events_bound}")
         self.hb.bind(f"tcp://127.0.0.1:{route.heartbeat_bound}")
 
@@ -154,9 +158,14 @@ class FakeServer:
         self.hb.send_multipart([f"{self.PREFIX}dserver/motor/x.heartbeat".encode(), b"\x01", b"h"])
 
     def close(self):
+        if self.ctx.closed:
+            return
         self.ev.close(linger=0)
         self.hb.close(linger=0)
         self.ctx.term()
+
+
+SERVERS: list[FakeServer] = []
 
 
 @pytest.fixture
@@ -178,16 +187,21 @@ def relay_setup():
     for sock in CLIENT_SOCKETS:
         sock.close(linger=0)
     CLIENT_SOCKETS.clear()
+    for server in SERVERS:
+        server.close()
+    SERVERS.clear()
     ctx.destroy(linger=0)
 
 
 CLIENT_SOCKETS: list = []
 
 
-def _client(ctx, route, topic):
+def _client(ctx, route, topic, rcvhwm=None):
     """A client's sockets, as cppTango's consumer makes them (no reconnection)."""
     ev = ctx.socket(zmq.SUB)
     hb = ctx.socket(zmq.SUB)
+    if rcvhwm is not None:  # before connecting: a pipe keeps the HWM it was made with
+        ev.setsockopt(zmq.RCVHWM, rcvhwm)
     for sock, port in ((ev, route.events), (hb, route.heartbeat)):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, -1)
@@ -341,8 +355,7 @@ def test_a_burst_of_events_arrives_whole_and_in_order(relay_setup):
     logic.start()
     server = FakeServer(ctx, route)
     topic = f"{FakeServer.PREFIX}bl01/mot/x/position.idl5_change"
-    ev, _hb = _client(ctx, route, topic)
-    ev.setsockopt(zmq.RCVHWM, 0)
+    ev, _hb = _client(ctx, route, topic, rcvhwm=0)
     assert _until_received(server, ev, "position")
     while _receive(ev, 0.2):
         pass
