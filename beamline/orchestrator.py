@@ -207,6 +207,7 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
     starter_ready()
     _fresh_supervisors(ctx, config, tango_host, host)
     failures = _servers(ctx, config, opts, tango_host, levels, report)
+    dumped = _dump_stacks(ctx, sorted({_server_of(config, c.device) for c in failures}))
     result_state = ctx.load_state()
     result_state["failures"] = [
         {
@@ -214,10 +215,38 @@ def up(ctx: RunContext, opts: UpOptions, report: Reporter | None = None) -> dict
             "error": c.error,
             "server": _server_of(config, c.device),
             "log_tail": procs.tail(ctx.server_log(_server_of(config, c.device))),
+            **(
+                {"stacks": f"dumped into {ctx.server_log(_server_of(config, c.device))}"}
+                if _server_of(config, c.device) in dumped
+                else {}
+            ),
         }
         for c in failures
     ]
     return result_state
+
+
+def _dump_stacks(ctx: RunContext, servers: list[str]) -> set[str]:
+    """Servers of the suite whose process runs but whose devices did not
+    answer: ask each to write every thread's stack into its log (SIGUSR1:
+    faulthandler, as the supervisor does before it kills a hung server), so
+    that what held it is on record. Others (Sardana) are not signalled: SIGUSR1
+    would end them. Returns the servers asked."""
+    import signal
+
+    from tango_devices.registry import SERVERS
+
+    ours = [s for s in servers if s.split("/")[0] in SERVERS]
+    asked = set()
+    running = procs.server_pids(ctx.run_dir, ours)
+    for server in ours:
+        for pid in running.get(server.lower(), []):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGUSR1)
+                asked.add(server)
+    if asked:
+        time.sleep(0.2)  # faulthandler writes at once; let the log take it
+    return asked
 
 
 def _plan(
