@@ -11,6 +11,7 @@ from bench import (
     bench_sardana,
     bench_scale,
     bench_scaler,
+    bench_scans,
     bench_startup,
 )
 
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "sardana": bench_sardana.run,
     "queue": bench_queue.run,
     "scale": bench_scale.run,
+    "scans": bench_scans.run,
 }
 
 

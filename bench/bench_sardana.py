@@ -52,6 +52,29 @@ def _dead_time(door, motor: str, mntgrp: str) -> float:
     return (_scan_seconds(run) - POINTS * INTEG) / POINTS
 
 
+def dead_times(door) -> tuple[list[float], list[float]]:
+    """Dead times per point (s) of REPEATS scans each: ours, and Sardana's
+    dummy controllers (defined here in the Pool)."""
+    for macro in (
+        ("defctrl", "DummyMotorController", "bench_dmotctrl"),
+        ("defelem", "bench_dmot", "bench_dmotctrl", 1),
+        ("defctrl", "DummyCounterTimerController", "bench_dctctrl"),
+        ("defelem", "bench_dct1", "bench_dctctrl", 1),
+        ("defelem", "bench_dct2", "bench_dctctrl", 2),
+        ("defelem", "bench_dct3", "bench_dctctrl", 3),
+        ("defmeas", "bench_mg_dummy", "bench_dct1", "bench_dct2", "bench_dct3"),
+    ):
+        _run(door, *macro)
+    ours, dummy = [], []
+    _dead_time(door, "sample_x", "mg_counters")  # warm up both
+    _dead_time(door, "bench_dmot", "bench_mg_dummy")
+    for _ in range(REPEATS):
+        ours.append(_dead_time(door, "sample_x", "mg_counters"))
+        dummy.append(_dead_time(door, "bench_dmot", "bench_mg_dummy"))
+    _run(door, "senv", "ActiveMntGrp", "mg_bl01")
+    return ours, dummy
+
+
 def run() -> None:
     from tango_devices.common.door import DoorClient
 
@@ -59,23 +82,7 @@ def run() -> None:
         door = DoorClient(f"tango://{bench.tango_host}/{DOOR}")
         try:
             _run(door, "shutter_open")
-            for macro in (
-                ("defctrl", "DummyMotorController", "bench_dmotctrl"),
-                ("defelem", "bench_dmot", "bench_dmotctrl", 1),
-                ("defctrl", "DummyCounterTimerController", "bench_dctctrl"),
-                ("defelem", "bench_dct1", "bench_dctctrl", 1),
-                ("defelem", "bench_dct2", "bench_dctctrl", 2),
-                ("defelem", "bench_dct3", "bench_dctctrl", 3),
-                ("defmeas", "bench_mg_dummy", "bench_dct1", "bench_dct2", "bench_dct3"),
-            ):
-                _run(door, *macro)
-            ours, dummy = [], []
-            _dead_time(door, "sample_x", "mg_counters")  # warm up both
-            _dead_time(door, "bench_dmot", "bench_mg_dummy")
-            for _ in range(REPEATS):
-                ours.append(_dead_time(door, "sample_x", "mg_counters"))
-                dummy.append(_dead_time(door, "bench_dmot", "bench_mg_dummy"))
-            _run(door, "senv", "ActiveMntGrp", "mg_bl01")
+            ours, dummy = dead_times(door)
         finally:
             door.close()
     o, d = statistics.median(ours), statistics.median(dummy)

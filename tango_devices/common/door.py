@@ -264,7 +264,8 @@ class DoorClient:
             ) from None
         with self._lock:  # the macro died with the server
             run = self._current
-            if run is not None and run.ended is None:
+            # (a run the client stopped waiting for, "timeout", died too)
+            if run is not None and (run.ended is None or run.outcome == "timeout"):
                 run.outcome, run.ended = "lost", time.time()
                 run.exc_value = f"{server} was restarted: the macro did not end on abort"
                 self._ended.set()
