@@ -76,7 +76,7 @@ def _paged(read, total: int) -> tuple[list, list]:
     """Every record of a [first, n, ...] command, page by page: (rows, n per page)."""
     rows, first = [], 0
     while first < total:
-        out = read([first, PAGE])
+        out = read([first, min(PAGE, total - first)])
         got_first, n = int(out[0]), int(out[1])
         if got_first != first or n == 0:
             raise RuntimeError(f"asked from {first}, got {n} from {got_first}")

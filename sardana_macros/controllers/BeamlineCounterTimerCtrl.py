@@ -3,9 +3,10 @@
 Axis 1 is the timer (its value is the elapsed counting time); axes 2.. are the
 Scaler's channels in the order of its ChannelNames (i0, diode, ...).
 
-Software synchronization (step scans, ``ct``): the Scaler counts for
-PresetTime. Hardware synchronization (trigger or gate, continuous scans):
-the Scaler's gated buffer takes one point per pulse of the timing unit
+Software synchronization (step scans, ``ct``): the Scaler counts for the
+integration time (``Count``: its PresetTime and Start in one call).
+Hardware synchronization (trigger or gate, continuous scans): the Scaler's
+gated buffer takes one point per pulse of the timing unit
 (``ArmBuffer`` for every repetition, before the trigger/gate starts), and
 each read returns the points taken since the last one: the timer the gate's
 length (s), each channel its counts (docs/triggers.md)."""
@@ -41,6 +42,7 @@ class BeamlineCounterTimerController(CounterTimerController):
         self._latency_time = float(self.LatencyTime)  # GetCtrlPar('latency_time')
         self.link = DeviceLink(self.Device)
         self._counts = None
+        self._preset = 1.0  # s: the integration time of the next software count
         self._elapsed = 0.0
         self._started = False
         self._state = (State.Unknown, f"{self.link.name}: not read yet")
@@ -123,7 +125,8 @@ class BeamlineCounterTimerController(CounterTimerController):
             # the gate's length is the integration time: no preset
             self._points = int(repetitions)
             return
-        self.link.write("PresetTime", float(value))
+        # sent with the start (Count: PresetTime and Start in one call)
+        self._preset = float(value)
 
     def PreStartAll(self):
         self._started = False
@@ -135,7 +138,7 @@ class BeamlineCounterTimerController(CounterTimerController):
             # armed before the trigger/gate starts (the timing unit checks it)
             self.link.command("ArmBuffer", self._points)
         else:
-            self.link.command("Start")
+            self.link.command("Count", self._preset)
         self._started = True
 
     def StartOne(self, axis, value=None):

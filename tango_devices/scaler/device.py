@@ -224,6 +224,24 @@ class Scaler(BeamlineDevice):
         "Start", "start", "Clear the counts and count for PresetTime seconds."
     )
 
+    def is_Count_allowed(self) -> bool:
+        return self.check("Count")
+
+    @command(
+        dtype_in=float,
+        doc_in="seconds (0.001 to 3600): the PresetTime of this count and the next ones",
+    )
+    def Count(self, seconds: float) -> None:
+        """PresetTime = seconds, then Start: one call for each point of a step
+        scan. A changed PresetTime is stored as a write of it is (stored and
+        applied, or refused with nothing changed and no count started)."""
+        logic = self.need_logic("Count")
+        old = logic.preset
+        if seconds != old:
+            self.run("Count", logic.set_preset, float(seconds))
+            self.persist("PresetTime", logic.preset, lambda: logic.set_preset(old), "Count")
+        self.run("Count", logic.start)
+
     Stop = component_command(
         "Stop",
         "stop",

@@ -28,6 +28,8 @@ SCALER_TABLE = StateTable(
     },
     commands={
         "Start": {ON},
+        # PresetTime (stored when it changes) and Start in one call
+        "Count": {ON},
         # Stop also disarms the gated buffer
         "Stop": {RUNNING, ON},
         "Clear": {ON},

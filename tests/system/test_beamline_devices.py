@@ -154,6 +154,23 @@ def test_scaler_bad_input_changes_nothing(dev):
     assert dev.scaler.ElapsedTime < 2.0
 
 
+def test_scaler_count_sets_the_preset_stores_it_and_counts(beamline, dev):
+    """Count(t): PresetTime and Start in one call (a step scan's point)."""
+    dev.scaler.PresetTime = 0.3
+    dev.scaler.Count(0.15)
+    wait_state(dev.scaler, S.ON)
+    assert dev.scaler.PresetTime == pytest.approx(0.15)
+    assert dev.scaler.ElapsedTime == pytest.approx(0.15, abs=0.01)
+    db = tango.Database(*beamline.tango_host.split(":"))
+    stored = db.get_device_attribute_property("bl01/ct/scaler", ["PresetTime"])["PresetTime"]
+    assert [float(v) for v in stored["__value"]] == [0.15]  # kept as a write of it is
+    for bad in (0.0, -1.0, 5000.0, float("nan")):
+        with pytest.raises(tango.DevFailed, match="PresetTime must be between"):
+            dev.scaler.Count(bad)
+        assert dev.scaler.state() == S.ON  # no count started
+        assert dev.scaler.PresetTime == pytest.approx(0.15)  # nothing changed
+
+
 def test_scaler_events_while_counting(dev):
     events = Events(dev.scaler, "i0")
     try:

@@ -47,6 +47,7 @@ CONTRACTS = {
         },
         {
             "Start": {S.ON},
+            "Count": {S.ON},
             "Stop": {S.RUNNING, S.ON},
             "Clear": {S.ON},
             "ArmBuffer": {S.ON},

@@ -178,7 +178,7 @@ def test_software_path_is_unchanged(ct):
     ctrl.LoadOne(1, 0.5, 1, 0.0)
     ctrl.PreStartAll()
     ctrl.StartAll()
-    assert ctrl.link.calls == [("write", "PresetTime", 0.5), ("Start",)]
+    assert ctrl.link.calls == [("Count", 0.5)]  # PresetTime and Start in one call
     assert ctrl.GetCtrlPar("latency_time") == 0.1
 
 
