@@ -314,3 +314,22 @@ def test_kill_the_queue_idle_and_between_items_loses_nothing(beamline, queue):
         queue.Start()
     wait_idle(queue, 60)
     assert [h["uid"] for h in history(queue)] == [i["uid"] for i in items]
+
+
+def test_a_continuous_scan_runs_from_the_queue(beamline, queue):
+    """ascanct from the queue on the gated group: every point on a pulse."""
+    queue.HistoryClear()
+    items = [
+        add(queue, "senv", "ActiveMntGrp", "mg_cont"),
+        add(queue, "ascanct", "sample_x", 0, 0.5, 20, 0.01),
+        add(queue, "senv", "ActiveMntGrp", "mg_bl01"),
+    ]
+    queue.Start()
+    wait_idle(queue)
+    done = history(queue)
+    assert [h["uid"] for h in done] == [i["uid"] for i in items]
+    assert all(h["outcome"] == "finished" for h in done), done
+    # the last train and the last buffer are this scan's: 21 points, 21 gates
+    assert beamline.proxy("bl01/tim/tg1").PulsesSent == 21
+    scaler = beamline.proxy("bl01/ct/scaler")
+    assert scaler.PointsTaken == 21 and scaler.MissedGates == 0
