@@ -69,6 +69,7 @@ def recorder_class(manager):
 def test_the_macroserver_finds_the_recorder_and_takes_it_for_h5_files_without_ambiguity(
     manager, recorder_class, tmp_path
 ):
+    from sardana.macroserver.msexception import UnknownRecorder
     from sardana.macroserver.recorders.h5storage import NXscanH5_FileRecorder
     from sardana.macroserver.scan.recorder import BaseFileRecorder
 
@@ -84,7 +85,7 @@ def test_the_macroserver_finds_the_recorder_and_takes_it_for_h5_files_without_am
     # without the beamline's RecorderPath: Sardana's own, as before
     alone = _manager([])
     assert type(_file_recorder(alone, tmp_path / "scan.h5")).__name__ == "NXscanH5_FileRecorder"
-    with pytest.raises(Exception, match=NAME):
+    with pytest.raises(UnknownRecorder, match=NAME):
         alone.getRecorderClass(NAME)
 
 
