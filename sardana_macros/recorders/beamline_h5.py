@@ -1,12 +1,14 @@
 """The beamline's HDF5 scan recorder: Sardana's NXscanH5_FileRecorder, with
 NaN padding of images written as whole arrays.
 
-A continuous scan that ends early (stopped, aborted) pads every point it did
-not take with a record whose channels are NaN (``ScanData.initRecord``). For
-a 2D (or 1D) channel Sardana 3.7's ``NXscanH5_FileRecorder._writeRecord``
-writes that scalar as ``_ds[recordno, ...] = numpy.array([nan])``, which h5py
-broadcasts element by element: ~5 s of MacroServer CPU per 512 x 512 point,
-over an hour for a 1000-point camera scan stopped early. Here a scalar value
+Sardana's continuous scans write NaN for a channel a record has no value for
+(``ScanData.initRecord``): the last points of an aborted scan, every point
+after a camera stopped delivering frames, every point of a scan that ended
+short of its length (``CTScan._fill_missing_records``). For a 2D (or 1D)
+channel Sardana 3.7's ``NXscanH5_FileRecorder._writeRecord`` writes that
+scalar as ``_ds[recordno, ...] = numpy.array([nan])``, which h5py broadcasts
+element by element: ~5 s of MacroServer CPU per 512 x 512 point, over an
+hour for a 1000-point camera scan that lost its camera early. Here a scalar value
 for a dataset whose points are arrays is written as one array of the point's
 shape and the dataset's dtype holding that value (the same value Sardana's
 broadcast writes: ~2 ms per point). Everything else is Sardana's: the file

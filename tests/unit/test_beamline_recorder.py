@@ -1,8 +1,8 @@
 """The beamline's HDF5 scan recorder (sardana_macros/recorders/beamline_h5.py),
 loaded the way the MacroServer loads it, on real HDF5 files: a continuous
-scan stopped after a few points, padded by Sardana's own ScanData as a
-stopped ``ascanct`` pads it, writes its NaN padding into image and spectrum
-datasets as whole arrays (Sardana's recorder broadcasts one NaN element by
+scan that took a few of its points, padded by Sardana's own ScanData as
+CTScan._fill_missing_records pads it, writes its NaN padding into image and
+spectrum datasets as whole arrays (Sardana's recorder broadcasts one NaN element by
 element: ~5 s per 512 x 512 point), and the other recorders get the records
 as Sardana made them. docs/triggers.md ("The camera in continuous scans")."""
 
@@ -21,7 +21,7 @@ CONFIG = PROJECT / "db_config"
 NAME = "BeamlineH5_FileRecorder"
 IMAGE = (6, 4)  # a small camera: the padding's shape is the dataset's, whatever it is
 SPECTRUM = (5,)
-TAKEN, POINTS = 3, 8  # a scan of 8 points stopped after 3
+TAKEN, POINTS = 3, 8  # a scan of 8 points that took 3
 
 
 class _MacroServer:
@@ -101,7 +101,7 @@ def test_db_config_selects_the_recorder_for_every_scan_file(tmp_path):
     assert all(f.endswith(".h5") for f in files)
 
 
-# ------------------------------------------------------------ a stopped scan's padding
+# ------------------------------------------------------------ a short scan's padding
 class _Capture(DataRecorder):
     """A second recorder (as the JSON and output recorders are): the records
     it is given, as it is given them."""
@@ -129,11 +129,11 @@ def _writes(monkeypatch):
     return log
 
 
-def _stopped_scan(recorder_class, path, monkeypatch):
-    """A continuous scan of POINTS points stopped after TAKEN, through
+def _short_scan(recorder_class, path, monkeypatch):
+    """A continuous scan of POINTS points that took TAKEN, through
     Sardana's ScanData as the scan drives it: the points taken arrive as
     value buffers (addData), the scan pads the rest (initRecords, as
-    CTScan._fill_missing_records) and ends the record list."""
+    CTScan._fill_missing_records does) and ends the record list."""
     from sardana.macroserver.scan import ColumnDesc
     from sardana.macroserver.scan.recorder import DataHandler
     from sardana.macroserver.scan.scandata import ScanData, ScanDataEnvironment
@@ -173,7 +173,7 @@ def _stopped_scan(recorder_class, path, monkeypatch):
     data.addData({"label": "spectrum", "index": index, "value": list(spectra)})
     data.addData({"label": "cam1_image", "index": index, "value": list(images)})
     assert len(capture.records) == TAKEN  # the points taken, written as they came
-    data.initRecords(POINTS - len(data.records))  # the stopped scan's padding
+    data.initRecords(POINTS - len(data.records))  # the padding (CTScan._fill_missing_records)
     data.endRecords()
     env["endtime"] = datetime.now()
     data.end()
@@ -181,11 +181,11 @@ def _stopped_scan(recorder_class, path, monkeypatch):
     return {"log": log, "capture": capture, "images": images, "spectra": spectra, "i0": i0}
 
 
-def test_a_stopped_scan_pads_images_and_spectra_with_whole_nan_arrays(
+def test_a_short_scan_pads_images_and_spectra_with_whole_nan_arrays(
     recorder_class, tmp_path, monkeypatch
 ):
     path = tmp_path / "scan.h5"
-    scan = _stopped_scan(recorder_class, path, monkeypatch)
+    scan = _short_scan(recorder_class, path, monkeypatch)
 
     # every point of an image or spectrum dataset was written as one whole
     # point of the dataset's shape and dtype: the padding too, never a scalar
@@ -231,7 +231,7 @@ def test_sardanas_recorder_broadcasts_the_padding_which_is_why_ours_exists(tmp_p
     whole arrays itself this fails, and the beamline's recorder can go."""
     from sardana.macroserver.recorders.h5storage import NXscanH5_FileRecorder
 
-    scan = _stopped_scan(NXscanH5_FileRecorder, tmp_path / "scan.h5", monkeypatch)
+    scan = _short_scan(NXscanH5_FileRecorder, tmp_path / "scan.h5", monkeypatch)
     images = [shape for name, shape, _ in scan["log"] if name == "cam1_image"]
     assert images == [IMAGE] * TAKEN + [(1,)] * (POINTS - TAKEN)
 
