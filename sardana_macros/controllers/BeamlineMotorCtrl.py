@@ -1,10 +1,20 @@
 """Sardana motor controller over the suite's Motor devices (both backends:
 SMC serial axes and EPICS motor records look the same through Tango)."""
 
+import tango
 from sardana import State
 from sardana.pool.controller import Description, MotorController, Type
 
-from sardana_macros.tango_link import DeviceDown, DeviceLink, refresh_element, split_devices
+from sardana_macros.tango_link import (
+    DeviceDown,
+    DeviceLink,
+    DeviceRefused,
+    refresh_element,
+    split_devices,
+)
+
+#: s a motion setting waits for the axis to stop (a stop decelerates it)
+SETTLE_TIMEOUT = 30.0
 
 
 class BeamlineMotorController(MotorController):
@@ -81,10 +91,24 @@ class BeamlineMotorController(MotorController):
     def SetAxisPar(self, axis, name, value):
         name = name.lower()
         if name == "velocity":
-            self._link(axis).write("Velocity", value)
+            self._write_setting(axis, "Velocity", value)
         elif name in ("acceleration", "deceleration"):
-            self._link(axis).write("Acceleration", value)
+            self._write_setting(axis, "Acceleration", value)
         # base_rate and step_per_unit: the device works in user units
+
+    def _write_setting(self, axis, attribute, value):
+        """Write a motion setting; refused while the axis moves, it is written
+        once the axis has stopped: after a stop or an abort a scan puts the
+        motor's own velocity back while the motor is still decelerating, and
+        the refusal failed the scan (the Door in ALARM)."""
+        link = self._link(axis)
+        try:
+            link.write(attribute, value)
+        except DeviceRefused as exc:
+            if "in state MOVING" not in str(exc):
+                raise
+            link.wait_not((tango.DevState.MOVING,), SETTLE_TIMEOUT)
+            link.write(attribute, value)
 
     def GetAxisPar(self, axis, name):
         name = name.lower()

@@ -16,12 +16,12 @@ layout, the other datasets, the records the other recorders get (the record
 is not changed: the file gets a copy of it).
 
 The MacroServer finds this module on its ``RecorderPath``
-(db_config/sardana/bl01.yaml: ``recorder_path``) and scans use it through the
-environment variable ``ScanRecorder``. The class keeps Sardana's ``formats``
-({"h5": ".h5"}): Sardana's recorder manager gives a recorder of a directory on
-the RecorderPath precedence over its own recorders of the same format
-(``RecorderManager._addRecorderToMap``), so with ``ScanRecorder`` unset a
-``.h5`` file gets this recorder, never an AmbiguousRecorderError.
+(db_config/sardana/bl01.yaml: ``recorder_path``). The class keeps Sardana's
+``formats`` ({"h5": ".h5"}): Sardana's recorder manager gives a recorder of a
+directory on the RecorderPath precedence over its own recorders of the same
+format (``RecorderManager._addRecorderToMap``), so every ``.h5`` scan file
+gets this recorder (no ``ScanRecorder`` needed; a user's ``ScanRecorder``
+still chooses), never an AmbiguousRecorderError.
 docs/triggers.md ("The camera in continuous scans").
 """
 
