@@ -90,6 +90,7 @@ def check_devices(tango_host: str, devices: list[str], timeout: float = 1.0) -> 
         return list(pool.map(one, devices))
 
 
+STARTER_TIMEOUT = 60.0  # s for the Starter to answer once started
 SUPERVISION_DIR = "supervision"  # each supervisor's view, written once a second
 VIEW_FRESH = 5.0  # s: an older view is not shown as the present
 ANSWER_FRESH = 1.0  # s: a device's last answer to the probes, in a view, counts as now
@@ -478,7 +479,9 @@ def _starter(
     ctx.update_state(starter={"pid": pid, "host": host, "device": starter.device, "log": str(log)})
 
     def started() -> Starter:
-        starter.wait_ready(30.0, pid=pid, log=log)
+        # 5 s when the machine is quiet; a loaded one (a test run beside it)
+        # has taken more than 30
+        starter.wait_ready(STARTER_TIMEOUT, pid=pid, log=log)
         # it started before db_config was written: its servers, read again
         starter.update_servers_info()
         report.step(f"Starter: {starter.device} started (pid {pid}), servers from {bin_dir}")

@@ -49,6 +49,7 @@ class Starter:
         self.device = f"tango/admin/{self.host}"
         self.server = f"Starter/{self.host}"
         self._proxy = None
+        self.last_error = ""  # why the last answers() was False
 
     @property
     def fqdn(self) -> str:
@@ -107,7 +108,8 @@ class Starter:
             p.set_timeout_millis(1000)
             p.ping()
             return True
-        except tango.DevFailed:
+        except tango.DevFailed as exc:
+            self.last_error = exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
             return False
 
     def wait_ready(self, timeout: float, pid: int | None = None, log: Path | None = None) -> None:
@@ -119,7 +121,13 @@ class Starter:
                 detail = f"\n{procs.tail(log)}" if log else ""
                 raise StarterError(f"the Starter (pid {pid}) exited during start-up{detail}")
             time.sleep(0.1)
-        raise StarterError(f"the Starter {self.device} did not answer within {timeout:g} s")
+        why = self.last_error
+        detail = f"\n{procs.tail(log)}" if log else ""
+        raise StarterError(
+            f"the Starter {self.device} did not answer within {timeout:g} s"
+            + (f" (last: {why})" if why else "")
+            + detail
+        )
 
     def update_servers_info(self) -> None:
         self.proxy().command_inout("UpdateServersInfo")
