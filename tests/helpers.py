@@ -18,6 +18,19 @@ BIN = Path(sys.executable).parent
 BEAMLINE = str(BIN / "beamline")
 
 
+def load_sardana_module(relative: str):
+    """A module of sardana_macros/ loaded from its file as the Pool or the
+    MacroServer loads it (controllers and macros are not a package):
+    ``load_sardana_module("controllers/BeamlineMotorCtrl.py")``."""
+    import importlib.util
+
+    path = PROJECT / "sardana_macros" / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

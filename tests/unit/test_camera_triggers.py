@@ -5,9 +5,7 @@ read once and handed to each controller once, in order; the camera back on
 INTERNAL trigger afterwards; refusals before anything is written; the
 software path (Snap) unchanged."""
 
-import importlib.util
 import itertools
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,16 +15,13 @@ from sardana import State
 from sardana.pool import AcqSynch
 
 from sardana_macros.tango_link import TriggeredFrames, check_triggered_plan
+from tests.helpers import load_sardana_module
 
-CONTROLLERS = Path(__file__).resolve().parents[2] / "sardana_macros" / "controllers"
 HEIGHT, WIDTH = 4, 6
 
 
 def _load(module):
-    spec = importlib.util.spec_from_file_location(module, CONTROLLERS / f"{module}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_sardana_module(f"controllers/{module}.py")
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ still decelerating)."""
 
 import pytest
 
-from tests.unit.test_sardana_sync import _load
+from tests.helpers import load_sardana_module
 
 
 @pytest.fixture(scope="module")
 def mot():
-    return _load("BeamlineMotorCtrl")
+    return load_sardana_module("controllers/BeamlineMotorCtrl.py")
 
 
 class MovingLink:

@@ -3,19 +3,13 @@ TriggerGate controller's train from a synchronization description, and the
 counter/timer controller's gated-buffer path (a fake link in place of the
 Scaler device), with its software path unchanged."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-CONTROLLERS = Path(__file__).resolve().parents[2] / "sardana_macros" / "controllers"
+from tests.helpers import load_sardana_module
 
 
 def _load(module):
-    spec = importlib.util.spec_from_file_location(module, CONTROLLERS / f"{module}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_sardana_module(f"controllers/{module}.py")
 
 
 @pytest.fixture(scope="module")

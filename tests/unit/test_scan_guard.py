@@ -5,7 +5,6 @@ place of the measurement group, the motors and the synchronizer elements
 LostTrain, and the configured general hook merged into a MacroServer's
 environment that users extended with defgh (beamline/sardana_yaml.py)."""
 
-import importlib.util
 import weakref
 from pathlib import Path
 
@@ -14,15 +13,13 @@ import tango
 
 from beamline import sardana_yaml
 from sardana_macros import scan_checks
+from tests.helpers import load_sardana_module
 
 ROOT = Path(__file__).resolve().parents[2] / "sardana_macros"
 
 
 def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_sardana_module(str(path.relative_to(ROOT)))
 
 
 @pytest.fixture(scope="module")
