@@ -169,7 +169,14 @@ def test_fault_is_healed_and_nothing_else_is_disturbed(healing, server, device, 
         not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
     )
     proxy = healing.proxy(device)
-    wait_until(lambda: proxy.state() not in (S.FAULT, S.INIT), 15, f"{device} out of FAULT/INIT")
+    # its link to the hardware comes back after the restart (an EPICS device's
+    # channels are searched again: seconds on a loaded machine)
+    wait_until(
+        lambda: proxy.state() not in (S.FAULT, S.INIT),
+        30,
+        f"{device} out of FAULT/INIT",
+        on_timeout=lambda: f"{proxy.state()}: {proxy.status()}",
+    )
     if setting:
         assert proxy.read_attribute(setting[0]).value == pytest.approx(setting[1])
     status = healing.cli("status").stdout
