@@ -283,6 +283,30 @@ def refuse_unsupported_synchronization(name, value):
         )
 
 
+class TriggeredCamera:
+    """What both camera controllers (the 2D image and the ROI counters) say
+    of their synchronization, before their Sardana base class in the bases:
+    hardware trigger only (gate and start refused naming the fix), and a
+    latency of the camera's readout (and a clock tick) for a group that
+    triggers them by hardware, their LatencyTime otherwise."""
+
+    def _hardware(self):
+        return self._synchronization == AcqSynch.HardwareTrigger
+
+    def SetCtrlPar(self, par, value):
+        if par.lower() == "synchronization":
+            refuse_unsupported_synchronization(self.link.name, value)
+        super().SetCtrlPar(par, value)
+
+    def GetCtrlPar(self, par):
+        if par.lower() == "latency_time":
+            if asking_group_synchronization(self) == AcqSynch.HardwareTrigger:
+                # one tick of the timing unit's clock above the readout
+                return float(self.ReadoutTime) + CLOCK_TICK
+            return self._latency_time
+        return super().GetCtrlPar(par)
+
+
 #: the Detector refuses ExposureTime outside these (its attribute's limits)
 EXPOSURE_LIMITS = (0.0001, 60.0)
 #: the Detector's NumberOfFrames at most (detector_logic.MAX_FRAMES)

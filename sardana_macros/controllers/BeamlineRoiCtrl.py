@@ -15,16 +15,13 @@ started once and each frame read once (docs/triggers.md)."""
 import time
 
 from sardana import State
-from sardana.pool import AcqSynch
 from sardana.pool.controller import CounterTimerController, DefaultValue, Description, Type
 
 from sardana_macros.tango_link import (
     CAMERA_PROPERTIES,
-    CLOCK_TICK,
     DeviceDown,
     DeviceLink,
-    asking_group_synchronization,
-    refuse_unsupported_synchronization,
+    TriggeredCamera,
     snap_once,
     triggered_frames,
 )
@@ -33,7 +30,7 @@ from tango_devices.detector.detector_logic import roi_stats
 ATTRIBUTES = {1: "RoiSum", 2: "CentroidX", 3: "CentroidY"}
 
 
-class BeamlineRoiController(CounterTimerController):
+class BeamlineRoiController(TriggeredCamera, CounterTimerController):
     ctrl_properties = {
         "Device": {Type: str, Description: "The Detector device, e.g. bl01/det/cam1"},
         "LatencyTime": {
@@ -55,21 +52,6 @@ class BeamlineRoiController(CounterTimerController):
         self._acquisition_started = 0.0
         self._values = {}
         self._state = (State.Unknown, f"{self.link.name}: not read yet")
-
-    def _hardware(self):
-        return self._synchronization == AcqSynch.HardwareTrigger
-
-    def SetCtrlPar(self, par, value):
-        if par.lower() == "synchronization":
-            refuse_unsupported_synchronization(self.link.name, value)
-        CounterTimerController.SetCtrlPar(self, par, value)
-
-    def GetCtrlPar(self, par):
-        if par.lower() == "latency_time":
-            if asking_group_synchronization(self) == AcqSynch.HardwareTrigger:
-                return float(self.ReadoutTime) + CLOCK_TICK
-            return self._latency_time
-        return CounterTimerController.GetCtrlPar(self, par)
 
     def AddDevice(self, axis):
         if axis not in ATTRIBUTES:

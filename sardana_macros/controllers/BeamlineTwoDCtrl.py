@@ -21,16 +21,14 @@ from sardana.pool.controller import DefaultValue, Description, TwoDController, T
 
 from sardana_macros.tango_link import (
     CAMERA_PROPERTIES,
-    CLOCK_TICK,
     DeviceLink,
-    asking_group_synchronization,
-    refuse_unsupported_synchronization,
+    TriggeredCamera,
     snap_once,
     triggered_frames,
 )
 
 
-class BeamlineTwoDController(TwoDController):
+class BeamlineTwoDController(TriggeredCamera, TwoDController):
     ctrl_properties = {
         "Device": {Type: str, Description: "The Detector device, e.g. bl01/det/cam1"},
         "LatencyTime": {
@@ -51,22 +49,6 @@ class BeamlineTwoDController(TwoDController):
         self._exposure = None
         self._acquisition_started = 0.0
         self._new = []
-
-    def _hardware(self):
-        return self._synchronization == AcqSynch.HardwareTrigger
-
-    def SetCtrlPar(self, par, value):
-        if par.lower() == "synchronization":
-            refuse_unsupported_synchronization(self.link.name, value)
-        TwoDController.SetCtrlPar(self, par, value)
-
-    def GetCtrlPar(self, par):
-        if par.lower() == "latency_time":
-            if asking_group_synchronization(self) == AcqSynch.HardwareTrigger:
-                # one tick of the timing unit's clock above the readout
-                return float(self.ReadoutTime) + CLOCK_TICK
-            return self._latency_time
-        return TwoDController.GetCtrlPar(self, par)
 
     def AddDevice(self, axis):
         pass
