@@ -847,4 +847,4 @@ def gui(ctx: RunContext, screenshots: str | None, settle: float) -> None:
             "or save screenshots of every panel with --screenshots DIR"
         )
     out = Path(screenshots) if screenshots else None
-    sys.exit(gui_app.run(ctx.run_dir / "gui" / "bl01.ini", out, settle))
+    gui_app.run(ctx.run_dir / "gui" / "bl01.ini", out, settle)

@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 CONF_DIR = Path(__file__).resolve().parent / "bl01"
 FIRST_PANEL = "Overview"
@@ -96,7 +97,7 @@ def wait_events(seconds: float) -> None:
         time.sleep(0.01)
 
 
-def run(settings: Path, screenshots: Path | None = None, settle: float = 5.0) -> int:
+def run(settings: Path, screenshots: Path | None = None, settle: float = 5.0) -> NoReturn:
     """Show the GUI until it is closed; with ``screenshots``, save every
     panel after ``settle`` seconds and quit."""
     if screenshots is not None and needs_offscreen():
@@ -111,6 +112,28 @@ def run(settings: Path, screenshots: Path | None = None, settle: float = 5.0) ->
             print(path)
         stop_all_watchers()
         gui.close()
-        return 0
+        leave(gui, 0)
     app.aboutToQuit.connect(stop_all_watchers)
-    return app.exec_()
+    leave(gui, app.exec_())
+
+
+def leave(gui, code: int) -> NoReturn:
+    """End the GUI's process with ``code`` once its settings and output are
+    written, without the interpreter's teardown.
+
+    Python's teardown destroys the Qt widgets and the Tango proxies while
+    cppTango's event threads still run; that crashes now and then
+    (SIGSEGV after every screenshot had been saved, CI 2026-12-07; Taurus
+    issues #709 and #1118 are of the same kind). Nothing is left to do by then
+    that the user could lose: the settings are synced and the logs flushed
+    here first.
+    """
+    import logging
+
+    settings = gui.getQSettings() if hasattr(gui, "getQSettings") else None
+    if settings is not None:
+        settings.sync()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import socket
 import struct
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +79,19 @@ RESEARCH_MAX = 4.0
 
 _lock = threading.RLock()
 _repeater: LoopbackRepeater | None = None
+
+#: Held around every creation and clearing of a channel in this process, and
+#: never in a libca callback. pyepics keeps its channels in two caches (by
+#: name, and by libca's channel id, which is a pointer libca reuses at once);
+#: clearing one channel while another thread creates one could pair a new
+#: channel with a dead cache entry (seen: a restarted gauge whose STAT channel
+#: never connected again; a stress test got a PV whose name read as freed
+#: memory, then a segfault).
+_LIFECYCLE = threading.RLock()
+#: names of the channels this process's Channels have created and not cleared
+_LIVE: Counter[str] = Counter()
+
+log = logging.getLogger(__name__)
 
 
 class ChannelAccessConfigError(DriverError):
@@ -282,27 +297,40 @@ class Channels:
         that stay disconnected are re-created every 1, 2, 4, 4, ... s."""
         with self._cond:
             self._delay = RESEARCH_FIRST
+            self._open = True
         self._create_missing()
         self._schedule(RESEARCH_FIRST)
 
     def _create_missing(self) -> None:
-        ca_module()
+        """Re-create the channels not ready (nothing once closed)."""
+        ca = ca_module()
         epics_pv = sys.modules["epics.pv"]
         with self._cond:
-            self._open = True
+            if not self._open:
+                return  # closed meanwhile: a late re-search creates nothing
             todo = [n for n in self.names if not self._ready(self._slots.get(n))]
             stale = [self._slots.pop(n) for n in todo if n in self._slots]
             fresh = {n: _Slot(n) for n in todo}
             self._slots.update(fresh)
         _destroy(stale)
         for slot in fresh.values():
-            pv = epics_pv.PV(
-                slot.name,
-                form="time",
-                auto_monitor=self.monitor,
-                callback=(lambda slot=slot, **kw: self._on_value(slot, kw)),
-                connection_callback=(lambda slot=slot, **kw: self._on_connection(slot, kw)),
-            )
+            with _LIFECYCLE:
+                with self._cond:
+                    if self._slots.get(slot.name) is not slot:
+                        continue  # closed (or re-opened) meanwhile
+                _forget_dead_entry(ca, slot.name)
+                try:
+                    pv = epics_pv.PV(
+                        slot.name,
+                        form="time",
+                        auto_monitor=self.monitor,
+                        callback=(lambda slot=slot, **kw: self._on_value(slot, kw)),
+                        connection_callback=(lambda slot=slot, **kw: self._on_connection(slot, kw)),
+                    )
+                except Exception:  # pyepics on a libca error: the next re-search retries
+                    log.exception("creating the channel %s failed", slot.name)
+                    continue
+                _LIVE[slot.name] += 1
             with self._cond:
                 slot.pv = pv
                 orphan = self._slots.get(slot.name) is not slot
@@ -395,8 +423,10 @@ class Channels:
                 return
             self._delay = min(self._delay * 2, RESEARCH_MAX)
             delay = self._delay
-        self._create_missing()  # fresh channels: libca searches for them at once
-        self._schedule(delay)
+        try:
+            self._create_missing()  # fresh channels: libca searches for them at once
+        finally:
+            self._schedule(delay)
 
     # ------------------------------------------------------------ values
     def _slot(self, name: str) -> _Slot:
@@ -522,33 +552,63 @@ def _no_monitor(*_args: Any, **_kwargs: Any) -> None:
 
 def _destroy(slots: Iterable[_Slot]) -> None:
     """Clear the channels of ``slots`` (their callbacks first)."""
-    pvs = [s.pv for s in slots if s.pv is not None]
-    if not pvs:
+    named = [(s.name, s.pv) for s in slots if s.pv is not None]
+    if not named:
         return
     ca = ca_module()
-    for pv in pvs:
-        chid = pv.chid
-        # libca clears the channel's subscriptions itself, under its own lock
-        # (waiting for a callback in progress). pyepics's disconnect() would
-        # clear the monitor from this thread while libca's thread may be
-        # clearing and re-adding it for a connection event: a double free,
-        # a segfault seen in a Valve starting beside a slow IOC. So the PV
-        # forgets its monitor before disconnect(), and again after the channel
-        # is gone (a connection callback in flight may have subscribed anew).
-        # The monitor's callback objects stay referenced meanwhile, and a while
-        # after: libca holds a raw pointer to them until the channel is
-        # cleared, and a callback through a freed one runs whatever reused its
-        # memory (seen: "suppress.__exit__() got an unexpected keyword argument
-        # 'value'", then a segfault, in a Valve re-creating a channel).
-        pv._check_auto_monitor = _no_monitor  # a connection callback adds none now
-        before, pv._monref = pv._monref, None
+    for name, pv in named:
+        with _LIFECYCLE:
+            _clear(ca, name, pv)
+
+
+def _clear(ca: Any, name: str, pv: Any) -> None:
+    """Clear the channel ``name`` and forget it (held: ``_LIFECYCLE``)."""
+    chid = pv.chid
+    # libca clears the channel's subscriptions itself, under its own lock
+    # (waiting for a callback in progress). pyepics's disconnect() would
+    # clear the monitor from this thread while libca's thread may be
+    # clearing and re-adding it for a connection event: a double free,
+    # a segfault seen in a Valve starting beside a slow IOC. So the PV
+    # forgets its monitor before disconnect(), and again after the channel
+    # is gone (a connection callback in flight may have subscribed anew).
+    # The monitor's callback objects stay referenced meanwhile, and a while
+    # after: libca holds a raw pointer to them until the channel is
+    # cleared, and a callback through a freed one runs whatever reused its
+    # memory (seen: "suppress.__exit__() got an unexpected keyword argument
+    # 'value'", then a segfault, in a Valve re-creating a channel).
+    pv._check_auto_monitor = _no_monitor  # a connection callback adds none now
+    before, pv._monref = pv._monref, None
+    with contextlib.suppress(Exception):
+        pv.disconnect()
+    if chid is not None:
         with contextlib.suppress(Exception):
-            pv.disconnect()
-        if chid is not None:
-            with contextlib.suppress(Exception):
-                ca.clear_channel(chid)
-        after, pv._monref = pv._monref, None
-        _bury(before, after)
+            ca.clear_channel(chid)
+    after, pv._monref = pv._monref, None
+    _bury(before, after)
+    _LIVE[name] -= 1
+    if _LIVE[name] <= 0:
+        del _LIVE[name]
+        _forget_dead_entry(ca, name)
+
+
+def _forget_dead_entry(ca: Any, name: str) -> None:
+    """Drop pyepics' cache entry for ``name`` when no channel of this process
+    uses it any more, so that the next channel of that name is a new libca
+    channel, never a cleared one found in the cache (held: ``_LIFECYCLE``)."""
+    if _LIVE.get(name):
+        return
+    cache = getattr(ca, "_cache", None)
+    if not isinstance(cache, dict):
+        return  # not pyepics 3.5's layout
+    context = ca.current_context()
+    if context not in cache:
+        return
+    entry = cache[context].pop(name, None)
+    chids = getattr(ca, "_chid_cache", None)
+    if entry is None or not isinstance(chids, dict):
+        return
+    for key in [k for k, v in chids.items() if v is entry]:
+        chids.pop(key, None)
 
 
 def severity_name(severity: int) -> str:

@@ -13,6 +13,11 @@ One JSON request per line on stdin, one JSON reply per line on stdout:
     {"op": "listen", "name": "g"}       count the driver's listener calls
     {"op": "count", "name": "g"}        -> the count so far
     {"op": "repeater"}                  -> this process runs the loopback repeater
+    {"op": "churn", "name": "g", "cycles": 300, "period": 0.002}
+                                        connect (timing out) and close, again
+                                        and again, while the channels'
+                                        re-search runs every ``period`` s;
+                                        -> how many connects timed out
     {"op": "exit"}
 
 Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
@@ -72,7 +77,29 @@ class Server:
                 return self.counts[request["name"]]
         if op == "repeater":
             return epics_ca.repeater_running()
+        if op == "churn":
+            return self._churn(self.objects[request["name"]], request["cycles"], request["period"])
         raise ValueError(f"unknown op {op!r}")
+
+    @staticmethod
+    def _churn(driver: Any, cycles: int, period: float) -> int:
+        """What a device does when its IOC answers late, as fast as possible:
+        connect, time out, close, connect again, while the channels' own
+        re-search (a timer thread) re-creates them every ``period`` s."""
+        saved = epics_ca.RESEARCH_FIRST, epics_ca.RESEARCH_MAX, driver.timeout
+        epics_ca.RESEARCH_FIRST, epics_ca.RESEARCH_MAX = period, 2 * period
+        driver.timeout = period
+        timed_out = 0
+        try:
+            for _ in range(cycles):
+                try:
+                    driver.connect()
+                except DriverError:
+                    timed_out += 1
+                driver.close()
+        finally:
+            epics_ca.RESEARCH_FIRST, epics_ca.RESEARCH_MAX, driver.timeout = saved
+        return timed_out
 
     def _count(self, name: str) -> None:
         with self._lock:

@@ -271,6 +271,21 @@ def test_ioc_down_then_drivers_reconnect_by_themselves(gauge, valve, motor, sim)
     assert sim.control({"op": "status"})["controllers"]["ioc1"]["clients"] == 1
 
 
+def test_channels_recreated_from_two_threads_at_once_still_connect(client):
+    """A device whose IOC answers late connects, times out and closes its
+    channels in its poll thread while their re-search re-creates them in a
+    timer thread. Done 300 times as fast as it goes, the process must neither
+    crash nor keep a channel that never connects (CI 2026-12-06: a restarted
+    gauge's STAT channel stayed unconnected for 30 s; this churn crashed the
+    client, or left it with a dead channel, every time before the fix)."""
+    client.new("gauge", "VacuumGauge", GAUGE)
+    timed_out = client.request(op="churn", name="gauge", cycles=300, period=0.002)
+    assert timed_out > 0  # it did go through the failing path
+    assert connected(client, "gauge") == f"EPICS vacuum gauge {GAUGE}"
+    assert 1e-10 < client.call("gauge", "pressure") < 1.0
+    assert client.call("gauge", "leak_detected") is False
+
+
 def test_connect_fails_naming_the_pvs(client):
     client.new("nogauge", "VacuumGauge", "BL01:VAC:NOPE", timeout=0.3)
     with pytest.raises(EpicsCallError, match="LinkError: BL01:VAC:NOPE:PRES, BL01:VAC:NOPE:STAT"):
