@@ -115,6 +115,12 @@ class DataLogger(BeamlineDevice):
     PropertyPollPeriod = device_property(
         dtype=float, default_value=3.0, doc="s between reads of the properties in the database"
     )
+    PropertyReadsPerSecond = device_property(
+        dtype=float,
+        default_value=10.0,
+        doc="devices whose properties are read a second, at most: with many devices "
+        "PropertyPollPeriod grows to devices / PropertyReadsPerSecond",
+    )
     DiscoveryPeriod = device_property(
         dtype=float, default_value=30.0, doc="s between reads of the device list"
     )
@@ -195,6 +201,7 @@ class DataLogger(BeamlineDevice):
             SourceSettings(
                 fallback_poll_period=self.FallbackPollPeriod,
                 property_poll_period=self.PropertyPollPeriod,
+                property_reads_per_second=self.PropertyReadsPerSecond,
                 discovery_period=self.DiscoveryPeriod,
                 retry_period=self.RetryPeriod,
             ),

@@ -12,7 +12,9 @@ through the new process's admin device.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,6 +33,27 @@ from tango_devices.relay.relay_logic import (
 from tango_devices.relay.states import RELAY_TABLE
 
 PING_STEP = 0.02  # s between pings of a new process's admin device
+
+log = logging.getLogger(__name__)
+
+
+def device_owners() -> dict[str, str]:
+    """Every device of the database -> its server (``bl01/mot/x`` ->
+    ``Motor/x``), for the relay to pass each server only its own devices'
+    subscriptions. One request per server (the database has no single one
+    for this); a server it cannot list is left out (its devices' topics then
+    go to every server, as without the map)."""
+    with tango.EnsureOmniThread():
+        db = tango.Database()
+        owners: dict[str, str] = {}
+        for server in db.get_server_list("*"):
+            try:
+                listed = list(db.get_device_class_list(server))
+            except tango.DevFailed:
+                continue
+            for device in listed[0::2]:
+                owners[device] = server
+        return owners
 
 
 def resubscribe(
@@ -96,6 +119,25 @@ class EventRelay(BeamlineDevice):
         self.logic = RelayLogic(routes, address, resubscribe)
         self.init_state_events(self.logic.machine)
         self.logic.start()
+        self._learn_owners()
+
+    def _learn_owners(self) -> None:
+        """Tell the relay which server has which device, from the database,
+        in a thread: the relay relays meanwhile (every subscription to every
+        server, as before it knows)."""
+        logic = self.logic
+
+        def work() -> None:
+            started = time.monotonic()
+            try:
+                owners = device_owners()
+            except tango.DevFailed as exc:
+                log.warning("the devices' servers could not be read: %s", exc.args[0].desc)
+                return
+            logic.set_owners(owners)
+            log.info("%d devices' servers known in %.2f s", len(owners), time.monotonic() - started)
+
+        threading.Thread(target=work, name="relay owners", daemon=True).start()
 
     def delete_device(self) -> None:
         lifecycle.mark_clean_exit(tango.Util.instance().get_ds_name())
@@ -138,9 +180,11 @@ class EventRelay(BeamlineDevice):
     # ------------------------------------------------------------ commands
     @command(doc_out="what the relay does now")
     def Reload(self) -> str:
-        """Read the port plan again: relay servers added to it, forget removed ones."""
+        """Read the port plan again (relay servers added to it, forget removed
+        ones) and the database's devices of each server."""
         routes, _address = self._plan()
         self.logic.reload(routes)
+        self._learn_owners()
         return f"relaying {len(routes)} servers"
 
     locals().update(table_checks(RELAY_TABLE))

@@ -345,6 +345,35 @@ def test_a_plain_subscriber_gets_events_again_without_a_gap_report(healing):
         position.close()
 
 
+def test_the_relay_passes_each_server_only_its_own_devices_subscriptions(healing):
+    """The logger's (and every client's) one event socket sends all its
+    subscriptions to every server it listens to; through the relay each server
+    gets those of its own devices only (at 200 servers, passing them all on
+    cost the relay 1.4 GiB)."""
+    relay = healing.proxy("bl01/sys/eventrelay")
+    db = tango.Database(*healing.tango_host.split(":"))
+
+    def foreign() -> dict[str, list[str]]:
+        out = {}
+        for entry in json.loads(relay.Report)["servers"]:
+            own = {d.lower() for d in list(db.get_device_class_list(entry["server"]))[0::2]}
+            alien = [d for d in entry["devices"] if d.lower() not in own]
+            if alien:
+                out[entry["server"]] = alien
+        return out
+
+    wait_until(
+        lambda: not foreign(),
+        20,
+        "no server with another's subscriptions",
+        on_timeout=lambda: str(foreign()),
+    )
+    report = {s["server"]: s for s in json.loads(relay.Report)["servers"]}
+    # the logger archives every device: each server has its own subscriptions
+    assert report["Motor/sample_x"]["devices"] == ["bl01/mot/sample_x"]
+    assert report["VacuumGauge/gauge1"]["devices"] == ["bl01/vac/gauge1"]
+
+
 def test_after_the_relays_own_restart_events_go_through_it_again(healing):
     """The relay rebinds the advertised ports (a client subscribing afterwards
     gets events through it) and reaches the servers' own ports again."""

@@ -368,3 +368,84 @@ def test_a_burst_of_events_arrives_whole_and_in_order(relay_setup):
         got.append(int(message[2]))
     assert got == list(range(3000))
     server.close()
+
+
+def _subscriptions_until(sock, last: bytes, timeout: float = 10.0) -> list[bytes]:
+    """The subscription messages a server's XPUB receives, up to ``last``
+    (ZMQ keeps their order: anything sent before ``last`` came before it)."""
+    deadline = time.monotonic() + timeout
+    got = []
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            got.append(sock.recv())
+            if got[-1] == last:
+                return got
+    raise AssertionError(f"{last!r} never arrived; got {got}")
+
+
+def test_each_server_gets_only_its_own_devices_subscriptions():
+    """One client socket connected to two servers sends every subscription to
+    both; each gets those of its own devices and of devices nobody owns."""
+    x = ports.Route("Motor/x", free_port(), free_port(), free_port(), free_port())
+    y = ports.Route("Motor/y", free_port(), free_port(), free_port(), free_port())
+    owners = {"bl01/mot/x": "Motor/x", "BL01/MOT/Y": "motor/y"}  # as the database spells them
+    logic = RelayLogic([x, y], "127.0.0.1", lambda a, t, r: (0, []), owners=owners)
+    ctx = zmq.Context()
+    servers = [FakeServer(ctx, x), FakeServer(ctx, y)]
+    try:
+        logic.start()
+        ev, hb = ctx.socket(zmq.SUB), ctx.socket(zmq.SUB)
+        CLIENT_SOCKETS.extend((ev, hb))
+        for route in (x, y):
+            ev.connect(f"tcp://127.0.0.1:{route.events}")
+            hb.connect(f"tcp://127.0.0.1:{route.heartbeat}")
+        p = FakeServer.PREFIX
+        topics = {
+            name: f"{p}{device}/position.idl5_change".encode()
+            for name, device in (("x", "bl01/mot/x"), ("y", "bl01/mot/y"), ("z", "bl01/z/z"))
+        }
+        for name in ("y", "z", "x"):
+            ev.setsockopt(zmq.SUBSCRIBE, topics[name])
+        for name in ("y", "x"):
+            hb.setsockopt(zmq.SUBSCRIBE, f"{p}dserver/motor/{name}.heartbeat".encode())
+
+        got_x = _subscriptions_until(servers[0].ev, b"\x01" + topics["x"])
+        assert got_x == [b"\x01" + topics["z"], b"\x01" + topics["x"]]
+        hb_x = _subscriptions_until(servers[0].hb, f"\x01{p}dserver/motor/x.heartbeat".encode())
+        assert len(hb_x) == 1, hb_x  # not Motor/y's heartbeat
+        ev.setsockopt(zmq.SUBSCRIBE, topics["y"] + b"-last")  # unknown device: both get it
+        got_y = _subscriptions_until(servers[1].ev, b"\x01" + topics["y"] + b"-last")
+        assert got_y == [b"\x01" + topics[n] for n in ("y", "z")] + [got_y[-1]]
+        wait_until(lambda: logic.report()["servers"][0]["topics"] == 2, 5, "x's topics counted")
+        assert logic.topic_count() == 4  # x, y, z and y-last: each counted once per server
+
+        # a client unsubscribing a topic a server never got: nothing reaches it
+        ev.setsockopt(zmq.UNSUBSCRIBE, topics["y"])
+        ev.setsockopt(zmq.UNSUBSCRIBE, topics["x"])
+        assert _subscriptions_until(servers[0].ev, b"\x00" + topics["x"]) == [b"\x00" + topics["x"]]
+    finally:
+        logic.stop()
+        for server in servers:
+            server.close()
+        for sock in CLIENT_SOCKETS:
+            sock.close(linger=0)
+        CLIENT_SOCKETS.clear()
+        SERVERS.clear()
+        ctx.destroy(linger=0)
+
+
+def test_owners_learnt_late_unsubscribe_each_server_from_the_others_devices(relay_setup):
+    route, logic, ctx, _calls, _resubscribed = relay_setup
+    logic.start()
+    server = FakeServer(ctx, route)
+    p = FakeServer.PREFIX
+    mine, theirs = (f"{p}bl01/mot/{d}/position.idl5_change".encode() for d in ("x", "y"))
+    ev, _hb = _client(ctx, route, theirs.decode())
+    ev.setsockopt(zmq.SUBSCRIBE, mine)
+    assert _subscriptions_until(server.ev, b"\x01" + mine) == [b"\x01" + theirs, b"\x01" + mine]
+    logic.set_owners({"bl01/mot/x": "Motor/x", "bl01/mot/y": "Motor/y"})
+    assert _subscriptions_until(server.ev, b"\x00" + theirs) == [b"\x00" + theirs]
+    wait_until(lambda: logic.report()["servers"][0]["topics"] == 1, 5, "one topic left")
+    # its events still arrive
+    assert _until_received(server, ev, "position")
+    server.close()
