@@ -157,6 +157,10 @@ def one_size(n: int, tmp: Path, fork: bool) -> dict:
         procs = run_processes(bench.run_dir)
         started = cpu_times(procs)  # every process of the run is new: its start cost
         out["start_cpu_s"] = sum(started.values())
+        start_by_kind: dict[str, float] = defaultdict(float)
+        for pid, t in started.items():
+            start_by_kind[procs[pid]] += t
+        out["start_cpu_by_kind_s"] = {k: round(v, 1) for k, v in sorted(start_by_kind.items())}
         out["start_cpu_per_server_s"] = sum(
             t for pid, t in started.items() if procs[pid].startswith("server:")
         ) / max(1, sum(1 for k in procs.values() if k.startswith("server:")))

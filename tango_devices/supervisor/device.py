@@ -26,6 +26,7 @@ from tango_devices.supervisor.processes import ProcessWatcher
 from tango_devices.supervisor.states import SUPERVISOR_TABLE
 from tango_devices.supervisor.supervisor_logic import SupervisorLogic
 from tango_devices.supervisor.tango_backends import (
+    DeviceLists,
     Starter,
     StarterLauncher,
     TangoProber,
@@ -63,6 +64,12 @@ class Supervisor(BeamlineDevice):
     )
     ProbeTimeout = device_property(dtype=float, default_value=0.5, doc="s: State read timeout")
     ProbePeriod = device_property(dtype=float, default_value=0.2, doc="s between State reads")
+    MaxProbeRate = device_property(
+        dtype=float,
+        default_value=400.0,
+        doc="State reads a second in all, at most: with many devices ProbePeriod grows to "
+        "devices / MaxProbeRate (200 devices: 0.5 s)",
+    )
     StepPeriod = device_property(dtype=float, default_value=0.1, doc="s between observations")
     RefreshPeriod = device_property(
         dtype=float, default_value=5.0, doc="s between server list reads"
@@ -91,7 +98,9 @@ class Supervisor(BeamlineDevice):
             self.ProbeTimeout,
             self.ProbePeriod,
             confirm=max(self.ProbeTimeout, self.HangTimeout - self.ProbeTimeout),
+            max_rate=self.MaxProbeRate,
         )
+        self._device_lists = DeviceLists()
         policy = Policy(
             hang_timeout=self.HangTimeout,
             start_timeout=self.StartTimeout,
@@ -147,7 +156,7 @@ class Supervisor(BeamlineDevice):
     def _refresh(self) -> bool:
         """Read this host's servers from its Starter; False if it could not."""
         try:
-            specs = host_servers(self._starter, self._own, self.Supervise)
+            specs = host_servers(self._starter, self._own, self.Supervise, self._device_lists)
         except tango.DevFailed as exc:
             if self.logic.records:
                 # the servers it knows are still watched and healed (processes

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 EXCLUDED_SERVERS = ("Starter/", "DataBaseds/", "PyDatabaseds/")
 MAX_RETRY = 1.0  # s between two attempts to reach a device that is not up
+DEVICES_TTL = 60.0  # s a server's device list (from the database) is kept
 
 
 class _Probe:
@@ -145,20 +146,38 @@ class TangoProber:
     """Device liveness, as a client sees it (State reads with a short timeout,
     and a long one to confirm a silence)."""
 
-    def __init__(self, timeout: float = 0.5, period: float = 0.2, confirm: float = 2.5) -> None:
+    def __init__(
+        self,
+        timeout: float = 0.5,
+        period: float = 0.2,
+        confirm: float = 2.5,
+        max_rate: float = 400.0,
+    ) -> None:
         self.timeout = timeout
         self.period = period
         self.confirm = confirm
+        self.max_rate = max_rate
         self._probes: dict[str, _Probe] = {}
+
+    def effective_period(self, devices: int) -> float:
+        """s between two State reads of one device: ``period``, or longer when
+        that would ask more than ``max_rate`` States a second in all (at 200
+        devices, 0.2 s meant 1,000 reads a second: most of the supervisor's
+        idle CPU, and a tenth of each device server's). A hang is then seen
+        at most the difference later."""
+        return max(self.period, devices / max(self.max_rate, 1e-3))
 
     def watch(self, devices: Iterable[str]) -> None:
         wanted = {d.lower(): d for d in devices}
         for key in list(self._probes):
             if key not in wanted:
                 self._probes.pop(key).stop.set()
+        period = self.effective_period(len(wanted))
         for key, device in wanted.items():
             if key not in self._probes:
-                self._probes[key] = _Probe(device, self.timeout, self.period, self.confirm)
+                self._probes[key] = _Probe(device, self.timeout, period, self.confirm)
+        for probe in self._probes.values():
+            probe.period = period
 
     def last_answer(self, device: str) -> float | None:
         probe = self._probes.get(device.lower())
@@ -299,9 +318,41 @@ def probed_devices(pairs: Iterable[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(core) if core else tuple(d for d, _ in pairs)
 
 
-def host_servers(starter: Starter, own: str, only: Iterable[str] = ()) -> list[ServerSpec]:
+class DeviceLists:
+    """Each server's (device, class) pairs from the database, kept
+    :data:`DEVICES_TTL` s: the server list is read every few seconds, and
+    asking the database for every server's devices each time was 40 requests
+    a second at 200 servers."""
+
+    def __init__(self, ttl: float = DEVICES_TTL, clock=time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._lists: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+        self._db = None
+
+    def pairs(self, server: str) -> list[tuple[str, str]]:
+        now = self._clock()
+        kept = self._lists.get(server.lower())
+        if kept is not None and now - kept[0] < self.ttl:
+            return kept[1]
+        if self._db is None:
+            self._db = tango.Database()
+        try:
+            classes = list(self._db.get_device_class_list(server))
+        except tango.DevFailed:
+            self._db = None  # a new client next time (no reconnection throttle)
+            raise
+        pairs = list(zip(classes[::2], classes[1::2], strict=False))
+        if any(c != "DServer" for _d, c in pairs):  # not yet registered: asked again next time
+            self._lists[server.lower()] = (now, pairs)
+        return pairs
+
+
+def host_servers(
+    starter: Starter, own: str, only: Iterable[str] = (), lists: DeviceLists | None = None
+) -> list[ServerSpec]:
     """The controlled servers of this host with their devices (not ``own``)."""
-    db = tango.Database()
+    lists = lists or DeviceLists(ttl=0.0)
     only_lower = {o.lower() for o in only}
     specs = []
     for name, controlled, level in starter.servers():
@@ -309,8 +360,7 @@ def host_servers(starter: Starter, own: str, only: Iterable[str] = ()) -> list[S
             continue
         if only_lower and name.lower() not in only_lower:
             continue
-        classes = db.get_device_class_list(name)
-        devices = probed_devices(zip(classes[::2], classes[1::2], strict=False))
+        devices = probed_devices(lists.pairs(name))
         if devices:
             specs.append(ServerSpec(name, devices, level))
     return specs
