@@ -16,6 +16,7 @@ Nothing here starts processes; :mod:`beamline.tangodb` applies to a database.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -256,15 +257,85 @@ def default_run_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "var"
 
 
+CACHE_FILE = ".config-cache.pickle"  # in the run directory: the last valid configuration
+#: the code that decides what a configuration means: a change to it is a new configuration
+_CODE = ("config.py", "sardana_yaml.py", "problems.py", "../tango_devices/registry.py")
+
+
 def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None) -> BeamlineConfig:
     """Load and validate a configuration directory; raise ConfigError listing every problem.
 
     ``run_dir`` is the run directory that ``${RUN_DIR}`` in sardana/*.yaml
-    stands for (default: var/ next to db_config/)."""
+    stands for (default: var/ next to db_config/).
+
+    The last valid configuration is kept in the run directory, keyed by the
+    content of every file of the directory and of the code that reads it:
+    validating sardana/*.yaml needs Sardana and Taurus imported (1.5-3 s),
+    which ``beamline status`` and every other command paid each time."""
+    root = Path(config_dir or default_config_dir()).resolve()
+    run_path = Path(run_dir).resolve() if run_dir else default_run_dir()
+    key = _cache_key(root, run_path)
+    cache = run_path / CACHE_FILE
+    if key is not None:
+        cached = _read_cache(cache, key)
+        if cached is not None:
+            return cached
+    config = _load(root, run_path)
+    if key is not None:
+        _write_cache(cache, key, config)
+    return config
+
+
+def _cache_key(root: Path, run_path: Path) -> str | None:
+    """A digest of everything the configuration is made of; None if a file
+    cannot be read (then nothing is cached: the load says what is wrong)."""
+    import hashlib
+    import sys
+
+    digest = hashlib.sha256()
+    for part in (str(root), str(run_path), sys.version):
+        digest.update(part.encode() + b"\0")
+    here = Path(__file__).resolve().parent
+    try:
+        paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        for path in [*paths, *(here / c for c in _CODE)]:
+            digest.update(str(path).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _read_cache(cache: Path, key: str) -> BeamlineConfig | None:
+    import pickle
+
+    try:
+        stored_key, config = pickle.loads(cache.read_bytes())
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError):
+        return None
+    except Exception:  # noqa: BLE001 - any damage: load it again
+        return None
+    return config if stored_key == key and isinstance(config, BeamlineConfig) else None
+
+
+def _write_cache(cache: Path, key: str, config: BeamlineConfig) -> None:
+    import pickle
+
+    if not cache.parent.is_dir():
+        return
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}")
+    try:
+        tmp.write_bytes(pickle.dumps((key, config)))
+        tmp.replace(cache)
+    except Exception:  # noqa: BLE001 - a cache that cannot be written is only slower
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _load(root: Path, run_path: Path) -> BeamlineConfig:
     import jsonschema
     from dsconfig.formatting import expand_config
 
-    root = Path(config_dir or default_config_dir()).resolve()
     problems: list[Problem] = []
     warnings: list[Problem] = []
     if not root.is_dir():
@@ -304,7 +375,6 @@ def load(config_dir: Path | str | None = None, run_dir: Path | str | None = None
             merged["classes"][cls] = cdata
 
     # -- sardana/*.yaml (optional)
-    run_path = Path(run_dir).resolve() if run_dir else default_run_dir()
     before = len(problems)
     sardana_env = _load_sardana(root, run_path, merged, server_files, devices, problems)
     sardana_failed = len(problems) > before

@@ -87,6 +87,16 @@ def save_screenshots(gui, out_dir: Path, panels: list[str] | None = None) -> lis
     return saved
 
 
+def show_every_panel(gui) -> None:
+    """Raise every panel once (each makes its content then), and the first again."""
+    from taurus.external.qt import Qt
+
+    for name in gui.getPanelNames():
+        gui.setFocusToPanel(name)
+        Qt.QApplication.processEvents()
+    gui.setFocusToPanel(FIRST_PANEL)
+
+
 def wait_events(seconds: float) -> None:
     """Let the GUI run (events, timers) for ``seconds``."""
     from taurus.external.qt import Qt
@@ -107,6 +117,7 @@ def run(settings: Path, screenshots: Path | None = None, settle: float = 5.0) ->
     from taurus_gui.widgets.common import stop_all_watchers
 
     if screenshots is not None:
+        show_every_panel(gui)  # what a panel shows is made when it is first shown
         wait_events(settle)
         for path in save_screenshots(gui, screenshots):
             print(path)

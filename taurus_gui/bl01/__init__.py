@@ -71,8 +71,16 @@ if _found.macroserver:
     DOOR_NAME = trl(_found.door) if _found.door else ""
     MACRO_PANELS = True
 
+
+def _docked(*args, **kwargs) -> PanelDescription:
+    """A panel docked as a tab of the main window (Taurus makes them floating
+    windows by default: one window per device). A tab not shown makes its
+    content when first shown."""
+    return PanelDescription(*args, floating=False, **kwargs)
+
+
 # TaurusGui creates panels sorted by variable name: the prefixes order the tabs
-p00_overview = PanelDescription(
+p00_overview = _docked(
     "Overview",
     classname="taurus_gui.widgets.overview:BeamlineOverview",
     model="overview",
@@ -94,21 +102,19 @@ p00_overview = PanelDescription(
         },
     },
 )
-p10_queue = PanelDescription(
-    "Queue", classname="taurus_gui.widgets.queue_panel:QueuePanel", model=QUEUE
-)
-p20_supervisor = PanelDescription(
+p10_queue = _docked("Queue", classname="taurus_gui.widgets.queue_panel:QueuePanel", model=QUEUE)
+p20_supervisor = _docked(
     "Supervisor", classname="taurus_gui.widgets.supervisor_panel:SupervisorPanel", model=SUPERVISOR
 )
-p30_camera = PanelDescription(
+p30_camera = _docked(
     "Camera", classname="taurus_gui.widgets.camera_panel:CameraPanel", model=CAMERA
 )
-p40_counts = PanelDescription(
+p40_counts = _docked(
     "Counts",
     classname="taurus_pyqtgraph:TaurusTrend",
     model=[trl(f"{SCALER}/i0"), trl(f"{SCALER}/diode"), trl(f"{CAMERA}/RoiSum")],
 )
-p41_pressure = PanelDescription(
+p41_pressure = _docked(
     "Pressure", classname="taurus_pyqtgraph:TaurusTrend", model=[trl(f"{GAUGE}/Pressure")]
 )
 
@@ -121,6 +127,6 @@ for _i, _device in enumerate(
     for d in s.devices
     if _found.devices[d] not in SARDANA_CLASSES
 ):
-    globals()[f"p5{_i:02d}_device"] = PanelDescription(
+    globals()[f"p5{_i:02d}_device"] = _docked(
         _device, classname="taurus_gui.widgets.device_panel:DevicePanel", model=_device
     )

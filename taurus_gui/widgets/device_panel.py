@@ -101,6 +101,7 @@ class DevicePanel(TaurusWidget):
         self.watcher: AttrWatcher | None = None
         self.runner: CommandRunner | None = None
         self._fetching = False
+        self._pending_attrs: list[str] | None = None  # the form, built once first shown
         self._fetch_pool = Qt.QThreadPool(self)
         self._fetch_pool.setMaxThreadCount(1)
 
@@ -158,13 +159,31 @@ class DevicePanel(TaurusWidget):
         attrs, commands, table = info
         self._retry.stop()
         self.table = table
+        self._pending_attrs = list(attrs)
+        if not self.visibleRegion().isEmpty():
+            self._fill_form()
+        self._make_buttons(commands)
+        self._apply_state()
+
+    def _fill_form(self) -> None:
+        """The device's attributes in a TaurusForm: made when the panel is
+        first on screen, not when the GUI opens (a form per device, each
+        subscribing to every attribute, was half of the GUI's opening time
+        with 100 devices). A tab behind another counts as visible to Qt: what
+        says it is on screen is that it is painted."""
+        attrs, self._pending_attrs = self._pending_attrs, None
+        if attrs is None:
+            return
         if self.form is None:
             self.form = TaurusForm(self)
             self.form.setWithButtons(False)
             self.body.addWidget(self.form)
         self.form.setModel([trl(f"{self.device}/{a}") for a in attrs])
-        self._make_buttons(commands)
-        self._apply_state()
+
+    def paintEvent(self, event) -> None:
+        super().paintEvent(event)
+        if self._pending_attrs is not None:
+            Qt.QTimer.singleShot(0, self._fill_form)  # not while painting
 
     def _make_buttons(self, commands) -> None:
         while self.command_grid.count():

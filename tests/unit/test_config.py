@@ -638,3 +638,41 @@ def test_up_waits_for_a_server_the_supervisor_restarts(cfgdir, tmp_path, monkeyp
     running.clear()
     clock.advance(orch.DEATH_GRACE)
     assert "server Valve/valve1 is not running" in dead(pending)["bl01/vac/valve1"]
+
+
+# ------------------------------------------------------------------ the cache
+def test_a_valid_configuration_is_kept_for_the_next_load(cfgdir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    first = cfg.load(cfgdir, run)
+    assert (run / cfg.CACHE_FILE).is_file()
+
+    def no_second_load(*_args):
+        raise AssertionError("loaded again although nothing changed")
+
+    monkeypatch.setattr(cfg, "_load", no_second_load)
+    again = cfg.load(cfgdir, run)
+    assert sorted(again.devices) == sorted(first.devices)
+    assert again.servers.keys() == first.servers.keys()
+
+
+def test_an_edit_is_seen_and_an_invalid_configuration_is_never_kept(cfgdir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg.load(cfgdir, run)
+    tango = cfgdir / "tango" / "motors.json"
+    edit(tango, lambda d: motor(d, "sample_x")["properties"].update(Velocity=["7.5"]))
+    changed = cfg.load(cfgdir, run)
+    assert changed.devices["bl01/mot/sample_x"].properties["Velocity"] == ["7.5"]
+    edit(tango, lambda d: motor(d, "sample_x")["properties"].update(Velocity="7.5"))
+    with pytest.raises(cfg.ConfigError):
+        cfg.load(cfgdir, run)
+    with pytest.raises(cfg.ConfigError):  # the earlier valid one is not taken instead
+        cfg.load(cfgdir, run)
+
+
+def test_a_damaged_cache_is_loaded_again(cfgdir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / cfg.CACHE_FILE).write_bytes(b"not a pickle")
+    assert "bl01/mot/sample_x" in cfg.load(cfgdir, run).devices
