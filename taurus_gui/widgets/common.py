@@ -281,11 +281,12 @@ class CommandRunner(Qt.QObject):
         self.call(command, json.dumps(payload), decode)
 
 
-def connect_panel(panel, model_name, attributes: Iterable[str]) -> str:
+def connect_panel(panel, model_name, attributes: Iterable[str], start: bool = True) -> str:
     """What every panel's ``setModel`` does: the device name from Taurus'
     model (a name or a one-item list), a :class:`CommandRunner` whose errors
-    go to ``panel.message``, and a started :class:`AttrWatcher` feeding
-    ``panel._on_value`` / ``panel._on_failed``. Returns the device name."""
+    go to ``panel.message``, and an :class:`AttrWatcher` feeding
+    ``panel._on_value`` / ``panel._on_failed``, started unless ``start`` is
+    false. Returns the device name."""
     if isinstance(model_name, (list, tuple)):
         model_name = model_name[0] if model_name else ""
     panel.device = str(model_name)
@@ -294,7 +295,8 @@ def connect_panel(panel, model_name, attributes: Iterable[str]) -> str:
     panel.watcher = AttrWatcher(panel.device, attributes, panel)
     panel.watcher.changed.connect(panel._on_value)
     panel.watcher.failed.connect(panel._on_failed)
-    panel.watcher.start()
+    if start:
+        panel.watcher.start()
     return panel.device
 
 

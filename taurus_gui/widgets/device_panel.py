@@ -101,6 +101,7 @@ class DevicePanel(TaurusWidget):
         self.watcher: AttrWatcher | None = None
         self.runner: CommandRunner | None = None
         self._fetching = False
+        self._started = False  # watching and asking the device: once first on screen
         self._pending_attrs: list[str] | None = None  # the form, built once first shown
         self._fetch_pool = Qt.QThreadPool(self)
         self._fetch_pool.setMaxThreadCount(1)
@@ -130,8 +131,19 @@ class DevicePanel(TaurusWidget):
 
     # Taurus calls setModel with the PanelDescription's model
     def setModel(self, model_name, **kwargs):
-        self.title.setText(connect_panel(self, model_name, ["State", "Status"]))
+        # watched and asked once first on screen: a GUI with 200 devices
+        # opens without 200 watcher threads and requests
+        self.title.setText(connect_panel(self, model_name, ["State", "Status"], start=False))
         self.runner.finished.connect(lambda cmd, _r: self.message.info(f"{cmd}: done"))
+        self._started = False
+        if not self.visibleRegion().isEmpty():
+            self._start()
+
+    def _start(self) -> None:
+        if self._started or self.watcher is None:
+            return
+        self._started = True
+        self.watcher.start()
         self._build()
 
     def getModel(self, **kwargs):
@@ -182,8 +194,10 @@ class DevicePanel(TaurusWidget):
 
     def paintEvent(self, event) -> None:
         super().paintEvent(event)
+        if not self._started:
+            Qt.QTimer.singleShot(0, self._start)  # not while painting
         if self._pending_attrs is not None:
-            Qt.QTimer.singleShot(0, self._fill_form)  # not while painting
+            Qt.QTimer.singleShot(0, self._fill_form)
 
     def _make_buttons(self, commands) -> None:
         while self.command_grid.count():
