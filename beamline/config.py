@@ -293,7 +293,7 @@ def _cache_key(root: Path, run_path: Path) -> str | None:
     import sys
 
     digest = hashlib.sha256()
-    for part in (str(root), str(run_path), sys.version):
+    for part in (str(root), str(run_path), sys.version, _database_name()):
         digest.update(part.encode() + b"\0")
     here = Path(__file__).resolve().parent
     try:
@@ -304,6 +304,21 @@ def _cache_key(root: Path, run_path: Path) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+def _database_name() -> str:
+    """The database full device names are made with (a measurement group's
+    synchronizer is ``tango://HOST:PORT/...``): Taurus's default once it is
+    set (``sardana_yaml.use_tango_host``), else TANGO_HOST."""
+    import sys
+
+    name = os.environ.get("TANGO_HOST") or ""
+    if "taurus.core.tango.tangofactory" in sys.modules:
+        from taurus import Factory
+
+        with contextlib.suppress(Exception):
+            name = Factory(scheme="tango").get_default_tango_host() or name
+    return str(name)
 
 
 def _read_cache(cache: Path, key: str) -> BeamlineConfig | None:

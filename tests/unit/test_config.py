@@ -676,3 +676,21 @@ def test_a_damaged_cache_is_loaded_again(cfgdir, tmp_path):
     run.mkdir()
     (run / cfg.CACHE_FILE).write_bytes(b"not a pickle")
     assert "bl01/mot/sample_x" in cfg.load(cfgdir, run).devices
+
+
+def test_another_database_is_another_configuration(cfgdir, tmp_path, monkeypatch):
+    """Full device names in it (a measurement group's synchronizer) carry the
+    database: a configuration read for one is never used for another (a
+    cached one made before `up` knew its database gave a group a synchronizer
+    on the wrong host, which Sardana took for software synchronization)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    loads = []
+    real = cfg._load
+    monkeypatch.setattr(cfg, "_load", lambda *a: loads.append(a) or real(*a))
+    monkeypatch.setenv("TANGO_HOST", "127.0.0.1:10000")
+    cfg.load(cfgdir, run)
+    cfg.load(cfgdir, run)
+    monkeypatch.setenv("TANGO_HOST", "127.0.0.1:20000")
+    cfg.load(cfgdir, run)
+    assert len(loads) == 2
