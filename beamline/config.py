@@ -308,17 +308,9 @@ def _cache_key(root: Path, run_path: Path) -> str | None:
 
 def _database_name() -> str:
     """The database full device names are made with (a measurement group's
-    synchronizer is ``tango://HOST:PORT/...``): Taurus's default once it is
-    set (``sardana_yaml.use_tango_host``), else TANGO_HOST."""
-    import sys
-
-    name = os.environ.get("TANGO_HOST") or ""
-    if "taurus.core.tango.tangofactory" in sys.modules:
-        from taurus import Factory
-
-        with contextlib.suppress(Exception):
-            name = Factory(scheme="tango").get_default_tango_host() or name
-    return str(name)
+    synchronizer is ``tango://HOST:PORT/...``): TANGO_HOST, which Taurus's
+    default follows (``sardana_yaml.use_tango_host`` sets both)."""
+    return os.environ.get("TANGO_HOST") or ""
 
 
 def _read_cache(cache: Path, key: str) -> BeamlineConfig | None:

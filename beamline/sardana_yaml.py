@@ -17,6 +17,7 @@ environment file with sardana-config's ``sync_env_db``).
 
 from __future__ import annotations
 
+import os
 import pickle
 import string
 from collections.abc import Iterable
@@ -77,6 +78,7 @@ def use_tango_host(tango_host: str) -> None:
         TangoDeviceNameValidator,
     )
 
+    os.environ["TANGO_HOST"] = tango_host  # what the configuration cache is keyed by
     Factory(scheme="tango").set_default_tango_host(tango_host)
     for validator in (TangoDeviceNameValidator, TangoAttributeNameValidator):
         cache = getattr(validator(), "names_cache", None)
