@@ -318,9 +318,7 @@ def _read_cache(cache: Path, key: str) -> BeamlineConfig | None:
 
     try:
         stored_key, config = pickle.loads(cache.read_bytes())
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError):
-        return None
-    except Exception:  # noqa: BLE001 - any damage: load it again
+    except Exception:  # noqa: BLE001 - missing, damaged or from other code: load it again
         return None
     return config if stored_key == key and isinstance(config, BeamlineConfig) else None
 
