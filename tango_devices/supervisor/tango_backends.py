@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -32,12 +31,17 @@ DEVICES_TTL = 60.0  # s a server's device list (from the database) is kept
 class _Probe:
     """Asks one device its State several times a second, in its own thread.
 
-    Each State is asked asynchronously and its answer awaited ``timeout``; a
-    device that has not answered by then is waited for the rest of the hang
-    time on the same request: it is *silent* only once that is unanswered too
-    (a slow answer on a busy machine is an answer). A failure to even reach
-    the device because the database is down is no evidence either way. (No
-    timeout is ever changed on a client: that reconnects, holding the GIL.)"""
+    Each State is a synchronous call whose timeout is the whole hang time
+    (``timeout`` + ``confirm``): a device is *silent* only once that is
+    unanswered (a slow answer on a busy machine is an answer). A failure to
+    even reach the device because the database is down is no evidence either
+    way. The timeout is set once, on a new client, before any call (changing
+    it on a client reconnects, holding the GIL).
+
+    Synchronous, not ``command_inout_asynch``: omniORB runs each deferred
+    request in a thread of its own, and cppTango polls its reply every 20 ms:
+    324 us of CPU a probe against 22 us (measured on this machine), most of
+    the supervisor's idle CPU at 400 probes a second."""
 
     def __init__(self, device: str, timeout: float, period: float, confirm: float) -> None:
         self.device = device
@@ -54,8 +58,7 @@ class _Probe:
 
     def _proxy(self):
         proxy = tango.DeviceProxy(self.device)
-        # bounds a request nobody waits for any more; set once, before any call
-        proxy.set_timeout_millis(self.timeout_ms + self.confirm_ms + 1000)
+        proxy.set_timeout_millis(self.timeout_ms + self.confirm_ms)
         return proxy
 
     def _run(self) -> None:
@@ -70,9 +73,19 @@ class _Probe:
                 try:
                     if proxy is None:
                         proxy = self._proxy()
-                    request = proxy.command_inout_asynch("State")
+                    state = proxy.command_inout("State")
                 except tango.DevFailed as exc:
-                    proxy = None  # a new client at once (a failed one reconnects once a second)
+                    if _timed_out(exc):  # reached its server, unanswered all the hang time
+                        self.silent_since = self.silent_since or attempt
+                        failures = 0
+                        continue  # ask again at once
+                    proxy = None  # a new client (a failed one reconnects once a second)
+                    failures += 1
+                    if failures == 1:
+                        # the connection broke: a new process, or none; a new
+                        # client at once, nothing learnt yet
+                        self.stop.wait(min(self.period, 0.05))
+                        continue
                     if _about_the_database(exc):
                         self.silent_since = None  # nothing learnt about the device itself
                     else:  # its server does not take the connection: silent since now
@@ -81,42 +94,13 @@ class _Probe:
                     # is not up yet is asked less and less often (up to
                     # MAX_RETRY), so that 200 of them starting do not flood
                     # a database they all need
-                    failures += 1
-                    self.stop.wait(min(self.period * 2 ** (failures - 1), MAX_RETRY))
+                    self.stop.wait(min(self.period * 2 ** (failures - 2), MAX_RETRY))
                     continue
                 failures = 0
-                answered = self._await(proxy, request, attempt)
-                if answered is None:  # the connection broke: a new process, or none
-                    proxy = None
-                    self.stop.wait(min(self.period, 0.05))
-                    continue
-                if answered:
-                    self.stop.wait(self.period)
-
-    def _await(self, proxy, request: int, sent: float) -> bool | None:
-        """Wait for the answer to ``request``: True when it came, False when it
-        did not within the hang time (silent since ``sent``), None when the
-        call failed otherwise."""
-        for wait_ms in (self.timeout_ms, self.confirm_ms):
-            try:
-                state = proxy.command_inout_reply(request, wait_ms)
-            except tango.DevFailed as exc:
-                if _not_arrived(exc):
-                    continue
-                if _timed_out(exc):  # the request itself timed out: still silent
-                    self.silent_since = self.silent_since or sent
-                    return False
-                return None
-            self.last_state = str(state)
-            self.last_answer = time.monotonic()
-            self.silent_since = None
-            return True
-        self.silent_since = self.silent_since or sent
-        # collect the request (it ends at the client's own timeout), so that
-        # requests to a silent device do not pile up
-        with contextlib.suppress(tango.DevFailed):
-            proxy.command_inout_reply(request, 0)
-        return False
+                self.last_state = str(state)
+                self.last_answer = time.monotonic()
+                self.silent_since = None
+                self.stop.wait(self.period)
 
 
 def _reasons(exc: tango.DevFailed) -> str:
@@ -128,11 +112,6 @@ def _about_the_database(exc: tango.DevFailed) -> bool:
     device unknown), not from the device's server."""
     text = _reasons(exc)
     return "sys/database" in text or "DbImportDevice" in text or "Database" in text
-
-
-def _not_arrived(exc: tango.DevFailed) -> bool:
-    """command_inout_reply's "not yet": the request is still running."""
-    return "AsynReplyNotArrived" in _reasons(exc)
 
 
 def _timed_out(exc: tango.DevFailed) -> bool:
