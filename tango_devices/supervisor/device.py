@@ -70,7 +70,15 @@ class Supervisor(BeamlineDevice):
         doc="State reads a second in all, at most: with many devices ProbePeriod grows to "
         "devices / MaxProbeRate (200 devices: 0.5 s)",
     )
-    StepPeriod = device_property(dtype=float, default_value=0.1, doc="s between observations")
+    StepPeriod = device_property(
+        dtype=float, default_value=0.1, doc="s between observations while anything is in flux"
+    )
+    SettledStepPeriod = device_property(
+        dtype=float,
+        default_value=0.5,
+        doc="s between observations while every server runs and answers (an exit, a silence "
+        "or an answer after one wakes the loop at once)",
+    )
     RefreshPeriod = device_property(
         dtype=float, default_value=5.0, doc="s between server list reads"
     )
@@ -99,6 +107,7 @@ class Supervisor(BeamlineDevice):
             self.ProbePeriod,
             confirm=max(self.ProbeTimeout, self.HangTimeout - self.ProbeTimeout),
             max_rate=self.MaxProbeRate,
+            on_change=self._watcher.wake,  # a silence or an answer wakes the loop
         )
         self._device_lists = DeviceLists()
         policy = Policy(
@@ -151,7 +160,8 @@ class Supervisor(BeamlineDevice):
                     self.logic.machine.notify()  # outside our lock: commands take it
                     self._publish()
                     self._write_view()
-                self._watcher.wait(self.StepPeriod)
+                settled = self.logic.records and self.logic.settled()
+                self._watcher.wait(self.SettledStepPeriod if settled else self.StepPeriod)
 
     def _refresh(self) -> bool:
         """Read this host's servers from its Starter; False if it could not."""
@@ -377,6 +387,7 @@ class Supervisor(BeamlineDevice):
         except OSError as exc:
             tango.Except.throw_exception("SUPERVISOR_ERROR", f"{name}: {exc}", "Supervisor")
         self._dirty = True
+        self._watcher.wake()  # the loop follows it up at once
 
     @command(
         dtype_in=str, doc_in="Stop a server on purpose: it is not restarted until StartServer."

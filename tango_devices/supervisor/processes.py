@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,9 @@ class ProcessWatcher:
         self.run_dir = run_dir if run_dir is not None else os.environ.get(lifecycle.RUN_DIR_ENV)
         self._known: dict[int, str | None] = {}  # pid -> server (lower case) of ours, or None
         self._pidfds: dict[int, int] = {}
+        # wake(): another thread's news (a device fell silent or answered again)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_lock = threading.Lock()  # no write to a closed (reused) descriptor
         self._boot = psutil.boot_time()
         self._ticks = os.sysconf("SC_CLK_TCK")
 
@@ -141,20 +145,33 @@ class ProcessWatcher:
                 self._pidfds[pid] = os.pidfd_open(pid)
 
     def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout``; return early (True) when a watched process exits."""
-        fds = list(self._pidfds.values())
-        if not fds:
-            time.sleep(timeout)
-            return False
+        """Sleep up to ``timeout``; return early (True) when a watched process
+        exits or :meth:`wake` is called."""
+        fds = [self._wake_r, *self._pidfds.values()]
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except (OSError, ValueError):
             time.sleep(timeout)
             return False
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while os.read(self._wake_r, 4096):
+                    pass
         return bool(ready)
+
+    def wake(self) -> None:
+        """End a :meth:`wait` now (from any thread)."""
+        with self._wake_lock, contextlib.suppress(OSError):  # a full pipe is awake already
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     def close(self) -> None:
         self._watch(set())
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
 
 def process_state(pid: int) -> str:

@@ -177,6 +177,19 @@ class SupervisorLogic:
             notify=False,
         )
 
+    def settled(self) -> bool:
+        """Nothing to time: every server running with every device answering,
+        or at rest (stopped, given up, never started) with no process. The
+        loop may then step less often; what unsettles it (a process that ends,
+        a device that falls silent) wakes it at once."""
+        for rec in self.records.values():
+            if rec.state is S.RUNNING:
+                if any(self.prober.silent_since(d) is not None for d in rec.spec.devices):
+                    return False
+            elif rec.state not in (S.STOPPED, S.FAILED, S.NOT_STARTED) or rec.pid is not None:
+                return False
+        return True
+
     def blind(self, text: str) -> None:
         """The servers of the host cannot be read (FAULT, with ``text``)."""
         self.machine.fire(st.BLIND, text, notify=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import tango
 
@@ -43,8 +43,16 @@ class _Probe:
     324 us of CPU a probe against 22 us (measured on this machine), most of
     the supervisor's idle CPU at 400 probes a second."""
 
-    def __init__(self, device: str, timeout: float, period: float, confirm: float) -> None:
+    def __init__(
+        self,
+        device: str,
+        timeout: float,
+        period: float,
+        confirm: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.device = device
+        self.on_change = on_change  # called when it falls silent or answers again
         self.timeout_ms = int(timeout * 1000)
         self.confirm_ms = int(max(confirm, timeout) * 1000)
         self.period = period
@@ -76,7 +84,7 @@ class _Probe:
                     state = proxy.command_inout("State")
                 except tango.DevFailed as exc:
                     if _timed_out(exc):  # reached its server, unanswered all the hang time
-                        self.silent_since = self.silent_since or attempt
+                        self._silent(attempt)
                         failures = 0
                         continue  # ask again at once
                     proxy = None  # a new client (a failed one reconnects once a second)
@@ -89,7 +97,7 @@ class _Probe:
                     if _about_the_database(exc):
                         self.silent_since = None  # nothing learnt about the device itself
                     else:  # its server does not take the connection: silent since now
-                        self.silent_since = self.silent_since or attempt
+                        self._silent(attempt)
                     # each new client asks the database first: a server that
                     # is not up yet is asked less and less often (up to
                     # MAX_RETRY), so that 200 of them starting do not flood
@@ -97,10 +105,18 @@ class _Probe:
                     self.stop.wait(min(self.period * 2 ** (failures - 2), MAX_RETRY))
                     continue
                 failures = 0
+                news = self.silent_since is not None or self.last_answer is None
                 self.last_state = str(state)
                 self.last_answer = time.monotonic()
                 self.silent_since = None
+                if news:
+                    self.on_change()
                 self.stop.wait(self.period)
+
+    def _silent(self, since: float) -> None:
+        if self.silent_since is None:
+            self.silent_since = since
+            self.on_change()
 
 
 def _reasons(exc: tango.DevFailed) -> str:
@@ -131,8 +147,10 @@ class TangoProber:
         period: float = 0.2,
         confirm: float = 2.5,
         max_rate: float = 400.0,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.timeout = timeout
+        self.on_change = on_change  # a device fell silent or answered (again): from its thread
         self.period = period
         self.confirm = confirm
         self.max_rate = max_rate
@@ -154,7 +172,9 @@ class TangoProber:
         period = self.effective_period(len(wanted))
         for key, device in wanted.items():
             if key not in self._probes:
-                self._probes[key] = _Probe(device, self.timeout, period, self.confirm)
+                self._probes[key] = _Probe(
+                    device, self.timeout, period, self.confirm, self.on_change
+                )
         for probe in self._probes.values():
             probe.period = period
 

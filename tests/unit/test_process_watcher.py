@@ -79,3 +79,24 @@ def test_a_young_process_that_changes_what_it_runs_is_seen_as_what_it_runs_now(s
     until(lambda: watcher.scan().get("shutter/s0") == [changing.pid])
     until(lambda: watcher.scan().get("valve/v9") == [changing.pid])
     assert "shutter/s0" not in watcher.scan()
+
+
+def test_wake_ends_a_wait_at_once_and_only_that_wait():
+    import threading
+
+    watcher = ProcessWatcher(run_dir="/nonexistent")
+    try:
+        t0 = time.monotonic()
+        assert watcher.wait(0.05) is False  # nothing to wake it: the whole timeout
+        assert time.monotonic() - t0 >= 0.05
+        threading.Timer(0.1, watcher.wake).start()
+        t0 = time.monotonic()
+        assert watcher.wait(30.0) is True
+        assert time.monotonic() - t0 < 10.0
+        watcher.wake()
+        watcher.wake()  # two wakes before one wait: one early return, then a full wait
+        assert watcher.wait(5.0) is True
+        assert watcher.wait(0.05) is False
+    finally:
+        watcher.close()
+    watcher.wake()  # after close: harmless

@@ -497,3 +497,28 @@ def test_independent_failures_of_a_stable_server_are_not_a_crash_loop(world):
         sup.step()
     assert rec.restarts == 6 and rec.state is S.RUNNING
     assert world.launched == [MOTOR.name] * 6
+
+
+def test_settled_only_while_every_server_runs_and_answers(world):
+    """The loop steps slowly only when nothing is timed: every server running
+    with no silent device, or at rest with no process."""
+    sup = make(world)
+    assert sup.settled()  # never started, no process: at rest
+    running(world, sup, MOTOR)
+    world.no_evidence |= set(MOTOR.devices)  # no device known silent
+    assert sup.settled()
+    world.no_evidence -= set(MOTOR.devices)
+    assert not sup.settled()  # a device of a running server is silent
+    world.no_evidence |= set(MOTOR.devices)
+    world.die(MOTOR)
+    world.tick()
+    sup.step()
+    assert sup.record(MOTOR.name).state is S.RESTARTING
+    assert not sup.settled()  # a restart in flight is timed
+    world.tick()
+    world.answer(MOTOR)
+    sup.step()
+    assert sup.record(MOTOR.name).state is S.RUNNING and sup.settled()
+    world.start(GAUGE)  # a process of a server not yet adopted
+    sup.step()
+    assert sup.record(GAUGE.name).state is S.STARTING and not sup.settled()
