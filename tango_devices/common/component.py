@@ -78,6 +78,7 @@ class Component:
         self._link_ok = False
         self._identity = ""
         self._value_listeners: list[Callable[[], None]] = []
+        self._observation_listeners: list[Callable[[], None]] = []
         self._published: Hashable = object()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -137,6 +138,11 @@ class Component:
         """Called (from any thread) when :meth:`publish_key` changed, before any
         state change the same observation causes."""
         self._value_listeners.append(listener)
+
+    def add_observation_listener(self, listener: Callable[[], None]) -> None:
+        """Called (from the poll thread) after every observation of the
+        hardware, successful or not, once its state change is done."""
+        self._observation_listeners.append(listener)
 
     def republish(self) -> None:
         """Have the next observation call the value listeners even if nothing changed."""
@@ -212,10 +218,15 @@ class Component:
                     self.apply(observation)
         if failure is not None:
             self._lost(seq, failure)
-            return
-        self._publish()
-        trigger, text = self.classify(observation)
-        self._fire(seq, trigger, text)
+        else:
+            self._publish()
+            trigger, text = self.classify(observation)
+            self._fire(seq, trigger, text)
+        for listener in list(self._observation_listeners):
+            try:
+                listener()
+            except Exception:  # a listener must never stop the poll thread
+                log.exception("observation listener failed")
 
     def _lost(self, seq: int, exc: DriverError) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import inspect
 import json
 import logging
 import numbers
@@ -103,6 +104,13 @@ class BeamlineDevice(Device):
                     }
         return spec
 
+    #: attributes whose change events the kernel pushes: their values are
+    #: compared after every observation of the hardware and every write through
+    #: :func:`component_attribute`, and pushed when they changed, so that clients
+    #: (the data logger, Taurus) subscribe to them instead of reading them every
+    #: second. (CommandStates, which never changes, is announced for every device.)
+    EVENTED: tuple[str, ...] = ()
+
     #: the family's Tango-free logic (motor logic, queue logic, ...): owns the
     #: state machine; None while the device is not configured
     logic: Any = None
@@ -165,6 +173,11 @@ class BeamlineDevice(Device):
     def init_device(self) -> None:
         super().init_device()
         self._last_pushed: dict[str, tuple[Any, AttrQuality]] = {}
+        self._evented_seen: dict[str, Any] = {}
+        # the table never changes: a subscriber gets it once, and never reads it again
+        self.set_change_event("CommandStates", True, False)
+        for name in type(self).EVENTED:
+            self.set_change_event(name, True, False)
         lifecycle.clear_exit_marker(_server_name())
         if lifecycle.test_hooks_enabled() and not getattr(self, "_hooks_added", False):
             self._hooks_added = True
@@ -202,6 +215,8 @@ class BeamlineDevice(Device):
         self.logic = logic
         self.init_state_events(logic.machine)
         self.set_status(logic.status)
+        if type(self).EVENTED:
+            logic.add_observation_listener(self.publish_changes)
         logic.start_polling()
         logic.wait_until_known(wait)
         return True
@@ -314,6 +329,29 @@ class BeamlineDevice(Device):
         except tango.DevFailed as exc:
             self.debug_stream(f"could not push {attr}: {exc.args[0].desc}")
 
+    def publish_changes(self) -> None:
+        """Push a change event for each of :attr:`EVENTED` whose value changed
+        since it was last pushed (any thread; values not known yet are left
+        for later). Runs after every observation and every write."""
+        names = type(self).EVENTED
+        if not names or self.logic is None:
+            return
+        klass = type(self)
+        with tango.AutoTangoMonitor(self):
+            for name in names:
+                try:
+                    value = inspect.getattr_static(klass, name).fget(self)
+                except (tango.DevFailed, ComponentError, AttributeError, TypeError):
+                    continue
+                quality = AttrQuality.ATTR_VALID
+                if isinstance(value, tuple) and len(value) == 3:  # (value, time, quality)
+                    value, _, quality = value
+                seen = (_comparable(value), quality)
+                if self._evented_seen.get(name) == seen:
+                    continue
+                self._evented_seen[name] = seen
+                self.push_at(name, value, time.time(), quality)
+
     def is_RepublishEvents_allowed(self) -> bool:
         return True  # harmless in every state: a kernel command, in no family's table
 
@@ -423,10 +461,11 @@ def component_attribute(
         setter = getattr(logic, write)
         if not persist:
             self.run(origin, setter, value)
-            return
-        old = current(logic)
-        self.run(origin, setter, value)
-        self.persist(name, current(logic), lambda: old is None or setter(old), origin)
+        else:
+            old = current(logic)
+            self.run(origin, setter, value)
+            self.persist(name, current(logic), lambda: old is None or setter(old), origin)
+        self.publish_changes()
 
     def fisallowed(self, req_type) -> bool:
         return self.check_write(req_type, origin)
@@ -438,6 +477,15 @@ def component_attribute(
     if persist:
         attr.beamline_setting = write  # the logic's setter, for restore_settings
     return attr
+
+
+def _comparable(value: Any) -> Any:
+    """A value as something ``==`` compares (arrays and lists as tuples)."""
+    if isinstance(value, np.ndarray):
+        return (value.shape, value.tobytes())
+    if isinstance(value, list | tuple):
+        return tuple(_comparable(v) for v in value)
+    return value
 
 
 def _stored(value: Any) -> list[str]:

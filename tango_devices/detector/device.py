@@ -34,6 +34,19 @@ MAX_SIZE = 4096
 class Detector(BeamlineDevice):
     """A 2D camera: Snap, Start, Stop; the image, a frame counter, ROI statistics."""
 
+    #: change events pushed by the kernel when they change (frames and ROI: by _publish)
+    EVENTED = (
+        "ExposureTime",
+        "AcquisitionMode",
+        "NumberOfFrames",
+        "TriggerMode",
+        "FirstFrame",
+        "MissedTriggers",
+        "Roi",
+        "Width",
+        "Height",
+    )
+
     Port = device_property(
         dtype=str, mandatory=True, doc="pyserial URL of the camera, e.g. socket://cam1.bl01:9104"
     )

@@ -10,8 +10,9 @@ which ``beamline config`` adds for every Motor) and the device fills the cache
 itself after every observation of the hardware, before any state change that
 observation causes: a client that sees the motor back ON reads the final
 position, and a client that calibrates reads the new position at once.
-Position change events are pushed at most every 100 ms while moving and always
-for a settled value; State events are pushed the moment the state changes.
+Position (and DialPosition) change events are pushed at most every 100 ms while
+moving and always for a settled value; State events are pushed the moment the
+state changes; the settings and switches (``EVENTED``) when they change.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ class Motor(BeamlineDevice):
 
     #: attributes served from the polling cache, refreshed by the device itself
     EXTERNALLY_POLLED = ("Position",)
+    #: change events pushed by the kernel when they change (DialPosition: with Position)
+    EVENTED = (
+        "Offset",
+        "Velocity",
+        "Acceleration",
+        "LowLimitSwitch",
+        "HighLimitSwitch",
+        "HomeSwitch",
+        "Homed",
+    )
 
     Port = device_property(
         dtype=str,
@@ -74,6 +85,7 @@ class Motor(BeamlineDevice):
         super().init_device()
         self.set_state(DevState.INIT)
         self.set_change_event("Position", True, True)
+        self.set_change_event("DialPosition", True, False)
         self._last_event = 0.0
         self._cached = True
         self._server_ready = getattr(self, "_server_ready", False)
@@ -132,6 +144,9 @@ class Motor(BeamlineDevice):
                 return
             self._last_event = now
             self.push_at("Position", reading.value, now, quality)
+            dial = self.logic.dial_position()
+            if dial.value is not None:
+                self.push_at("DialPosition", dial.value, now, QUALITY[dial.quality.value])
 
     def server_init_hook(self) -> None:
         """The server is up and its polling configured: fill the cache now."""

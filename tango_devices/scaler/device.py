@@ -29,6 +29,17 @@ EVENT_PERIOD = 0.1  # s, while counting
 class Scaler(BeamlineDevice):
     """Counter/timer: Start counts every channel for PresetTime seconds."""
 
+    #: change events pushed by the kernel when they change (counts: by _publish)
+    EVENTED = (
+        "PresetTime",
+        "ChannelNames",
+        "BufferPoints",
+        "BufferSize",
+        "MissedGates",
+        "OverflowGates",
+        "DeadTime",
+    )
+
     Port = device_property(
         dtype=str, mandatory=True, doc="pyserial URL of the scaler, e.g. socket://scaler.bl01:9103"
     )

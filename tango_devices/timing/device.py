@@ -51,6 +51,22 @@ def _setting(name: str, field: str, setter: str, description: str, **kwargs):
 class TimingUnit(BeamlineDevice):
     """Pulse trains in time or on an axis's positions: Arm, Start, Stop."""
 
+    #: change events pushed by the kernel when they change (EncoderPosition, which follows
+    #: the motion, is left to be read)
+    EVENTED = (
+        "Mode",
+        "Period",
+        "Width",
+        "Delay",
+        "Count",
+        "PositionStart",
+        "PositionStep",
+        "Encoder",
+        "TrainCount",
+        "Outputs",
+        "Encoders",
+    )
+
     Port = device_property(
         dtype=str,
         mandatory=True,

@@ -9,6 +9,7 @@ from tango.test_context import DeviceTestContext
 
 from tango_devices.motor.device import Motor
 from tests.helpers import wait_until
+from tests.system.conftest import Events
 from tests.system.sim_helpers import running_simulator
 
 pytestmark = pytest.mark.system
@@ -84,3 +85,33 @@ def test_state_change_events(sim):
         finally:
             m.unsubscribe_event(eid)
     assert seen[0] == tango.DevState.ON and tango.DevState.OFF in seen
+
+
+def test_settings_switches_and_dial_position_push_change_events(sim):
+    """Clients (the data logger, Taurus) subscribe to every attribute instead
+    of reading it every second: a write, a move and the static table each
+    reach a subscriber as a change event."""
+    with motor_context(sim.url()) as m:
+        wait_until(lambda: m.state() == tango.DevState.ON, 10, "ON")
+        events = {
+            name: Events(m, name)
+            for name in ("Velocity", "DialPosition", "LowLimitSwitch", "Homed", "CommandStates")
+        }
+        try:
+            for name, ev in events.items():  # the value at subscription
+                ev.wait_for(lambda items: len(items) >= 1, 5, f"{name}'s first event")
+            assert "Home" in events["CommandStates"].items[0].value
+            old = m.Velocity
+            m.Velocity = old / 2
+            events["Velocity"].wait_for(
+                lambda items: items[-1].value == pytest.approx(old / 2), 5, "the new velocity"
+            )
+            m.Position = 2.2
+            events["DialPosition"].wait_for(
+                lambda items: items[-1].value == pytest.approx(2.2), 15, "the dial position"
+            )
+            assert len(events["Velocity"].items) == 2  # one value, one event
+            assert len(events["CommandStates"].items) == 1  # it never changes
+        finally:
+            for ev in events.values():
+                ev.close()
