@@ -214,3 +214,26 @@ def test_command_states_publishes_the_table(name):
         assert published[command] == sorted(s.name for s in states)
     # the GUI compares upper-case state names (QueueState "idle" -> IDLE)
     assert all(s == s.upper() for states in published.values() for s in states)
+
+
+def test_every_evented_attribute_is_an_attribute_of_its_family():
+    """EVENTED names attributes the kernel reads and pushes: a typo would make
+    set_change_event fail at every start."""
+    import inspect
+
+    import numpy as np
+    from tango.server import attribute
+
+    from tango_devices.common.device_base import BeamlineDevice, _comparable
+
+    families = {c for c in registry.device_classes().values() if issubclass(c, BeamlineDevice)}
+    assert any(c.EVENTED for c in families)
+    for klass in families:
+        for name in klass.EVENTED:
+            assert isinstance(inspect.getattr_static(klass, name, None), attribute), (
+                klass.__name__,
+                name,
+            )
+    a = np.arange(6).reshape(2, 3)
+    assert _comparable(a) == _comparable(a.copy()) != _comparable(a.T.copy())
+    assert _comparable([1, [2, 3]]) == (1, (2, 3))
