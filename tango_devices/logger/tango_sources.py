@@ -135,6 +135,10 @@ class SourceSettings:
     discovery_period: float = 30.0
     retry_period: float = 2.0
     timeout: float = 3.0
+    #: s between two tries to subscribe to the attributes that are read instead
+    #: (a subscription that timed out while the machine was busy starting 200
+    #: servers would otherwise leave its attribute read every second for good)
+    subscribe_retry_period: float = 60.0
     #: devices watched (kept by LoggerSources): the property period grows with it
     watched: int = 0
 
@@ -194,6 +198,7 @@ class DeviceWatch:
     def _run(self) -> None:
         with tango.EnsureOmniThread():
             next_connect = next_poll = 0.0
+            next_retry = time.monotonic() + self.settings.subscribe_retry_period
             # spread the database reads of the devices over the period
             next_props = time.monotonic() + random.uniform(0, self.settings.property_period())
             while not self._stop.is_set():
@@ -202,6 +207,9 @@ class DeviceWatch:
                     self._reconnect.clear()
                     if not self._connect():
                         next_connect = now + self.settings.retry_period
+                if self.connected and self.poll_names and now >= next_retry:
+                    self._subscribe_polled()
+                    next_retry = now + self.settings.subscribe_retry_period
                 if self.connected and self.poll_names and now >= next_poll:
                     self._poll()
                     next_poll = now + self.settings.fallback_poll_period
@@ -210,7 +218,7 @@ class DeviceWatch:
                     next_props = now + self.settings.property_period()
                 deadlines = [next_props]
                 if self.connected and self.poll_names:
-                    deadlines.append(next_poll)
+                    deadlines += [next_poll, next_retry]
                 if not self.connected:
                     deadlines.append(next_connect)
                 self._wake.wait(max(0.0, min(deadlines) - time.monotonic()))
@@ -282,6 +290,18 @@ class DeviceWatch:
             except tango.DevFailed:
                 continue
         return None
+
+    def _subscribe_polled(self) -> None:
+        """Try again to subscribe to each attribute that is read instead; one
+        that now takes a subscription is no longer read."""
+        for name in list(self.poll_names):
+            mode = self._subscribe_values(
+                self.proxy, name, attr_key(self.device, name), self.subscriptions
+            )
+            if mode is not None:
+                self.poll_names.remove(name)
+                self.modes[name] = mode
+                self._polled.pop(name, None)
 
     @staticmethod
     def _unsubscribe(proxy, ids: list[int]) -> None:
