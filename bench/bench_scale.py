@@ -15,7 +15,9 @@
 Environment: BENCH_SCALE_N (default "25,50,100,200"), BENCH_SCALE_IDLE
 (default 30 s), BENCH_SCALE_KILLS (default 10), BENCH_SCALE_FORK ("1": servers
 forked from the fork server, the default of `up`; "0": `--no-fork-server`;
-"both": each size both ways, the reference in the same run).
+"both": each size both ways, the reference in the same run), BENCH_SCALE_DB
+("embedded": the embedded PyDatabaseds, the default of `up`; "production":
+Tango's C++ DataBaseds on a private MariaDB made by `beamline db up`; "both").
 """
 
 from __future__ import annotations
@@ -38,16 +40,25 @@ SIZES = [int(n) for n in os.environ.get("BENCH_SCALE_N", "25,50,100,200").split(
 IDLE = float(os.environ.get("BENCH_SCALE_IDLE", "30"))
 KILLS = int(os.environ.get("BENCH_SCALE_KILLS", "10"))
 FORK = {"1": [True], "0": [False], "both": [True, False]}[os.environ.get("BENCH_SCALE_FORK", "1")]
+DBS = {"embedded": ["embedded"], "production": ["production"], "both": ["embedded", "production"]}[
+    os.environ.get("BENCH_SCALE_DB", "embedded")
+]
 
 
-def run_processes(run_dir: Path) -> dict[int, str]:
-    """pid -> kind, for every process of this run (its BEAMLINE_RUN_DIR)."""
+def run_processes(run_dir: Path, db_dir: Path | None = None) -> dict[int, str]:
+    """pid -> kind, for every process of this run (its BEAMLINE_RUN_DIR), and
+    of the production database in ``db_dir``."""
     import psutil
 
     out = {}
+    if db_dir is not None:
+        from beamline import proddb
+
+        for pid, cmdline in proddb._processes_of(db_dir):
+            out[pid] = "database" if "DataBaseds" in cmdline else "MariaDB"  # (no access control)
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if p.environ().get("BEAMLINE_RUN_DIR") != str(run_dir):
+            if p.info["pid"] in out or p.environ().get("BEAMLINE_RUN_DIR") != str(run_dir):
                 continue
         except (psutil.Error, OSError):
             continue
@@ -125,14 +136,38 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def one_size(n: int, tmp: Path, fork: bool) -> dict:
+def one_size(n: int, tmp: Path, fork: bool, db: str = "embedded") -> dict:
     from beamline import generate
 
     config = tmp / f"config{n}"
     spec = generate.Spec.for_servers(n)
     generate.write(spec, PROJECT / "db_config", config, force=True)
-    bench = Bench(tmp / f"run{n}{'' if fork else '-nofork'}", free_port())
-    out: dict = {"servers": n, "fork_server": fork}
+    tag = f"{n}{'' if fork else '-nofork'}{'' if db == 'embedded' else '-' + db}"
+    bench = Bench(tmp / f"run{tag}", free_port())
+    out: dict = {"servers": n, "fork_server": fork, "database": db}
+    db_dir = None
+    if db == "production":
+        # made before the clock starts: a beamline's database outlives its starts
+        db_dir = tmp / f"proddb{tag}"
+        made = json.loads(
+            bench.cli(
+                "db",
+                "up",
+                "--db-dir",
+                str(db_dir),
+                "--port",
+                str(bench.port),
+                "--mysql-port",
+                str(free_port()),
+                "--json",
+            ).stdout
+        )
+        bench.tango_host = made["tango_host"]
+    where = (
+        ["--port", str(bench.port), "--db-bind", "127.0.0.1"]
+        if db_dir is None
+        else ["--tango-host", bench.tango_host]
+    )
     try:
         t0 = time.perf_counter()
         up = json.loads(
@@ -140,10 +175,7 @@ def one_size(n: int, tmp: Path, fork: bool) -> dict:
                 "--config-dir",
                 str(config),
                 "up",
-                "--port",
-                str(bench.port),
-                "--db-bind",
-                "127.0.0.1",
+                *where,
                 "--sim-auto-ports",
                 "--json",
                 *([] if fork else ["--no-fork-server"]),
@@ -154,7 +186,7 @@ def one_size(n: int, tmp: Path, fork: bool) -> dict:
         out["cold_start_s"] = time.perf_counter() - t0
         out["not_answering"] = len(up.get("failures", [])) if up else None
         os.environ["TANGO_HOST"] = bench.tango_host
-        procs = run_processes(bench.run_dir)
+        procs = run_processes(bench.run_dir, db_dir)
         started = cpu_times(procs)  # every process of the run is new: its start cost
         out["start_cpu_s"] = sum(started.values())
         start_by_kind: dict[str, float] = defaultdict(float)
@@ -165,7 +197,7 @@ def one_size(n: int, tmp: Path, fork: bool) -> dict:
             t for pid, t in started.items() if procs[pid].startswith("server:")
         ) / max(1, sum(1 for k in procs.values() if k.startswith("server:")))
         time.sleep(5)  # let the start-up settle before measuring idle
-        procs = run_processes(bench.run_dir)
+        procs = run_processes(bench.run_dir, db_dir)
         before = cpu_times(procs)
         time.sleep(IDLE)
         after = cpu_times(procs)
@@ -239,12 +271,15 @@ def one_size(n: int, tmp: Path, fork: bool) -> dict:
         bench.cli("down", check=False)
         out["down_s"] = time.perf_counter() - t0
         os.environ.pop("TANGO_HOST", None)
+        if db_dir is not None:
+            bench.cli("db", "down", "--db-dir", str(db_dir), check=False)
     return out
 
 
 ROWS = [
     ("servers", "servers", "{:.0f}"),
     ("fork server", "fork_server", "{}"),
+    ("database", "database", "{}"),
     ("cold start (s)", "cold_start_s", "{:.1f}"),
     ("CPU to start, all processes (s)", "start_cpu_s", "{:.0f}"),
     ("CPU to start, per device server (s)", "start_cpu_per_server_s", "{:.2f}"),
@@ -271,13 +306,16 @@ def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for n in SIZES:
             for fork in FORK:
-                print(f"-- N = {n}, fork server: {fork}", flush=True)
-                try:
-                    results.append(one_size(n, Path(tmp), fork))
-                except Exception as exc:  # noqa: BLE001 - a size that fails is reported
-                    print(f"N = {n} failed: {exc}", flush=True)
-                    results.append({"servers": n, "fork_server": fork, "error": str(exc)})
-                print(json.dumps(results[-1], indent=1), flush=True)
+                for db in DBS:
+                    print(f"-- N = {n}, fork server: {fork}, database: {db}", flush=True)
+                    try:
+                        results.append(one_size(n, Path(tmp), fork, db))
+                    except Exception as exc:  # noqa: BLE001 - a size that fails is reported
+                        print(f"N = {n} failed: {exc}", flush=True)
+                        results.append(
+                            {"servers": n, "fork_server": fork, "database": db, "error": str(exc)}
+                        )
+                    print(json.dumps(results[-1], indent=1), flush=True)
     print("| " + " | ".join(["measure", *(str(r["servers"]) for r in results)]) + " |")
     print("| " + " | ".join(["---"] * (len(results) + 1)) + " |")
     for label, key, fmt in ROWS[1:]:

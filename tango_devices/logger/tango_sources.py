@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import tango
 
+from tango_devices.common.dbclient import KeptDatabase
 from tango_devices.common.events import SUPERVISORS
 from tango_devices.logger.logger_logic import LoggerLogic
 from tango_devices.logger.model import ERROR, STATE_NAMES, AttrMeta, attr_key, kind_for
@@ -174,7 +175,7 @@ class DeviceWatch:
         self._polled: dict[str, Any] = {}
         self._configs: dict[str, dict] = {}
         self._properties: dict | None = None
-        self._db: Any = None  # this thread's database client, kept
+        self._db = KeptDatabase()  # this thread's database client
         self._attr_names: set[str] = set()
         self._reconnect = threading.Event()
         self._wake = threading.Event()
@@ -373,19 +374,19 @@ class DeviceWatch:
             self.logic.put(key, result.time.totime(), result.value, quality)
 
     def _poll_properties(self) -> None:
-        try:
-            if self._db is None:
-                self._db = tango.Database()
-            db = self._db
+        def read(db):
             names = list(db.get_device_property_list(self.device, "*"))
             props = db.get_device_property(self.device, names) if names else {}
             attrs = tango.StdStringVector()
             db.get_device_attribute_list(self.device, attrs)
             attr_names = list(attrs)
             aprops = db.get_device_attribute_property(self.device, attr_names) if attr_names else {}
+            return props, aprops
+
+        try:
+            props, aprops = self._db(read)
         except tango.DevFailed as exc:
             log.info("properties of %s: %s", self.device, exc.args[0].desc.strip())
-            self._db = None  # a new client next time (no reconnection throttle)
             return
         snapshot = {
             "properties": {k: list(v) for k, v in sorted(props.items())},

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 import tango
 
+from tango_devices.common.dbclient import KeptDatabase
 from tango_devices.supervisor.model import ServerSpec
 from tango_devices.supervisor.processes import ProcessLauncher
 
@@ -208,7 +209,7 @@ class DatabaseCheck:
         self.timeout_ms = int(timeout * 1000)
         self._checked = -1e9
         self._ok = True
-        self._db = None
+        self._db = KeptDatabase(self.timeout_ms)
 
     def __call__(self) -> bool:
         now = time.monotonic()
@@ -216,13 +217,9 @@ class DatabaseCheck:
             return self._ok
         self._checked = now
         try:
-            if self._db is None:
-                self._db = tango.Database()
-                self._db.set_timeout_millis(self.timeout_ms)
-            self._db.get_info()
+            self._db(lambda db: db.get_info())
             self._ok = True
         except (tango.DevFailed, RuntimeError):
-            self._db = None  # a new client next time (no reconnection throttle)
             self._ok = False
         return self._ok
 
@@ -327,20 +324,14 @@ class DeviceLists:
         self.ttl = ttl
         self._clock = clock
         self._lists: dict[str, tuple[float, list[tuple[str, str]]]] = {}
-        self._db = None
+        self._db = KeptDatabase()
 
     def pairs(self, server: str) -> list[tuple[str, str]]:
         now = self._clock()
         kept = self._lists.get(server.lower())
         if kept is not None and now - kept[0] < self.ttl:
             return kept[1]
-        if self._db is None:
-            self._db = tango.Database()
-        try:
-            classes = list(self._db.get_device_class_list(server))
-        except tango.DevFailed:
-            self._db = None  # a new client next time (no reconnection throttle)
-            raise
+        classes = list(self._db(lambda db: db.get_device_class_list(server)))
         pairs = list(zip(classes[::2], classes[1::2], strict=False))
         if any(c != "DServer" for _d, c in pairs):  # not yet registered: asked again next time
             self._lists[server.lower()] = (now, pairs)
