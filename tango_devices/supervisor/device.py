@@ -91,6 +91,8 @@ class Supervisor(BeamlineDevice):
         self.set_state(DevState.INIT)
         for name in self._published_attributes():
             self.set_change_event(name, True, False)
+        self.set_change_event("DeviceStates", True, False)
+        self._device_states = "{}"
         self._lock = threading.Lock()
         self._snapshot: list[dict] = []
         self._announce: list[str] = []
@@ -159,6 +161,7 @@ class Supervisor(BeamlineDevice):
                     self._summary = summary
                     self.logic.machine.notify()  # outside our lock: commands take it
                     self._publish()
+                    self._publish_device_states()
                     self._write_view()
                 settled = self.logic.records and self.logic.settled()
                 self._watcher.wait(self.SettledStepPeriod if settled else self.StepPeriod)
@@ -234,6 +237,19 @@ class Supervisor(BeamlineDevice):
             while self._announce:
                 self._last_restart = self._announce.pop(0)
                 self.push("LastRestart", self._last_restart)
+
+    def _publish_device_states(self) -> None:
+        """Each supervised device's State as its probes last saw it, pushed
+        when any changes: an overview of 200 devices subscribes to this one
+        attribute instead of to 200 devices."""
+        with self._lock:
+            states = self.logic.device_states()
+        text = json.dumps(states, sort_keys=True)
+        if text == self._device_states:
+            return
+        self._device_states = text
+        with tango.AutoTangoMonitor(self):
+            self.push("DeviceStates", text)
 
     def _write_view(self) -> None:
         """Once a second: what it sees (servers, and each device's last answer
@@ -360,6 +376,15 @@ class Supervisor(BeamlineDevice):
     @attribute(dtype=str, description="One line: servers per state, and what was given up.")
     def Summary(self):
         return self._value_Summary()
+
+    @attribute(
+        dtype=str,
+        description="JSON: each supervised device -> [its State as last answered to the "
+        "supervisor's probes, or '' with why not]. Pushed with change events when any "
+        "changes (an overview subscribes to this instead of to every device).",
+    )
+    def DeviceStates(self):
+        return self._device_states
 
     @attribute(dtype=str, description="Every server as JSON (what `beamline status` shows).")
     def Report(self):

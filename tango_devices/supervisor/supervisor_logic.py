@@ -190,6 +190,21 @@ class SupervisorLogic:
                 return False
         return True
 
+    def device_states(self) -> dict[str, list[str]]:
+        """Each supervised device -> [the State it answered last, ""] while its
+        server runs and it answers, else ["", why not]: an overview's feed."""
+        states: dict[str, list[str]] = {}
+        for rec in self.records.values():
+            for device in rec.spec.devices:
+                if rec.state is not S.RUNNING:
+                    states[device] = ["", f"{rec.name} is {rec.state}"]
+                elif self.prober.silent_since(device) is not None:
+                    states[device] = ["", "not answering"]
+                else:
+                    answered = self.prober.answers_of(device)
+                    states[device] = [answered, ""] if answered else ["", "not asked yet"]
+        return states
+
     def blind(self, text: str) -> None:
         """The servers of the host cannot be read (FAULT, with ``text``)."""
         self.machine.fire(st.BLIND, text, notify=False)

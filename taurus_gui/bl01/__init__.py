@@ -91,6 +91,7 @@ p00_overview = _docked(
         "shutter": SHUTTER if SHUTTER in _found.devices else "",
         "gauge": GAUGE if GAUGE in _found.devices else "",
         "supervisor": SUPERVISOR if SUPERVISOR in _found.devices else "",
+        "feeds": sorted(d for d, c in _found.devices.items() if c == "Supervisor"),
         "queue": QUEUE if QUEUE in _found.devices else "",
         # the queue and supervisor have their own panels; Sardana's devices
         # are driven from its macro executor

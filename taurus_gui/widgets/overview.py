@@ -6,6 +6,7 @@ A click on a device opens (raises) its panel in the TaurusGui.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,9 +24,10 @@ class DeviceTile(Qt.QFrame):
 
     clicked = Qt.pyqtSignal(str)
 
-    def __init__(self, device: str, parent=None):
+    def __init__(self, device: str, parent=None, watch: bool = True):
         super().__init__(parent)
         self.device = device
+        self.watcher: AttrWatcher | None = None
         self.setFrameShape(Qt.QFrame.StyledPanel)
         layout = Qt.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -36,10 +38,81 @@ class DeviceTile(Qt.QFrame):
         self.state = StateLabel()
         layout.addWidget(self.button)
         layout.addWidget(self.state)
-        self.watcher = AttrWatcher(device, ["State"], self)
+        if watch:
+            self.watch()
+
+    def watch(self) -> None:
+        """Follow the device's State itself (a tile no supervisor feeds)."""
+        if self.watcher is not None:
+            return
+        self.watcher = AttrWatcher(self.device, ["State"], self)
         self.watcher.changed.connect(lambda _n, v: self.state.set_state(model.state_name(v)))
         self.watcher.failed.connect(lambda _n, text: self.state.set_state("UNKNOWN", text))
         self.watcher.start()
+
+    def fed(self, state: str, why: str) -> None:
+        """The State a supervisor's probes saw ('' and why when none)."""
+        if state:
+            self.state.set_state(state)
+        else:
+            self.state.set_state("UNKNOWN", f"{why} (as the supervisor sees it)")
+
+
+class StatesFeed(Qt.QObject):
+    """The tiles of large groups fed from the supervisors' ``DeviceStates``
+    (each supervised device's State as its probes saw it, pushed when one
+    changes): one subscription per supervisor instead of one per device,
+    and no device read every few seconds by every open GUI. A tile that no
+    supervisor feeds, once each has answered, follows its device itself."""
+
+    def __init__(self, supervisors: Sequence[str], tiles: dict[str, DeviceTile], parent=None):
+        super().__init__(parent)
+        self.tiles = tiles
+        self.pending = set(supervisors)  # not answered yet
+        self.covered: dict[str, str] = {}  # device -> the supervisor feeding it
+        self.watchers = []
+        for supervisor in supervisors:
+            watcher = AttrWatcher(supervisor, ["DeviceStates"], self)
+            watcher.changed.connect(lambda _n, v, s=supervisor: self._states(s, v))
+            watcher.failed.connect(lambda _n, t, s=supervisor: self._failed(s, t))
+            self.watchers.append(watcher.start())
+        if not supervisors:
+            self._answered("")
+
+    def _states(self, supervisor: str, text: str) -> None:
+        try:
+            states = json.loads(text)
+        except ValueError:
+            states = {}
+        for device, entry in states.items():
+            try:
+                state, why = entry
+            except (TypeError, ValueError):
+                continue
+            tile = self.tiles.get(device)
+            if tile is not None and tile.watcher is None:
+                tile.fed(state, why)
+                self.covered[device] = supervisor
+        self._answered(supervisor)
+
+    def _failed(self, supervisor: str, text: str) -> None:
+        """A supervisor that does not answer: its tiles say so (its standby
+        restarts it within about a second)."""
+        for device, source in self.covered.items():
+            if source == supervisor:
+                self.tiles[device].fed("", f"{supervisor} does not answer: {text}")
+        self._answered(supervisor)
+
+    def _answered(self, supervisor: str) -> None:
+        """Once every supervisor has answered (or failed), the tiles none
+        feeds watch their devices themselves."""
+        if not self.pending:
+            return
+        self.pending.discard(supervisor)
+        if not self.pending:
+            for device, tile in self.tiles.items():
+                if device not in self.covered:
+                    tile.watch()
 
 
 class ValueLine(Qt.QWidget):
@@ -89,6 +162,10 @@ class BeamlineOverview(Qt.QWidget):
         self.shutter = ""
         self.gauge = ""
         self.supervisor = ""
+        # the supervisors whose DeviceStates feed the tiles of large groups
+        # (none: every tile watches its device)
+        self.feeds: Sequence[str] = ()
+        self.feed: StatesFeed | None = None
         self.queue = ""
         self.tiles: dict[str, DeviceTile] = {}
         self.missing: list[str] = []
@@ -128,13 +205,19 @@ class BeamlineOverview(Qt.QWidget):
             beam.addWidget(box)
         beam.addStretch(1)
         self._layout.addLayout(beam)
-        # the large groups (a beamline's 160 motors) below, in rows of tiles
+        # the large groups (a beamline's 160 motors) below, in rows of tiles,
+        # fed by the supervisors
+        fed: dict[str, DeviceTile] = {}
         for section in grids:
             box = self._box(section)
             grid = Qt.QGridLayout(box)
             for i, device in enumerate(section.devices):
-                grid.addWidget(self._tile(device, box), i // GRID_COLUMNS, i % GRID_COLUMNS)
+                tile = self._tile(device, box, watch=not self.feeds)
+                fed[device] = tile
+                grid.addWidget(tile, i // GRID_COLUMNS, i % GRID_COLUMNS)
             self._layout.addWidget(box)
+        if fed and self.feeds:
+            self.feed = StatesFeed(self.feeds, fed, self)
 
         status = Qt.QGroupBox("Interlocks and health")
         lines = Qt.QVBoxLayout(status)
@@ -173,8 +256,8 @@ class BeamlineOverview(Qt.QWidget):
             box.setToolTip(section.note)
         return box
 
-    def _tile(self, device: str, parent: Qt.QWidget) -> DeviceTile:
-        tile = DeviceTile(device, parent)
+    def _tile(self, device: str, parent: Qt.QWidget, watch: bool = True) -> DeviceTile:
+        tile = DeviceTile(device, parent, watch)
         tile.clicked.connect(self.open_panel)
         self.tiles[device] = tile
         return tile

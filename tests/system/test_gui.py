@@ -320,6 +320,45 @@ def test_a_large_group_is_a_grid_whose_tiles_open_forms_on_demand(gui, qtbot, be
     form.close()
 
 
+def test_a_large_group_is_fed_by_the_supervisors_and_the_rest_watch_themselves(
+    gui, qtbot, beamline
+):
+    """The tiles of a large group take their states from the supervisor's
+    DeviceStates (one subscription); a device it does not supervise (itself)
+    watches its device; a killed server's tile says it is restarting."""
+    from taurus_gui.model import Section
+    from taurus_gui.widgets.overview import BeamlineOverview
+
+    devices = tuple(panel(gui, "Overview").tiles)
+    overview = BeamlineOverview()
+    overview.sections = [Section(f"Many ({len(devices)})", devices)]
+    overview.feeds = ["bl01/sys/supervisor"]
+    overview.setModel("overview")
+    qtbot.addWidget(overview)
+    qtbot.waitUntil(
+        lambda: all(t.state.state != "UNKNOWN" for t in overview.tiles.values()),
+        timeout=TIMEOUT * 1000,
+    )
+    fed = {d for d, t in overview.tiles.items() if t.watcher is None}
+    assert "bl01/sys/supervisor" not in fed and overview.tiles["bl01/sys/supervisor"].watcher
+    assert MOTOR in fed and len(fed) == len(devices) - 1, set(devices) - fed
+    assert overview.tiles[MOTOR].state.state == "ON"
+    device, server = "bl01/mot/slit_v", "Motor/slit_v"
+    seen: list[tuple[str, str]] = []
+    tile = overview.tiles[device]
+    overview.feed.watchers[0].changed.connect(
+        lambda *_: seen.append((tile.state.state, tile.state.toolTip()))
+    )
+    report = json.loads(beamline.proxy(SUPERVISOR).Report)
+    pid = next(r["pid"] for r in report["servers"] if r["server"] == server)
+    os.kill(pid, signal.SIGKILL)
+    qtbot.waitUntil(
+        lambda: any("Motor/slit_v is RESTARTING" in tip for _s, tip in seen),
+        timeout=TIMEOUT * 1000,
+    )
+    qtbot.waitUntil(lambda: tile.state.state == "ON", timeout=TIMEOUT * 1000)
+
+
 def test_killed_server_shows_failed_then_recovered(gui, qtbot, beamline):
     sup = panel(gui, "Supervisor")
     overview = gui.getPanel("Overview").widget()

@@ -52,6 +52,9 @@ class World:
     def reconnect(self, devices):
         self.reconnects.append(tuple(devices))
 
+    def answers_of(self, device):
+        return "ON" if device in self.answers else ""
+
     # Launcher
     def launch(self, spec):
         self.next_pid += 1
@@ -522,3 +525,20 @@ def test_settled_only_while_every_server_runs_and_answers(world):
     world.start(GAUGE)  # a process of a server not yet adopted
     sup.step()
     assert sup.record(GAUGE.name).state is S.STARTING and not sup.settled()
+
+
+def test_device_states_feed_an_overview_with_why_a_device_has_none(world):
+    sup = make(world)
+    assert sup.device_states() == {
+        d: ["", f"{spec.name} is NOT_STARTED"] for spec in (MOTOR, GAUGE) for d in spec.devices
+    }
+    running(world, sup, MOTOR)
+    world.no_evidence |= set(MOTOR.devices)  # answering, none silent
+    states = sup.device_states()
+    assert all(states[d] == ["ON", ""] for d in MOTOR.devices)
+    world.no_evidence -= set(MOTOR.devices)  # the fake's answered devices read as silent
+    assert all(sup.device_states()[d] == ["", "not answering"] for d in MOTOR.devices)
+    world.die(MOTOR)
+    world.tick()
+    sup.step()
+    assert all(sup.device_states()[d] == ["", f"{MOTOR.name} is RESTARTING"] for d in MOTOR.devices)
