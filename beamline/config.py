@@ -313,24 +313,41 @@ def _database_name() -> str:
     return os.environ.get("TANGO_HOST") or ""
 
 
-def _read_cache(cache: Path, key: str) -> BeamlineConfig | None:
+#: configurations kept (one per database name and directory: `up` reads its
+#: own before and after it knows its database, `status` without one)
+CACHE_ENTRIES = 4
+
+
+def _read_entries(cache: Path) -> list[tuple[str, BeamlineConfig]]:
     import pickle
 
     try:
-        stored_key, config = pickle.loads(cache.read_bytes())
+        entries = pickle.loads(cache.read_bytes())
     except Exception:  # noqa: BLE001 - missing, damaged or from other code: load it again
-        return None
-    return config if stored_key == key and isinstance(config, BeamlineConfig) else None
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [
+        (k, c)
+        for k, c in (e for e in entries if isinstance(e, tuple) and len(e) == 2)
+        if isinstance(k, str) and isinstance(c, BeamlineConfig)
+    ]
+
+
+def _read_cache(cache: Path, key: str) -> BeamlineConfig | None:
+    return next((c for k, c in _read_entries(cache) if k == key), None)
 
 
 def _write_cache(cache: Path, key: str, config: BeamlineConfig) -> None:
+    """Keep ``config`` under ``key``, newest first, with the last few others."""
     import pickle
 
     if not cache.parent.is_dir():
         return
+    entries = [(key, config), *((k, c) for k, c in _read_entries(cache) if k != key)]
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}")
     try:
-        tmp.write_bytes(pickle.dumps((key, config)))
+        tmp.write_bytes(pickle.dumps(entries[:CACHE_ENTRIES]))
         tmp.replace(cache)
     except Exception:  # noqa: BLE001 - a cache that cannot be written is only slower
         with contextlib.suppress(OSError):

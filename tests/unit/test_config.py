@@ -694,3 +694,29 @@ def test_another_database_is_another_configuration(cfgdir, tmp_path, monkeypatch
     monkeypatch.setenv("TANGO_HOST", "127.0.0.1:20000")
     cfg.load(cfgdir, run)
     assert len(loads) == 2
+
+
+def test_configurations_for_several_databases_are_kept_side_by_side(cfgdir, tmp_path, monkeypatch):
+    """`up` reads its configuration before and after it knows its database,
+    `status` without one: each finds its own (the first `status` after `up`
+    validated everything again, 2.5 s)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    loads = []
+    real = cfg._load
+    monkeypatch.setattr(cfg, "_load", lambda *a: loads.append(a) or real(*a))
+    monkeypatch.delenv("TANGO_HOST", raising=False)
+    cfg.load(cfgdir, run)  # up, before its database
+    monkeypatch.setenv("TANGO_HOST", "127.0.0.1:10000")
+    cfg.load(cfgdir, run)  # up, with it
+    monkeypatch.delenv("TANGO_HOST")
+    cfg.load(cfgdir, run)  # status
+    monkeypatch.setenv("TANGO_HOST", "127.0.0.1:10000")
+    cfg.load(cfgdir, run)
+    assert len(loads) == 2
+    for port in range(20000, 20000 + cfg.CACHE_ENTRIES):  # a few more: the oldest go
+        monkeypatch.setenv("TANGO_HOST", f"127.0.0.1:{port}")
+        cfg.load(cfgdir, run)
+    monkeypatch.delenv("TANGO_HOST")
+    cfg.load(cfgdir, run)
+    assert len(loads) == 3 + cfg.CACHE_ENTRIES
