@@ -367,7 +367,10 @@ class LineClient:
                 return line
             ready, _, _ = select.select([sock], [], [], left)
             if ready:
-                chunk = sock.recv(_CHUNK)
+                try:
+                    chunk = sock.recv(_CHUNK)
+                except (BlockingIOError, InterruptedError):
+                    continue  # readable after all only later (as pyserial retries)
                 if not chunk:  # as pyserial says it (see _peer_closed)
                     raise serial.SerialException("socket disconnected")
                 buf += chunk
