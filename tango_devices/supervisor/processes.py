@@ -68,7 +68,9 @@ class ProcessWatcher:
         # server's: what it is now counts, but is not kept
         final = self._age(pid) >= self.YOUNG
         if server is None:
-            return None, final
+            # a child of the fork server becomes a server at any moment
+            forked = any("beamline-forkserver" in a for a in args[:2])
+            return None, final and not forked
         if self.run_dir:
             try:
                 run_dir = psutil.Process(pid).environ().get(lifecycle.RUN_DIR_ENV)

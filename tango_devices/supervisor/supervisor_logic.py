@@ -28,6 +28,10 @@ from tango_devices.supervisor.model import (
 
 log = logging.getLogger(__name__)
 LAUNCH_GRACE = 0.05  # s after a launch in which its process may not show its command line yet
+#: s after a process started by someone else was first seen in which its
+#: disappearing is not yet a failure: a server started through the fork server
+#: is first a stub that hands over to a forked child and exits
+ADOPT_GRACE = 1.0
 
 S = ServerState
 
@@ -239,6 +243,9 @@ class SupervisorLogic:
             # just started: its process may not show its command line yet
             # (between exec and the kernel setting up its arguments)
             return
+        first_seen = self._since.get(rec.name)
+        if rec.state is S.STARTING and first_seen is not None and now - first_seen < ADOPT_GRACE:
+            return  # adopted a moment ago: its stub may just have handed over
         if rec.state is S.BACKOFF:
             if now >= (rec.next_restart_at or now):
                 self._launch(rec, now, wall)

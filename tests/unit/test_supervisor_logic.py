@@ -542,3 +542,31 @@ def test_device_states_feed_an_overview_with_why_a_device_has_none(world):
     world.tick()
     sup.step()
     assert all(sup.device_states()[d] == ["", f"{MOTOR.name} is RESTARTING"] for d in MOTOR.devices)
+
+
+def test_a_process_adopted_a_moment_ago_may_hand_over_to_another(world):
+    """A server started through the fork server is a stub first, which hands
+    over to a forked child and exits: that is no failure; a process that stays
+    gone past the grace is one."""
+    from tango_devices.supervisor.supervisor_logic import ADOPT_GRACE
+
+    sup = make(world)
+    sup.step()
+    world.start(MOTOR)  # the stub, started by `beamline up`
+    sup.step()
+    rec = sup.record(MOTOR.name)
+    assert rec.state is S.STARTING
+    world.die(MOTOR)  # the stub hands over and exits ...
+    world.tick(0.01)
+    sup.step()
+    assert rec.state is S.STARTING and world.launched == []
+    world.start(MOTOR)  # ... the child shows the same command line
+    world.tick(0.01)
+    sup.step()
+    assert rec.state is S.STARTING and rec.pid == world.pids[MOTOR.name]
+    assert world.launched == []
+    world.die(MOTOR)  # a real crash at start: seen once the grace is over
+    for _ in range(int(ADOPT_GRACE / 0.1) + 2):
+        world.tick()
+        sup.step()
+    assert world.launched == [MOTOR.name]
