@@ -332,23 +332,28 @@ class BeamlineDevice(Device):
     def publish_changes(self) -> None:
         """Push a change event for each of :attr:`EVENTED` whose value changed
         since it was last pushed (any thread; values not known yet are left
-        for later). Runs after every observation and every write."""
+        for later). Runs after every observation and every write; the device
+        monitor is taken only when something changed."""
         names = type(self).EVENTED
         if not names or self.logic is None:
             return
         klass = type(self)
+        changed = []
+        for name in names:
+            try:
+                value = inspect.getattr_static(klass, name).fget(self)
+            except Exception:  # noqa: BLE001 - not known yet; a reader sees why
+                continue
+            quality = AttrQuality.ATTR_VALID
+            if isinstance(value, tuple) and len(value) == 3:  # (value, time, quality)
+                value, _, quality = value
+            seen = (_comparable(value), quality)
+            if self._evented_seen.get(name) != seen:
+                changed.append((name, value, quality, seen))
+        if not changed:
+            return
         with tango.AutoTangoMonitor(self):
-            for name in names:
-                try:
-                    value = inspect.getattr_static(klass, name).fget(self)
-                except Exception:  # noqa: BLE001 - not known yet; a reader sees why
-                    continue
-                quality = AttrQuality.ATTR_VALID
-                if isinstance(value, tuple) and len(value) == 3:  # (value, time, quality)
-                    value, _, quality = value
-                seen = (_comparable(value), quality)
-                if self._evented_seen.get(name) == seen:
-                    continue
+            for name, value, quality, seen in changed:
                 self._evented_seen[name] = seen
                 self.push_at(name, value, time.time(), quality)
 
