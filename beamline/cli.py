@@ -191,6 +191,13 @@ def main(ctx: click.Context, run_dir: str | None, config_dir: str | None) -> Non
     help="Seconds to wait for the devices of one level.",
 )
 @click.option(
+    "--busy-timeout",
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for a level whose servers still use CPU at --timeout "
+    "(still starting on a busy machine).",
+)
+@click.option(
     "--host",
     "host_name",
     metavar="NAME",
@@ -220,6 +227,7 @@ def up(
     no_sim,
     sim_auto_ports,
     timeout,
+    busy_timeout,
     host_name,
     no_config,
     no_fork_server,
@@ -238,6 +246,7 @@ def up(
         simulate=not no_sim,
         sim_auto_ports=sim_auto_ports,
         level_timeout=timeout,
+        level_timeout_busy=busy_timeout,
         host=host_name,
         apply_config=not no_config,
         fork_server=not no_fork_server,
@@ -323,11 +332,17 @@ def down(ctx: RunContext, as_json: bool) -> None:
     help="Exit 1 unless the database, this host's Starter and every device of this "
     "host's servers answer (health checks).",
 )
+@click.option(
+    "--elements",
+    is_flag=True,
+    help="Ask each Sardana element (motor, channel, ...) its State too; by default "
+    "Sardana's Pool, MacroServer and Door are asked and its elements counted.",
+)
 @click.pass_obj
-def status(ctx: RunContext, as_json: bool, check: bool) -> None:
+def status(ctx: RunContext, as_json: bool, check: bool, elements: bool) -> None:
     """Per server: Starter state, pid and device states."""
     try:
-        data = orch.status(ctx)
+        data = orch.status(ctx, elements=elements)
     except cfg.ConfigError as exc:
         fail(str(exc), 2)
     problems = orch.health_problems(data) if check else []
@@ -410,6 +425,13 @@ def status(ctx: RunContext, as_json: bool, check: bool) -> None:
                 _state(d["state"]) if d["device"] else "",
                 cause if first else "",
             )
+        if s.get("elements"):
+            table.add_row(
+                *[""] * 6,
+                f"+ {len(s['elements'])} Sardana elements",
+                "not asked (--elements)",
+                "",
+            )
     console.print(table)
     if db_down:
         console.print(
@@ -475,7 +497,7 @@ def start(ctx: RunContext, name: str, timeout: float) -> None:
             fail(str(exc))
     if running:
         console.print(f"{server} is already running")
-    checks = orch._wait_devices(th, config.devices_of(server), timeout, lambda n: None)
+    checks = orch._wait_devices(th, [config.devices_of(server)], timeout, lambda n: None)
     bad = [c for c in checks if c.state is None]
     for c in checks:
         console.print(f"{c.device}: {_state(c.state)} {c.error}")

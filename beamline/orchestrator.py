@@ -28,6 +28,7 @@ from beamline.runtime import RunContext, venv_bin
 from beamline.starter import Starter, StarterError
 from tango_devices.common import forkserver
 from tango_devices.relay import ports as event_ports
+from tango_devices.supervisor.model import probed_devices
 
 USER_MACROS = "user_macros"  # in the run directory: where users' own macros are written
 
@@ -45,6 +46,8 @@ class UpOptions:
     simulate: bool = True
     sim_auto_ports: bool = False
     level_timeout: float = 60.0
+    # a level's servers still using CPU at level_timeout are waited for this long
+    level_timeout_busy: float = 180.0
     host: str | None = None  # act as this host (default: this machine's short name)
     apply_config: bool = True  # False: another host or a loader writes db_config
     fork_server: bool = True  # servers forked from a pre-imported process (cheap)
@@ -524,10 +527,13 @@ def _servers(
                 report.warn(f"could not start {s.name}: {exc}")
         checks = _wait_devices(
             tango_host,
-            devices,
+            [config.devices_of(s.name) for s in servers],
             opts.level_timeout,
             functools.partial(report.level_progress, level, total=len(devices)),
             dead=_dead_servers_check(ctx, config, [s.name for s in servers]),
+            busy=_busy_servers_check(ctx, config, [s.name for s in servers]),
+            busy_timeout=max(opts.level_timeout, opts.level_timeout_busy),
+            warn=lambda text, level=level: report.warn(f"level {level}: {text}"),
         )
         report.level_done(level, checks, time.monotonic() - t0)
         failures += [c for c in checks if c.state is None]
@@ -569,25 +575,94 @@ def _dead_servers_check(
     return dead
 
 
+BUSY_WINDOW = 5.0  # s: a server that used CPU this recently is still starting
+ALL_DEVICES_EVERY = 20  # rounds: a server not answering yet is asked through every device
+
+
+def _busy_servers_check(
+    ctx: RunContext, config: cfg.BeamlineConfig, servers: list[str]
+) -> Callable[[list[str]], list[str]]:
+    """For devices still not answering: the servers of those that used CPU
+    within BUSY_WINDOW seconds (still starting on a busy machine, not stuck),
+    as the supervisor judges a starting server."""
+    grew: dict[str, float] = {}  # server (lower case) -> when its CPU last grew
+    seen: dict[int, float] = {}  # pid -> its CPU seconds at the last look
+
+    def busy(pending: list[str]) -> list[str]:
+        now = time.monotonic()
+        names = sorted({_server_of(config, d) for d in pending})
+        for name, pids in procs.server_pids(ctx.run_dir, names).items():
+            for pid in pids:
+                cpu = procs.cpu_seconds(pid)
+                if cpu is not None and cpu > seen.get(pid, 0.0):
+                    seen[pid] = cpu
+                    grew[name] = now
+        return [n for n in names if now - grew.get(n.lower(), -BUSY_WINDOW) < BUSY_WINDOW]
+
+    return busy
+
+
 def _wait_devices(
     tango_host: str,
-    devices: list[str],
+    groups: list[list[str]],
     timeout: float,
     progress: Callable[[int], None],
     dead: Callable[[list[str]], dict[str, str]] | None = None,
+    busy: Callable[[list[str]], list[str]] | None = None,
+    busy_timeout: float = 0.0,
+    warn: Callable[[str], None] = lambda text: None,
 ) -> list[DeviceCheck]:
     """Poll until every device answers, the deadline passes, or the servers of
-    all devices still pending have no process left."""
-    deadline = time.monotonic() + timeout
-    checks: dict[str, DeviceCheck] = {}
-    pending = list(devices)
+    all devices still pending have no process left. ``groups``: the devices
+    of each server. Past ``timeout``, servers still using CPU (``busy``) are
+    waited for until ``busy_timeout``: a busy machine makes starting slow.
+
+    A server that has not answered yet is asked through its first device
+    only: its devices become reachable together, and asking each of a Sardana
+    server's hundreds of elements through a new client every round would load
+    the database that server is reading its own configuration from."""
+    t0 = time.monotonic()
+    devices = [d for g in groups for d in g]
+    checks: dict[str, DeviceCheck] = {d: DeviceCheck(d, None, "not asked yet") for d in devices}
+    extended = False
+    rounds = 0
+
+    def answered(device: str) -> bool:
+        return checks[device].state is not None
+
     while True:
-        for c in check_devices(tango_host, pending):
+        rounds += 1
+        ask_all = rounds % ALL_DEVICES_EVERY == 1  # now and then every device, not the first
+        unreached = [g for g in groups if not any(answered(d) for d in g)]
+        reached = [g for g in groups if any(answered(d) for d in g)]
+        asked = [d for g in unreached for d in (g if ask_all else g[:1])]
+        asked += [d for g in reached for d in g if not answered(d)]
+        for c in check_devices(tango_host, asked):
             checks[c.device] = c
+        # a server reached just now: its other devices at once; one that is not:
+        # its other devices share its first one's error
+        rest = [d for g in unreached if answered(g[0]) for d in g[1:] if d not in asked]
+        for c in check_devices(tango_host, rest):
+            checks[c.device] = c
+        for g in unreached:
+            if not answered(g[0]) and not ask_all:
+                for d in g[1:]:
+                    checks[d] = DeviceCheck(d, None, checks[g[0]].error)
         pending = [d for d in devices if checks[d].state is None]
         progress(len(devices) - len(pending))
-        if not pending or time.monotonic() >= deadline:
+        if not pending:
             return [checks[d] for d in devices]
+        now = time.monotonic() - t0
+        if now >= timeout:
+            still = busy(pending) if busy and now < busy_timeout else []
+            if not still:
+                return [checks[d] for d in devices]
+            if not extended:
+                extended = True
+                warn(
+                    f"{', '.join(still)} still starting after {timeout:.0f} s (using CPU: "
+                    f"a busy machine); waiting up to {busy_timeout:.0f} s"
+                )
         gone = dead(pending) if dead else {}
         if gone and len(gone) == len(pending):
             for dev, why in gone.items():
@@ -871,7 +946,23 @@ def supervisor_report(tango_host: str, devices: list[str] | None = None) -> dict
 
 
 # ------------------------------------------------------------------ status
-def status(ctx: RunContext) -> dict[str, Any]:
+def split_elements(
+    config: cfg.BeamlineConfig, server: str, elements: bool = False
+) -> tuple[list[str], list[str]]:
+    """A server's devices `status` asks, and its Sardana elements it does not
+    (unless ``elements``): an element answers State by asking its controller,
+    i.e. the hardware devices, which `status` asks themselves; at 200 servers
+    Sardana has hundreds, each a new client. The supervisor probes the same
+    devices (Sardana's Pool, MacroServer and Door)."""
+    devices = config.devices_of(server)
+    if elements:
+        return devices, []
+    asked = list(probed_devices([(d, config.devices[d.lower()].device_class) for d in devices]))
+    return asked, [d for d in devices if d not in asked]
+
+
+def status(ctx: RunContext, elements: bool = False) -> dict[str, Any]:
+    """What runs and what answers. ``elements``: ask each Sardana element too."""
     state = ctx.load_state()
     tango_host = state.get("tango_host") or os.environ.get("TANGO_HOST")
     out: dict[str, Any] = {"run_dir": str(ctx.run_dir), "tango_host": tango_host, "servers": []}
@@ -920,7 +1011,8 @@ def status(ctx: RunContext) -> dict[str, Any]:
     out["supervisor"] = {k: v for k, v in supervision.items() if k != "servers"}
     names = sorted(config.servers.values(), key=lambda s: (s.level, s.name))
     pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
-    all_devices = [d for s in names for d in config.devices_of(s.name)]
+    split = {s.name: split_elements(config, s.name, elements) for s in names}
+    all_devices = [d for s in names for d in split[s.name][0]]
     if out["database"]["answers"]:
         # what the supervisors' probes heard lately counts as an answer now
         # (asking 200 devices again, each through a new client and the
@@ -956,7 +1048,7 @@ def status(ctx: RunContext) -> dict[str, Any]:
     for s in names:
         view = views.get(s.resolved_host(host), {}).get(s.name.lower())
         devs = []
-        for d in config.devices_of(s.name):
+        for d in split[s.name][0]:
             c = checks.get(d) or checks.get(d.lower())
             devs.append(
                 {
@@ -975,6 +1067,7 @@ def status(ctx: RunContext) -> dict[str, Any]:
                 "pids": pids.get(s.name.lower(), []),
                 "supervision": supervision.get("servers", {}).get(s.name.lower()),
                 "devices": devs,
+                "elements": split[s.name][1],  # Sardana elements, not asked
                 "log": str(ctx.server_log(s.name)),
             }
         )

@@ -118,6 +118,15 @@ def server_pids(run_dir: Path | None, servers: Iterable[str]) -> dict[str, list[
     return out
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far; None if it is gone."""
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return t.user + t.system
+
+
 def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
     """Wait until every pid has exited; return those still alive at the deadline."""
     pending = [p for p in pids if alive(p)]

@@ -19,6 +19,7 @@ from tango import DevState
 from tango.server import attribute, command, device_property
 
 from tango_devices.common import lifecycle
+from tango_devices.common.dbclient import LatestWrites
 from tango_devices.common.device_base import BeamlineDevice, run_server, table_checks
 from tango_devices.common.statemachine import State
 from tango_devices.supervisor.model import Policy
@@ -93,6 +94,7 @@ class Supervisor(BeamlineDevice):
             self.set_change_event(name, True, False)
         self.set_change_event("DeviceStates", True, False)
         self._device_states = "{}"
+        self._device_states_seen: dict[str, list[str]] | None = None
         self._lock = threading.Lock()
         self._snapshot: list[dict] = []
         self._announce: list[str] = []
@@ -128,8 +130,12 @@ class Supervisor(BeamlineDevice):
         self.init_state_events(self.logic.machine)
         self.logic.on_change(lambda rec: self._mark_dirty())
         self.logic.on_restart(self._on_restart)
-        self.logic.on_expected_change(self._persist_expected)
         self._expected = self._load_expected()
+        # stored from its own thread: the loop calls this under its lock, and a
+        # slow or stopped database must not stall healing (a write to a
+        # stopped database can block for over a minute)
+        self._expected_store = LatestWrites(self._store_expected, name="expected-servers")
+        self.logic.on_expected_change(self._persist_expected)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
@@ -138,6 +144,8 @@ class Supervisor(BeamlineDevice):
         lifecycle.mark_clean_exit(self._own)
         self._stop.set()
         self._thread.join(2.0)
+        self._expected_store.flush(2.0)  # what it last decided, if the database takes it
+        self._expected_store.close()
         self._prober.close()
         self._watcher.close()
 
@@ -161,8 +169,9 @@ class Supervisor(BeamlineDevice):
                     self._summary = summary
                     self.logic.machine.notify()  # outside our lock: commands take it
                     self._publish()
-                    self._publish_device_states()
-                    self._write_view()
+                    answers = self._prober.answers()  # once a step, for both
+                    self._publish_device_states(answers)
+                    self._write_view(answers)
                 settled = self.logic.records and self.logic.settled()
                 self._watcher.wait(self.SettledStepPeriod if settled else self.StepPeriod)
 
@@ -219,11 +228,11 @@ class Supervisor(BeamlineDevice):
 
     def _persist_expected(self, expected: set[str]) -> None:
         self._expected = sorted(expected)
-        try:
-            db = tango.Util.instance().get_database()
-            db.put_device_property(self.get_name(), {"_Expected": self._expected})
-        except (tango.DevFailed, RuntimeError) as exc:
-            log.warning("could not save the expected servers: %s", exc)
+        self._expected_store.put(self._expected)
+
+    def _store_expected(self, expected: list[str]) -> None:
+        db = tango.Util.instance().get_database()
+        db.put_device_property(self.get_name(), {"_Expected": expected})
 
     def _publish(self) -> None:
         if not self._dirty and not self._announce:
@@ -238,20 +247,21 @@ class Supervisor(BeamlineDevice):
                 self._last_restart = self._announce.pop(0)
                 self.push("LastRestart", self._last_restart)
 
-    def _publish_device_states(self) -> None:
+    def _publish_device_states(self, answers: dict[str, tuple[str, float | None]]) -> None:
         """Each supervised device's State as its probes last saw it, pushed
         when any changes: an overview of 200 devices subscribes to this one
         attribute instead of to 200 devices."""
+        answered = {device.lower(): state for device, (state, _) in answers.items()}
         with self._lock:
-            states = self.logic.device_states()
-        text = json.dumps(states, sort_keys=True)
-        if text == self._device_states:
-            return
-        self._device_states = text
+            states = self.logic.device_states(answered)
+        if states == self._device_states_seen:
+            return  # compared as data: serialised only when it changed
+        self._device_states_seen = states
+        self._device_states = json.dumps(states, sort_keys=True)
         with tango.AutoTangoMonitor(self):
-            self.push("DeviceStates", text)
+            self.push("DeviceStates", self._device_states)
 
-    def _write_view(self) -> None:
+    def _write_view(self, answers: dict[str, tuple[str, float | None]]) -> None:
         """Once a second: what it sees (servers, and each device's last answer
         to its probes) into the run directory, where `beamline status` reads
         it when the database is down and no client can find a device."""
@@ -265,7 +275,7 @@ class Supervisor(BeamlineDevice):
         wall = time.time()
         devices = {
             device: {"state": state, "age": None if t is None else round(now - t, 2)}
-            for device, (state, t) in self._prober.answers().items()
+            for device, (state, t) in answers.items()
         }
         view = {
             "supervisor": self.get_name(),

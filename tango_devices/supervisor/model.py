@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -162,3 +163,17 @@ def cause_from_log(tail: str, exit_code: int | None = None) -> str:
     if exit_code is not None:
         return f"exited with code {exit_code}" + (f": {lines[-1]}" if lines else "")
     return "process vanished without a message (SIGKILL, the OOM killer, or a crash outside Python)"
+
+
+# Sardana element devices (Motor, CTExpChannel, ...) answer State by asking
+# their controller, i.e. the hardware devices: probing them would load the
+# hardware and report Sardana hung whenever a hardware server hangs. Sardana's
+# health is that of its core devices.
+SARDANA_CORE_CLASSES = ("Pool", "MacroServer", "Door")
+
+
+def probed_devices(pairs: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The devices to probe of one server, from (device, class) pairs."""
+    pairs = [(d, c) for d, c in pairs if c != "DServer"]
+    core = [d for d, c in pairs if c in SARDANA_CORE_CLASSES]
+    return tuple(core) if core else tuple(d for d, _ in pairs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from tango_devices.common.statemachine import StateMachine
@@ -194,9 +194,11 @@ class SupervisorLogic:
                 return False
         return True
 
-    def device_states(self) -> dict[str, list[str]]:
+    def device_states(self, answered: Mapping[str, str]) -> dict[str, list[str]]:
         """Each supervised device -> [the State it answered last, ""] while its
-        server runs and it answers, else ["", why not]: an overview's feed."""
+        server runs and it answers, else ["", why not]: an overview's feed.
+        ``answered``: device (lower case) -> the State it answered last, as the
+        prober reports them all at once."""
         states: dict[str, list[str]] = {}
         for rec in self.records.values():
             for device in rec.spec.devices:
@@ -205,8 +207,8 @@ class SupervisorLogic:
                 elif self.prober.silent_since(device) is not None:
                     states[device] = ["", "not answering"]
                 else:
-                    answered = self.prober.answers_of(device)
-                    states[device] = [answered, ""] if answered else ["", "not asked yet"]
+                    last = answered.get(device.lower(), "")
+                    states[device] = [last, ""] if last else ["", "not asked yet"]
         return states
 
     def blind(self, text: str) -> None:

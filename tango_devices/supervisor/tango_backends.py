@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import tango
 
 from tango_devices.common.dbclient import KeptDatabase
-from tango_devices.supervisor.model import ServerSpec
+from tango_devices.supervisor.model import ServerSpec, probed_devices
 from tango_devices.supervisor.processes import ProcessLauncher
 
 log = logging.getLogger(__name__)
@@ -193,11 +193,6 @@ class TangoProber:
         probe = self._probes.get(device.lower())
         return probe.silent_since if probe else None
 
-    def answers_of(self, device: str) -> str:
-        """The State ``device`` answered last ('' if none yet)."""
-        probe = self._probes.get(device.lower())
-        return probe.last_state if probe else ""
-
     def answers(self) -> dict[str, tuple[str, float | None]]:
         """Every probed device: (the State it answered last, when: monotonic)."""
         return {p.device: (p.last_state, p.last_answer) for p in self._probes.values()}
@@ -309,20 +304,6 @@ class StarterLauncher(ProcessLauncher):
     def stop(self, spec: ServerSpec, pid: int) -> None:
         if not self.starter.command("DevStop", spec.name):
             super().stop(spec, pid)
-
-
-# Sardana element devices (Motor, CTExpChannel, ...) answer State by asking
-# their controller, i.e. the hardware devices: probing them would load the
-# hardware and report Sardana hung whenever a hardware server hangs. Sardana's
-# health is that of its core devices.
-SARDANA_CORE_CLASSES = ("Pool", "MacroServer", "Door")
-
-
-def probed_devices(pairs: Iterable[tuple[str, str]]) -> tuple[str, ...]:
-    """The devices to probe of one server, from (device, class) pairs."""
-    pairs = [(d, c) for d, c in pairs if c != "DServer"]
-    core = [d for d, c in pairs if c in SARDANA_CORE_CLASSES]
-    return tuple(core) if core else tuple(d for d, _ in pairs)
 
 
 class DeviceLists:

@@ -13,6 +13,7 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.system
 
 CONFIG = cfg.load()
+SARDANA_CORE = ("Pool", "MacroServer", "Door")
 SERVERS = sorted(s.name for s in CONFIG.servers.values())
 
 
@@ -40,6 +41,31 @@ def test_status_shows_every_server_with_pid_and_starter_state(beamline):
 
     found = {p.server: p.pid for p in procs.find_processes(beamline.run_dir, SERVERS)}
     assert found == {n: servers[n]["pids"][0] for n in SERVERS}
+
+
+def test_status_counts_sardana_elements_and_asks_them_on_request(beamline):
+    """Sardana's elements answer State through the hardware devices, which
+    `status` asks itself: counted, not asked, unless --elements."""
+
+    def sardana(*args):
+        data = json.loads(beamline.cli("status", "--json", *args).stdout)
+        return next(s for s in data["servers"] if s["server"] == "Sardana/bl01")
+
+    every = CONFIG.devices_of("Sardana/bl01")
+    core = {d for d in every if CONFIG.devices[d.lower()].device_class in SARDANA_CORE}
+
+    def answering():
+        s = sardana()
+        return s if all(d["state"] for d in s["devices"]) else None
+
+    short = wait_until(answering, 15, "Sardana's core devices to answer")
+    assert {d["device"] for d in short["devices"]} == core
+    assert sorted(short["elements"]) == sorted(set(every) - core) and short["elements"]
+    full = sardana("--elements")
+    assert sorted(d["device"] for d in full["devices"]) == sorted(every)
+    assert full["elements"] == []
+    assert all(d["state"] for d in full["devices"]), [d for d in full["devices"] if not d["state"]]
+    assert f"+ {len(short['elements'])} Sardana elements" in beamline.cli("status").stdout
 
 
 def test_human_status_and_config_check(beamline):

@@ -720,3 +720,97 @@ def test_configurations_for_several_databases_are_kept_side_by_side(cfgdir, tmp_
     monkeypatch.delenv("TANGO_HOST")
     cfg.load(cfgdir, run)
     assert len(loads) == 3 + cfg.CACHE_ENTRIES
+
+
+def fake_checks(monkeypatch, answering: set[str]) -> list[list[str]]:
+    """check_devices replaced: the devices in ``answering`` answer ON; every
+    call's devices are recorded (one list per call)."""
+    from beamline import orchestrator as orch
+
+    calls: list[list[str]] = []
+
+    def check(tango_host, devices, timeout=1.0):
+        calls.append(list(devices))
+        return [
+            orch.DeviceCheck(d, "ON" if d in answering else None, "" if d in answering else "no")
+            for d in devices
+        ]
+
+    monkeypatch.setattr(orch, "check_devices", check)
+    monkeypatch.setattr(orch.time, "sleep", lambda s: None)
+    return calls
+
+
+def test_up_asks_a_server_that_does_not_answer_yet_through_its_first_device(monkeypatch):
+    """A Sardana server's hundreds of elements are not each asked through a new
+    client every round while it starts; once its first device answers, the
+    others are asked in the same round."""
+    from beamline import orchestrator as orch
+
+    sardana = ["bl01/sardana/pool"] + [f"motor/ctrl/{i}" for i in range(1, 50)]
+    answering = {"bl01/mot/x"}
+    calls = fake_checks(monkeypatch, answering)
+    rounds = iter(range(100))
+
+    def progress(n):
+        if next(rounds) == 2:  # the server has started
+            answering.update(sardana)
+
+    checks = orch._wait_devices("h:1", [sardana, ["bl01/mot/x"]], 60.0, progress)
+    assert all(c.state == "ON" for c in checks) and len(checks) == 51
+    calls = [c for c in calls if c]
+    assert calls[0] == sardana + ["bl01/mot/x"], "the first round asks every device"
+    assert calls[1:4] == [["bl01/sardana/pool"]] * 3, "then only its first, while it starts"
+    assert calls[4:] == [sardana[1:]], "its first answers: the others in the same round"
+
+
+def test_up_waits_longer_for_servers_still_starting_on_a_busy_machine(monkeypatch, clock):
+    from beamline import orchestrator as orch
+
+    monkeypatch.setattr(orch.time, "monotonic", clock)
+    fake_checks(monkeypatch, set())
+    monkeypatch.setattr(orch.time, "sleep", clock.advance)
+    warnings: list[str] = []
+
+    def wait(busy):
+        t0 = clock()
+        checks = orch._wait_devices(
+            "h:1",
+            [["bl01/sardana/pool"]],
+            60.0,
+            lambda n: None,
+            busy=lambda pending: ["Sardana/bl01"] if busy else [],
+            busy_timeout=180.0,
+            warn=warnings.append,
+        )
+        assert [c.state for c in checks] == [None]
+        return clock() - t0
+
+    assert 60.0 <= wait(busy=False) < 61.0 and not warnings  # idle: not starting, stuck
+    assert 180.0 <= wait(busy=True) < 181.0
+    assert warnings == [
+        "Sardana/bl01 still starting after 60 s (using CPU: a busy machine); waiting up to 180 s"
+    ]
+
+
+def test_a_busy_server_is_one_whose_cpu_time_grew_lately(cfgdir, tmp_path, monkeypatch, clock):
+    from beamline import orchestrator as orch
+    from beamline.runtime import RunContext
+
+    config = cfg.load(cfgdir)
+    cpu = {10: 1.0}
+    monkeypatch.setattr(orch.time, "monotonic", clock)
+    monkeypatch.setattr(orch.procs, "server_pids", lambda run_dir, names: {"valve/valve1": [10]})
+    monkeypatch.setattr(orch.procs, "cpu_seconds", lambda pid: cpu.get(pid))
+    busy = orch._busy_servers_check(
+        RunContext.create(tmp_path / "run", cfgdir), config, ["Valve/valve1"]
+    )
+    pending = ["bl01/vac/valve1"]
+    assert busy(pending) == ["Valve/valve1"]  # it has used CPU
+    clock.advance(orch.BUSY_WINDOW + 0.1)
+    assert busy(pending) == [], "no CPU used for BUSY_WINDOW: not starting any more"
+    cpu[10] = 1.5
+    assert busy(pending) == ["Valve/valve1"]
+    cpu.clear()  # gone
+    clock.advance(orch.BUSY_WINDOW + 0.1)
+    assert busy(pending) == []

@@ -38,3 +38,33 @@ def test_one_client_kept_and_a_new_one_after_a_failure(monkeypatch):
     FakeDatabase.fail = False
     assert kept(lambda db: db.get_info()) == "ok"
     assert FakeDatabase.made == 2  # the failed client was dropped
+
+
+def test_latest_writes_never_block_the_caller_and_store_the_last_value():
+    """A write that blocks (a stopped database) does not block put(); values
+    put meanwhile replace each other; a failed write is tried again."""
+    import threading
+
+    release, writing = threading.Event(), threading.Event()
+    stored: list = []
+    failures = [1]  # the first write after the blocked one fails once
+
+    def write(value):
+        if value == "first":
+            writing.set()
+            assert release.wait(10)
+        elif failures:
+            failures.pop()
+            raise RuntimeError("database down")
+        stored.append(value)
+
+    writes = dbclient.LatestWrites(write, retry=0.01)
+    writes.put("first")  # blocks in the writer thread
+    assert writing.wait(10)
+    for value in ("a", "b", "c"):
+        writes.put(value)  # returns at once
+    assert not writes.flush(0.05), "still writing"
+    release.set()
+    assert writes.flush(10)
+    assert stored == ["first", "c"], "the values put meanwhile replaced each other"
+    writes.close()

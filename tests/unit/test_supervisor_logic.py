@@ -52,9 +52,6 @@ class World:
     def reconnect(self, devices):
         self.reconnects.append(tuple(devices))
 
-    def answers_of(self, device):
-        return "ON" if device in self.answers else ""
-
     # Launcher
     def launch(self, spec):
         self.next_pid += 1
@@ -529,19 +526,23 @@ def test_settled_only_while_every_server_runs_and_answers(world):
 
 def test_device_states_feed_an_overview_with_why_a_device_has_none(world):
     sup = make(world)
-    assert sup.device_states() == {
+
+    def states():
+        return sup.device_states({d.lower(): "ON" for d in world.answers})
+
+    assert states() == {
         d: ["", f"{spec.name} is NOT_STARTED"] for spec in (MOTOR, GAUGE) for d in spec.devices
     }
     running(world, sup, MOTOR)
     world.no_evidence |= set(MOTOR.devices)  # answering, none silent
-    states = sup.device_states()
-    assert all(states[d] == ["ON", ""] for d in MOTOR.devices)
+    assert all(states()[d] == ["ON", ""] for d in MOTOR.devices)
+    assert sup.device_states({})[MOTOR.devices[0]] == ["", "not asked yet"]
     world.no_evidence -= set(MOTOR.devices)  # the fake's answered devices read as silent
-    assert all(sup.device_states()[d] == ["", "not answering"] for d in MOTOR.devices)
+    assert all(states()[d] == ["", "not answering"] for d in MOTOR.devices)
     world.die(MOTOR)
     world.tick()
     sup.step()
-    assert all(sup.device_states()[d] == ["", f"{MOTOR.name} is RESTARTING"] for d in MOTOR.devices)
+    assert all(states()[d] == ["", f"{MOTOR.name} is RESTARTING"] for d in MOTOR.devices)
 
 
 def test_a_process_adopted_a_moment_ago_may_hand_over_to_another(world):
