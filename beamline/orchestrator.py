@@ -576,6 +576,7 @@ def _dead_servers_check(
 
 
 BUSY_WINDOW = 5.0  # s: a server that used CPU this recently is still starting
+SLOW_LEVEL = 10.0  # s: a level still waited for after this is asked every 0.25 s
 ALL_DEVICES_EVERY = 20  # rounds: a server not answering yet is asked through every device
 
 
@@ -668,7 +669,9 @@ def _wait_devices(
             for dev, why in gone.items():
                 checks[dev] = DeviceCheck(dev, None, why)
             return [checks[d] for d in devices]
-        time.sleep(0.1)
+        # every 0.1 s at first; a level that takes long (a large beamline) is
+        # asked less often: each round is a new client per pending device
+        time.sleep(0.1 if now < SLOW_LEVEL else 0.25)
 
 
 def _ensure_simulator(
