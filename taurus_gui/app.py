@@ -44,7 +44,22 @@ def make_gui(settings: Path | None = None, confname: Path = CONF_DIR, interactiv
         from taurus.core.util.log import LogExceptHook
 
         sys.excepthook = LogExceptHook()
-    gui = TaurusGui(None, confname=str(confname), settingsname=str(settings) if settings else None)
+
+    class BeamlineGui(TaurusGui):
+        def showEvent(self, event):
+            """Taurus' own closes the splash with QSplashScreen.finish(self),
+            which waits until this window is exposed, for at most a second;
+            Qt sends the show event before it shows the window, so that wait
+            was the whole second on every start (measured). The splash is
+            closed at once instead."""
+            splash = self.splashScreen()
+            if splash is not None and not event.spontaneous():
+                splash.close()
+            Qt.QMainWindow.showEvent(self, event)
+
+    gui = BeamlineGui(
+        None, confname=str(confname), settingsname=str(settings) if settings else None
+    )
     # the layout is kept on close without asking; a non-interactive GUI keeps nothing
     gui.SAVE_SETTINGS_ON_CLOSE = interactive
     gui.setFocusToPanel(FIRST_PANEL)
