@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import socket
 import time
@@ -583,22 +584,28 @@ ALL_DEVICES_EVERY = 20  # rounds: a server not answering yet is asked through ev
 def _busy_servers_check(
     ctx: RunContext, config: cfg.BeamlineConfig, servers: list[str]
 ) -> Callable[[list[str]], list[str]]:
-    """For devices still not answering: the servers of those that used CPU
-    within BUSY_WINDOW seconds (still starting on a busy machine, not stuck),
-    as the supervisor judges a starting server."""
-    grew: dict[str, float] = {}  # server (lower case) -> when its CPU last grew
+    """For devices still not answering: the servers of those whose CPU time
+    grew between two looks within BUSY_WINDOW seconds (still starting on a
+    busy machine, not stuck), as the supervisor judges a starting server.
+    Looks at most once a second (each look scans the process table)."""
+    grew: dict[str, float] = {}  # server (lower case) -> when its CPU was last seen growing
     seen: dict[int, float] = {}  # pid -> its CPU seconds at the last look
+    looked = [-math.inf]
 
     def busy(pending: list[str]) -> list[str]:
         now = time.monotonic()
         names = sorted({_server_of(config, d) for d in pending})
-        for name, pids in procs.server_pids(ctx.run_dir, names).items():
-            for pid in pids:
-                cpu = procs.cpu_seconds(pid)
-                if cpu is not None and cpu > seen.get(pid, 0.0):
+        if now - looked[0] >= 1.0:
+            looked[0] = now
+            for name, pids in procs.server_pids(ctx.run_dir, names).items():
+                for pid in pids:
+                    cpu = procs.cpu_seconds(pid)
+                    if cpu is None:
+                        continue
+                    if pid in seen and cpu > seen[pid]:
+                        grew[name] = now
                     seen[pid] = cpu
-                    grew[name] = now
-        return [n for n in names if now - grew.get(n.lower(), -BUSY_WINDOW) < BUSY_WINDOW]
+        return [n for n in names if now - grew.get(n.lower(), -math.inf) < BUSY_WINDOW]
 
     return busy
 
@@ -642,7 +649,8 @@ def _wait_devices(
             checks[c.device] = c
         # a server reached just now: its other devices at once; one that is not:
         # its other devices share its first one's error
-        rest = [d for g in unreached if answered(g[0]) for d in g[1:] if d not in asked]
+        asked_set = set(asked)
+        rest = [d for g in unreached if answered(g[0]) for d in g[1:] if d not in asked_set]
         for c in check_devices(tango_host, rest):
             checks[c.device] = c
         for g in unreached:
@@ -654,8 +662,9 @@ def _wait_devices(
         if not pending:
             return [checks[d] for d in devices]
         now = time.monotonic() - t0
+        # looked at from BUSY_WINDOW before the deadline: growth needs two looks
+        still = busy(pending) if busy and timeout - BUSY_WINDOW <= now < busy_timeout else []
         if now >= timeout:
-            still = busy(pending) if busy and now < busy_timeout else []
             if not still:
                 return [checks[d] for d in devices]
             if not extended:

@@ -32,6 +32,9 @@ from tango_devices.drivers.errors import ControllerRejected, DriverError, LinkEr
 
 log = logging.getLogger(__name__)
 
+#: s without a change or a command before a component with a rest period rests
+REST_AFTER = 30.0
+
 COMM_LOST = "comm_lost"
 
 
@@ -57,12 +60,22 @@ class Component:
         reconnect_period: float = 1.0,
         thread_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         initial_status: str | None = None,
+        rest_period: float | None = None,
+        rest_after: float = REST_AFTER,
     ) -> None:
         """``where`` names the hardware in messages (``"socket://host:1234, axis 3"``).
         ``thread_context`` wraps the poll thread's life (the Tango layer passes
-        ``tango.EnsureOmniThread`` so the thread may call into cppTango)."""
+        ``tango.EnsureOmniThread`` so the thread may call into cppTango).
+        ``rest_period``: the poll period once neither the published values nor
+        the state have changed, and no command was given, for ``rest_after``
+        seconds (None: ``idle_period`` always). At 200 servers, most hardware
+        is at rest most of the time, and its polls are most of its CPU."""
         self._driver = driver
         self.where = where
+        self.rest_period = rest_period
+        self.rest_after = rest_after
+        self._active_at = time.monotonic()
+        self._rest_key: Hashable = object()
         self.idle_period = idle_period
         self.busy_period = busy_period
         self.reconnect_period = reconnect_period
@@ -160,7 +173,20 @@ class Component:
                     self._sleep(self.reconnect_period)
                     continue
                 self.poll_once()
-                self._sleep(self.busy_period if self.busy() else self.idle_period)
+                self._sleep(self.period())
+
+    def period(self) -> float:
+        """How long until the next poll: busy, idle, or at rest."""
+        if self.busy():
+            return self.busy_period
+        resting = time.monotonic() - self._active_at >= self.rest_after
+        if self.rest_period is not None and resting:
+            return max(self.rest_period, self.idle_period)
+        return self.idle_period
+
+    def _activity(self) -> None:
+        """Something changed or was commanded: poll at the idle period again."""
+        self._active_at = time.monotonic()
 
     def _sleep(self, period: float) -> None:
         self._wake.wait(period)
@@ -222,6 +248,10 @@ class Component:
             self._publish()
             trigger, text = self.classify(observation)
             self._fire(seq, trigger, text)
+        rest_key = (self.publish_key(), self.machine.state)
+        if rest_key != self._rest_key:
+            self._rest_key = rest_key
+            self._activity()
         for listener in list(self._observation_listeners):
             try:
                 listener()
@@ -277,6 +307,7 @@ class Component:
         Wakes the poll thread: what the command changed (a move, a count, an
         acquisition) is then followed at the busy poll rate at once, not after
         the rest of an idle period."""
+        self._activity()
         try:
             result = fn(*args)
             self._wake.set()

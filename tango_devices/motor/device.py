@@ -67,6 +67,12 @@ class Motor(BeamlineDevice):
     IdlePollPeriod = device_property(
         dtype=float, default_value=0.5, doc="Hardware poll period when not moving (s)"
     )
+    RestPollPeriod = device_property(
+        dtype=float,
+        default_value=1.0,
+        doc="Hardware poll period once nothing has changed and no command came for 30 s "
+        "(s; 0: IdlePollPeriod always)",
+    )
     ReconnectPeriod = device_property(
         dtype=float, default_value=1.0, doc="Retry period while the controller is unreachable (s)"
     )
@@ -98,6 +104,7 @@ class Motor(BeamlineDevice):
             unit="" if unit in ("", "No unit") else unit,
             timeout=self.Timeout,
             idle_poll_period=self.IdlePollPeriod,
+            rest_poll_period=self.RestPollPeriod or None,
             reconnect_period=self.ReconnectPeriod,
             epics_addr_list=self.EpicsAddrList or None,
         )

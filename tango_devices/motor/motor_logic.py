@@ -43,6 +43,7 @@ class MotorConfig:
     moving_poll_period: float = 0.02
     reconnect_period: float = 1.0
     epics_addr_list: str | None = None
+    rest_poll_period: float | None = None  # the poll period once nothing changed for a while
 
     def validate(self) -> None:
         problems = []
@@ -112,6 +113,7 @@ class MotorLogic(Component):
             busy_period=config.moving_poll_period,
             reconnect_period=config.reconnect_period,
             thread_context=thread_context,
+            rest_period=config.rest_poll_period,
         )
         self._steps: int | None = None
         self._status: AxisStatus | None = None

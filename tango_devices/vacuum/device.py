@@ -28,6 +28,12 @@ class _EpicsDevice(BeamlineDevice):
     ReconnectPeriod = device_property(
         dtype=float, default_value=1.0, doc="Retry period while the IOC is unreachable (s)"
     )
+    RestPollPeriod = device_property(
+        dtype=float,
+        default_value=2.0,
+        doc="Poll period once nothing has changed for 30 s (s; 0: PollPeriod always). "
+        "A change on the IOC wakes the poll at once (Channel Access monitors)",
+    )
 
     def epics_config(self, poll_period: float) -> EpicsConfig:
         return EpicsConfig(
@@ -36,6 +42,7 @@ class _EpicsDevice(BeamlineDevice):
             timeout=self.Timeout,
             poll_period=poll_period,
             reconnect_period=self.ReconnectPeriod,
+            rest_period=self.RestPollPeriod or None,
         )
 
 

@@ -23,6 +23,7 @@ class EpicsConfig:
     timeout: float = 1.0
     poll_period: float = 0.5
     reconnect_period: float = 1.0
+    rest_period: float | None = None  # the poll period once nothing changed for a while
 
     def validate(self, what: str) -> None:
         if not self.pv:
@@ -55,6 +56,7 @@ class _EpicsComponent(Component):
             busy_period=0.05,
             reconnect_period=config.reconnect_period,
             thread_context=thread_context,
+            rest_period=config.rest_period,
         )
         # pyepics calls back from its own thread on every value or connection change
         driver.add_listener(self.wake)

@@ -806,10 +806,19 @@ def test_a_busy_server_is_one_whose_cpu_time_grew_lately(cfgdir, tmp_path, monke
         RunContext.create(tmp_path / "run", cfgdir), config, ["Valve/valve1"]
     )
     pending = ["bl01/vac/valve1"]
-    assert busy(pending) == ["Valve/valve1"]  # it has used CPU
+    assert busy(pending) == [], "one look: no growth seen yet"
+    clock.advance(1.0)
+    cpu[10] = 1.2
+    assert busy(pending) == ["Valve/valve1"], "its CPU time grew between two looks"
+    clock.advance(0.5)
+    cpu[10] = 5.0
+    assert busy(pending) == ["Valve/valve1"]  # within the second: not looked again
+    clock.advance(1.0)
+    assert busy(pending) == ["Valve/valve1"]  # the growth seen at this look
     clock.advance(orch.BUSY_WINDOW + 0.1)
-    assert busy(pending) == [], "no CPU used for BUSY_WINDOW: not starting any more"
-    cpu[10] = 1.5
+    assert busy(pending) == [], "no CPU used since: stuck, not starting"
+    clock.advance(1.0)
+    cpu[10] = 5.5
     assert busy(pending) == ["Valve/valve1"]
     cpu.clear()  # gone
     clock.advance(orch.BUSY_WINDOW + 0.1)

@@ -4,6 +4,7 @@ tested against the real simulator process and real device servers in tests/syste
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import threading
 
 import pytest
@@ -350,3 +351,40 @@ def test_thread_context_wraps_the_poll_thread():
         assert entered.wait(2)
     finally:
         m.stop_polling()
+
+
+def test_an_axis_at_rest_is_polled_less_often_until_it_changes_or_is_commanded(
+    monkeypatch, clock
+):
+    """Nothing changed and no command for REST_AFTER s: polled every rest
+    period; a change seen on the hardware (moved by someone else) or a
+    command brings the idle period back at once."""
+    from tango_devices.common import component
+
+    monkeypatch.setattr(component.time, "monotonic", clock)
+    drivers = []
+
+    def factory(url, timeout):
+        drivers.append(FakeDriver(url, timeout))
+        return drivers[-1]
+
+    config = MotorConfig(url="socket://127.0.0.1:1", axis=1, idle_poll_period=0.5)
+    m = MotorLogic(replace(config, rest_poll_period=1.0), driver_factory=factory)
+    never = MotorLogic(config, driver_factory=factory)  # no rest period: as before
+    for logic in (m, never):
+        assert logic._try_connect()
+        logic.poll_once()
+    assert m.period() == 0.5
+    for _ in range(int(component.REST_AFTER / 0.5)):
+        clock.advance(0.5)
+        m.poll_once()
+        never.poll_once()
+    assert m.period() == 1.0 and never.period() == 0.5
+    drivers[0].steps += 100  # moved behind its back
+    m.poll_once()
+    assert m.period() == 0.5, "a change seen: idle period again"
+    clock.advance(component.REST_AFTER)
+    m.poll_once()
+    assert m.period() == 1.0
+    m.set_velocity(1.5)
+    assert m.period() == 0.5, "a command: idle period again"
