@@ -4,8 +4,8 @@ tested against the real simulator process and real device servers in tests/syste
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -353,9 +353,7 @@ def test_thread_context_wraps_the_poll_thread():
         m.stop_polling()
 
 
-def test_an_axis_at_rest_is_polled_less_often_until_it_changes_or_is_commanded(
-    monkeypatch, clock
-):
+def test_an_axis_at_rest_is_polled_less_often_until_it_changes_or_is_commanded(monkeypatch, clock):
     """Nothing changed and no command for REST_AFTER s: polled every rest
     period; a change seen on the hardware (moved by someone else) or a
     command brings the idle period back at once."""
