@@ -113,6 +113,7 @@ class SupervisorLogic:
         self._since: dict[str, float] = {}  # server -> monotonic time its pid was first seen
         self._kill_deadline: dict[str, float] = {}
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when it grew)
+        self._watched: list[str] | None = None  # the devices the prober asks
         # fired with notify=False: the caller notifies once its own locks are released
         self.machine = StateMachine(
             st.SUPERVISOR_TABLE, "Starting: reading the servers of this host"
@@ -142,7 +143,19 @@ class SupervisorLogic:
                 rec.spec = spec
             new[spec.name.lower()] = rec
         self.records = new
-        self.prober.watch(d for r in self.records.values() for d in r.spec.devices)
+        self._watch_running()
+
+    def _watch_running(self) -> None:
+        """Probe the devices of the servers that have a process, only: asking
+        one that has none tells nothing, and each attempt is a request to the
+        database (at 200 servers starting, up to 200 a second to the database
+        they all need)."""
+        devices = sorted(
+            {d for r in self.records.values() if r.pid is not None for d in r.spec.devices}
+        )
+        if devices != self._watched:
+            self._watched = devices
+            self.prober.watch(devices)
 
     @property
     def expected(self) -> set[str]:
@@ -173,6 +186,7 @@ class SupervisorLogic:
                 log.exception("supervising %s failed", rec.name)
             if (rec.state, rec.pid, rec.restarts, rec.last_cause) != before:
                 self._notify(self._changed, rec)
+        self._watch_running()
         failed = any(r.state is S.FAILED for r in self.records.values())
         waiting = any(r.state is S.WAITING for r in self.records.values())
         self.machine.fire(

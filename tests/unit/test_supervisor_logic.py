@@ -571,3 +571,29 @@ def test_a_process_adopted_a_moment_ago_may_hand_over_to_another(world):
         world.tick()
         sup.step()
     assert world.launched == [MOTOR.name]
+
+
+def test_only_the_devices_of_servers_with_a_process_are_probed(world):
+    """Probing a device whose server has no process tells nothing, and each
+    attempt is a request to the database."""
+    sup = make(world)
+    assert world.watched == []  # neither has a process yet
+    running(world, sup, MOTOR)
+    assert world.watched == list(MOTOR.devices)
+    world.start(GAUGE)  # started by someone else: adopted, probed
+    sup.step()
+    assert world.watched == sorted(MOTOR.devices + GAUGE.devices)
+    world.tick(2.0)
+    world.answer(GAUGE)
+    world.answer(MOTOR)
+    sup.step()
+    pid = world.die(GAUGE)
+    world.clean.add(pid)  # stopped on purpose: no process, not probed
+    world.tick()
+    sup.step()
+    assert sup.record(GAUGE.name).state is S.STOPPED
+    assert world.watched == list(MOTOR.devices)
+    world.die(MOTOR)  # crashed: restarted at once, probed again as a new process
+    world.tick()
+    sup.step()
+    assert world.launched == [MOTOR.name] and world.watched == list(MOTOR.devices)
