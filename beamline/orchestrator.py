@@ -977,6 +977,11 @@ def status(ctx: RunContext, elements: bool = False) -> dict[str, Any]:
     """What runs and what answers. ``elements``: ask each Sardana element too."""
     state = ctx.load_state()
     tango_host = state.get("tango_host") or os.environ.get("TANGO_HOST")
+    if tango_host:
+        # before the configuration is read: its cache is keyed by TANGO_HOST,
+        # and `up` read it with this one (without, the first `status` after
+        # `up` read everything again: 1.8 of its 2.6 s at 200 servers)
+        os.environ["TANGO_HOST"] = tango_host
     out: dict[str, Any] = {"run_dir": str(ctx.run_dir), "tango_host": tango_host, "servers": []}
     db = state.get("database", {})
     out["database"] = {
