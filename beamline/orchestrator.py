@@ -641,8 +641,9 @@ def _wait_devices(
     while True:
         rounds += 1
         ask_all = rounds % ALL_DEVICES_EVERY == 1  # now and then every device, not the first
-        unreached = [g for g in groups if not any(answered(d) for d in g)]
-        reached = [g for g in groups if any(answered(d) for d in g)]
+        reached, unreached = [], []
+        for g in groups:
+            (reached if any(answered(d) for d in g) else unreached).append(g)
         asked = [d for g in unreached for d in (g if ask_all else g[:1])]
         asked += [d for g in reached for d in g if not answered(d)]
         for c in check_devices(tango_host, asked):
@@ -1008,8 +1009,7 @@ def status(ctx: RunContext, elements: bool = False) -> dict[str, Any]:
     out["hosts"] = []
     for h in all_hosts:
         entry = {"host": h, "starter": f"tango/admin/{h}", "answers": False, "local": h == host}
-        if out["database"]["answers"]:
-            os.environ["TANGO_HOST"] = tango_host
+        if out["database"]["answers"]:  # TANGO_HOST set above
             starter = Starter(tango_host, h)
             if starter.answers():
                 entry["answers"] = True

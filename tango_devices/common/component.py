@@ -75,7 +75,6 @@ class Component:
         self.rest_period = rest_period
         self.rest_after = rest_after
         self._active_at = time.monotonic()
-        self._rest_key: Hashable = object()
         self.idle_period = idle_period
         self.busy_period = busy_period
         self.reconnect_period = reconnect_period
@@ -229,6 +228,7 @@ class Component:
 
     def poll_once(self) -> None:
         """Observe the hardware once and let the state follow."""
+        state_before = self.machine.state
         with self._poll_lock:
             seq = self._next_seq()
             try:
@@ -248,9 +248,7 @@ class Component:
             self._publish()
             trigger, text = self.classify(observation)
             self._fire(seq, trigger, text)
-        rest_key = (self.publish_key(), self.machine.state)
-        if rest_key != self._rest_key:
-            self._rest_key = rest_key
+        if self.machine.state is not state_before:
             self._activity()
         for listener in list(self._observation_listeners):
             try:
@@ -290,6 +288,7 @@ class Component:
         if key == self._published:
             return
         self._published = key
+        self._activity()  # a value changed: not at rest
         for listener in list(self._value_listeners):
             try:
                 listener()

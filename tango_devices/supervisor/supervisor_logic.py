@@ -113,7 +113,7 @@ class SupervisorLogic:
         self._since: dict[str, float] = {}  # server -> monotonic time its pid was first seen
         self._kill_deadline: dict[str, float] = {}
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when it grew)
-        self._watched: list[str] | None = None  # the devices the prober asks
+        self._watched: set[str] | None = None  # the devices the prober asks
         # fired with notify=False: the caller notifies once its own locks are released
         self.machine = StateMachine(
             st.SUPERVISOR_TABLE, "Starting: reading the servers of this host"
@@ -150,12 +150,10 @@ class SupervisorLogic:
         one that has none tells nothing, and each attempt is a request to the
         database (at 200 servers starting, up to 200 a second to the database
         they all need)."""
-        devices = sorted(
-            {d for r in self.records.values() if r.pid is not None for d in r.spec.devices}
-        )
+        devices = {d for r in self.records.values() if r.pid is not None for d in r.spec.devices}
         if devices != self._watched:
             self._watched = devices
-            self.prober.watch(devices)
+            self.prober.watch(sorted(devices))
 
     @property
     def expected(self) -> set[str]:
