@@ -96,6 +96,7 @@ class TrainSettings:
 class TimingObservation:
     status: TimingStatus
     settings: TrainSettings | None  # when read again with this observation
+    settings_gen: int = 0  # the settings' generation when the read began
 
 
 # ------------------------------------------------------------------ checks
@@ -187,6 +188,9 @@ class TimingLogic(Component):
         self._clock = clock
         self._settings: TrainSettings | None = None
         self._settings_read_at = -math.inf
+        # bumped by every write: a poll's read of the settings that began
+        # before a write finished is older than what the write stored
+        self._settings_gen = 0
         self._status: TimingStatus | None = None
         self._outputs: dict[int, str] = {}
         self._encoders: dict[int, str] = {}
@@ -217,15 +221,16 @@ class TimingLogic(Component):
     def observe(self) -> TimingObservation:
         status = self._driver.status()
         settings = None
+        gen = self._settings_gen
         if status.state == "IDLE" and self._clock() - self._settings_read_at >= (
             self.config.settings_period
         ):
             settings = self._read_settings()
-        return TimingObservation(status, settings)
+        return TimingObservation(status, settings, gen)
 
     def apply(self, obs: TimingObservation) -> None:
         self._status = obs.status
-        if obs.settings is not None:
+        if obs.settings is not None and obs.settings_gen == self._settings_gen:
             self._settings = obs.settings
             self._settings_read_at = self._clock()
 
@@ -341,6 +346,7 @@ class TimingLogic(Component):
 
     def _store(self, **changes: Any) -> None:
         with self._lock:
+            self._settings_gen += 1
             if self._settings is not None:
                 self._settings = replace(self._settings, **changes)
         self.republish()
@@ -399,9 +405,12 @@ class TimingLogic(Component):
                 for name in reversed(sent):
                     self._send("LoadTrain", name, getattr(old, name))
                 kept = "the train's settings are as before"
+                self._store()  # a poll may have read some of the values sent and undone
             except TimingError as undo:
                 kept = f"and putting the old settings back failed too ({undo})"
-                self._settings_read_at = -math.inf  # read them again
+                with self._lock:
+                    self._settings_gen += 1
+                    self._settings_read_at = -math.inf  # read them again
             raise TimingError(f"{exc}; {kept}") from exc
         self._store(**wanted)
 

@@ -39,6 +39,17 @@ def dev(beamline):
     return devices
 
 
+@pytest.fixture(autouse=True)
+def idle_after(dev):
+    """A test that fails half-way must not leave the scaler armed or a train
+    running for the next one (Stop disarms)."""
+    yield
+    for device in (dev.tg, dev.scaler):
+        if device.state() in (S.RUNNING, S.STANDBY):
+            device.Stop()
+            wait_state(device, S.ON)
+
+
 @pytest.fixture
 def camera_internal(dev):
     """The camera's trigger mode is a stored setting: back to INTERNAL after the test."""

@@ -185,6 +185,29 @@ def test_a_whole_train_loads_all_or_nothing(hw):
     assert (hw.unit("?PERIOD"), hw.unit("?WIDTH"), hw.unit("?COUNT")) == ("0.02", "0.01", "5")
 
 
+def test_a_poll_that_read_the_settings_before_a_write_does_not_undo_it(hw, monkeypatch):
+    """The poll thread reads the unit's settings every settings period; a
+    LoadTrain (or a setting's write) from a client thread may finish while
+    such a read is under way: the old values the poll read must not replace
+    what the write stored (they did, until the next read a second later)."""
+    read = hw.tg._read_settings
+    train = {"mode": "time", "count": 20, "period": 0.02, "width": 0.01}
+
+    def read_then_a_client_writes():
+        old = read()
+        monkeypatch.setattr(hw.tg, "_read_settings", read)
+        hw.tg.load_train(json.dumps(train))  # lands while the poll is between read and apply
+        return old
+
+    monkeypatch.setattr(hw.tg, "_read_settings", read_then_a_client_writes)
+    hw.clock.advance(hw.tg.config.settings_period)
+    hw.tg.poll_once()
+    assert hw.tg.settings == TrainSettings(TrainMode.TIME, 0.0, 0.02, 0.01, 20, 1, 0, 100)
+    hw.clock.advance(hw.tg.config.settings_period)  # the next read takes the unit's values
+    hw.tg.poll_once()
+    assert hw.tg.settings == TrainSettings(TrainMode.TIME, 0.0, 0.02, 0.01, 20, 1, 0, 100)
+
+
 def test_a_time_train_gates_the_scaler_and_triggers_the_camera(hw):
     n = 8
     hw.ct.arm_buffer(n)
