@@ -567,27 +567,38 @@ def config() -> None:
     show_default=True,
     help="Motors per simulated SMC controller (it has 8 axes).",
 )
+@click.option(
+    "--hosts",
+    help="Spread the servers over these hosts (comma-separated short host names): "
+    "supervisors and Sardana on the first, the logger, relay and queue on the last, "
+    "the hardware servers in turn, a supervisor for each further host.",
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.pass_obj
-def config_generate(ctx: RunContext, out, servers, force, **counts) -> None:
+def config_generate(ctx: RunContext, out, servers, force, hosts, **counts) -> None:
     """Write a beamline of any size built like the demo: the demo's devices and
     as many more of each kind (counts are totals). Run it with
-    `beamline --config-dir OUT up`."""
+    `beamline --config-dir OUT up` (with --hosts: `up --tango-host DB --host
+    NAME` on each host, the first host first)."""
     from beamline import generate
 
+    names = tuple(h.strip() for h in hosts.split(",")) if hosts is not None else ()
     try:
         if servers is not None:
-            spec = generate.Spec.for_servers(servers)
+            spec = generate.Spec.for_servers(servers, hosts=names)
         else:
-            spec = generate.Spec(**counts)
+            spec = generate.Spec(**counts, hosts=names)
         result = generate.write(spec, ctx.config_dir, Path(out), force=force)
     except generate.GenerateError as exc:
         fail(str(exc), 2)
-    console.print(
-        f"wrote {result['out']}: {result['servers']} servers "
-        f"({', '.join(f'{v} {k}' for k, v in result['spec'].items())}); "
-        f"run it: beamline --config-dir {result['out']} up"
+    counted = ", ".join(f"{v} {k}" for k, v in result["spec"].items() if k != "hosts")
+    where = (
+        f"; run it on each host, {names[0]} first: beamline --config-dir {result['out']} up "
+        "--tango-host DB --host NAME"
+        if names
+        else f"; run it: beamline --config-dir {result['out']} up"
     )
+    console.print(f"wrote {result['out']}: {result['servers']} servers ({counted}){where}")
 
 
 @config.command("check")

@@ -17,7 +17,10 @@ Environment: BENCH_SCALE_N (default "25,50,100,200"), BENCH_SCALE_IDLE
 forked from the fork server, the default of `up`; "0": `--no-fork-server`;
 "both": each size both ways, the reference in the same run), BENCH_SCALE_DB
 ("embedded": the embedded PyDatabaseds, the default of `up`; "production":
-Tango's C++ DataBaseds on a private MariaDB made by `beamline db up`; "both").
+Tango's C++ DataBaseds on a private MariaDB made by `beamline db up`; "both"),
+BENCH_SCALE_HOSTS ("2": each size also split over two hosts, network
+namespaces on this machine with one central database: cold start, idle, PSS
+and `status`; needs root, ip and unshare).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import PROJECT, Bench, free_port
@@ -40,14 +44,16 @@ SIZES = [int(n) for n in os.environ.get("BENCH_SCALE_N", "25,50,100,200").split(
 IDLE = float(os.environ.get("BENCH_SCALE_IDLE", "30"))
 KILLS = int(os.environ.get("BENCH_SCALE_KILLS", "10"))
 FORK = {"1": [True], "0": [False], "both": [True, False]}[os.environ.get("BENCH_SCALE_FORK", "1")]
+#: "2": each size also on two hosts (network namespaces, one central database)
+HOSTS = os.environ.get("BENCH_SCALE_HOSTS", "1")
 DBS = {"embedded": ["embedded"], "production": ["production"], "both": ["embedded", "production"]}[
     os.environ.get("BENCH_SCALE_DB", "embedded")
 ]
 
 
-def run_processes(run_dir: Path, db_dir: Path | None = None) -> dict[int, str]:
-    """pid -> kind, for every process of this run (its BEAMLINE_RUN_DIR), and
-    of the production database in ``db_dir``."""
+def run_processes(*run_dirs: Path, db_dir: Path | None = None) -> dict[int, str]:
+    """pid -> kind, for every process of these runs (their BEAMLINE_RUN_DIR),
+    and of the production database in ``db_dir``."""
     import psutil
 
     out = {}
@@ -56,9 +62,10 @@ def run_processes(run_dir: Path, db_dir: Path | None = None) -> dict[int, str]:
 
         for pid, cmdline in proddb._processes_of(db_dir):
             out[pid] = "database" if "DataBaseds" in cmdline else "MariaDB"  # (no access control)
+    wanted = {str(d) for d in run_dirs}
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if p.info["pid"] in out or p.environ().get("BEAMLINE_RUN_DIR") != str(run_dir):
+            if p.info["pid"] in out or p.environ().get("BEAMLINE_RUN_DIR") not in wanted:
                 continue
         except (psutil.Error, OSError):
             continue
@@ -135,7 +142,7 @@ SETTLE_WINDOW = 5.0  # s
 SETTLE_MAX = 120.0  # s
 
 
-def settle(run_dir: Path, db_dir: Path | None) -> float:
+def settle(processes: Callable[[], dict[int, str]]) -> float:
     """Wait until the start-up's tail is over before measuring idle: the
     logger and the relay go on subscribing for a while after every device
     answers (at 200 servers, idle measured 5 s after `up` had the relay at 32 %
@@ -149,7 +156,7 @@ def settle(run_dir: Path, db_dir: Path | None) -> float:
     time.sleep(max(SETTLE_WINDOW, REST_AFTER - 2 * SETTLE_WINDOW))
     last = None
     while time.monotonic() - t0 < SETTLE_MAX:
-        procs = run_processes(run_dir, db_dir)
+        procs = processes()
         before = cpu_times(procs)
         time.sleep(SETTLE_WINDOW)
         after = cpu_times(procs)
@@ -165,6 +172,46 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def measure_at_rest(processes: Callable[[], dict[int, str]]) -> dict:
+    """Right after `up`: the CPU every process used to start (every process
+    of the run is new); then, once settled, idle CPU over IDLE seconds per
+    kind and PSS."""
+    out: dict = {}
+    procs = processes()
+    started = cpu_times(procs)
+    out["start_cpu_s"] = sum(started.values())
+    start_by_kind: dict[str, float] = defaultdict(float)
+    for pid, t in started.items():
+        start_by_kind[procs[pid]] += t
+    out["start_cpu_by_kind_s"] = {k: round(v, 1) for k, v in sorted(start_by_kind.items())}
+    out["start_cpu_per_server_s"] = sum(
+        t for pid, t in started.items() if procs[pid].startswith("server:")
+    ) / max(1, sum(1 for k in procs.values() if k.startswith("server:")))
+    out["settle_s"] = settle(processes)
+    procs = processes()
+    before = cpu_times(procs)
+    time.sleep(IDLE)
+    after = cpu_times(procs)
+    by_kind: dict[str, float] = defaultdict(float)
+    pss: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    for pid, kind in procs.items():
+        if pid in before and pid in after:
+            by_kind[kind] += (after[pid] - before[pid]) / IDLE * 100
+        pss[kind] += pss_mib(pid)
+        count[kind] += 1
+    servers = [k for k in by_kind if k.startswith("server:")]
+    out["idle_cpu_total_pct"] = sum(by_kind.values())
+    out["idle_cpu_supervisors_pct"] = by_kind.get("supervisors", 0.0)
+    out["idle_cpu_servers_pct"] = sum(by_kind[k] for k in servers)
+    out["idle_cpu_by_kind_pct"] = dict(sorted(by_kind.items()))
+    out["pss_total_mib"] = sum(pss.values())
+    n_servers = sum(count[k] for k in servers)
+    out["pss_per_device_server_mib"] = sum(pss[k] for k in servers) / max(1, n_servers)
+    out["pss_by_kind_mib"] = {k: round(v) for k, v in sorted(pss.items())}
+    return out
+
+
 def one_size(n: int, tmp: Path, fork: bool, db: str = "embedded") -> dict:
     from beamline import generate
 
@@ -173,7 +220,7 @@ def one_size(n: int, tmp: Path, fork: bool, db: str = "embedded") -> dict:
     generate.write(spec, PROJECT / "db_config", config, force=True)
     tag = f"{n}{'' if fork else '-nofork'}{'' if db == 'embedded' else '-' + db}"
     bench = Bench(tmp / f"run{tag}", free_port())
-    out: dict = {"servers": n, "fork_server": fork, "database": db}
+    out: dict = {"servers": n, "fork_server": fork, "database": db, "hosts": 1}
     db_dir = None
     if db == "production":
         # made before the clock starts: a beamline's database outlives its starts
@@ -215,38 +262,7 @@ def one_size(n: int, tmp: Path, fork: bool, db: str = "embedded") -> dict:
         out["cold_start_s"] = time.perf_counter() - t0
         out["not_answering"] = len(up.get("failures", [])) if up else None
         os.environ["TANGO_HOST"] = bench.tango_host
-        procs = run_processes(bench.run_dir, db_dir)
-        started = cpu_times(procs)  # every process of the run is new: its start cost
-        out["start_cpu_s"] = sum(started.values())
-        start_by_kind: dict[str, float] = defaultdict(float)
-        for pid, t in started.items():
-            start_by_kind[procs[pid]] += t
-        out["start_cpu_by_kind_s"] = {k: round(v, 1) for k, v in sorted(start_by_kind.items())}
-        out["start_cpu_per_server_s"] = sum(
-            t for pid, t in started.items() if procs[pid].startswith("server:")
-        ) / max(1, sum(1 for k in procs.values() if k.startswith("server:")))
-        out["settle_s"] = settle(bench.run_dir, db_dir)
-        procs = run_processes(bench.run_dir, db_dir)
-        before = cpu_times(procs)
-        time.sleep(IDLE)
-        after = cpu_times(procs)
-        by_kind: dict[str, float] = defaultdict(float)
-        pss: dict[str, float] = defaultdict(float)
-        count: dict[str, int] = defaultdict(int)
-        for pid, kind in procs.items():
-            if pid in before and pid in after:
-                by_kind[kind] += (after[pid] - before[pid]) / IDLE * 100
-            pss[kind] += pss_mib(pid)
-            count[kind] += 1
-        servers = [k for k in by_kind if k.startswith("server:")]
-        out["idle_cpu_total_pct"] = sum(by_kind.values())
-        out["idle_cpu_supervisors_pct"] = by_kind.get("supervisors", 0.0)
-        out["idle_cpu_servers_pct"] = sum(by_kind[k] for k in servers)
-        out["idle_cpu_by_kind_pct"] = dict(sorted(by_kind.items()))
-        out["pss_total_mib"] = sum(pss.values())
-        n_servers = sum(count[k] for k in servers)
-        out["pss_per_device_server_mib"] = sum(pss[k] for k in servers) / max(1, n_servers)
-        out["pss_by_kind_mib"] = {k: round(v) for k, v in sorted(pss.items())}
+        out.update(measure_at_rest(lambda: run_processes(bench.run_dir, db_dir=db_dir)))
         t0 = time.perf_counter()
         bench.cli("--config-dir", str(config), "status", "--json", check=False)
         out["status_s"] = time.perf_counter() - t0
@@ -305,11 +321,86 @@ def one_size(n: int, tmp: Path, fork: bool, db: str = "embedded") -> dict:
     return out
 
 
+def two_hosts_size(n: int, tmp: Path) -> dict:
+    """The same N on two hosts (each a network and PID namespace on this
+    machine, tests/netns.py), one central embedded database: `beamline config
+    generate --hosts hosta,hostb`, then `up --host` on host A (which writes the
+    configuration and runs the virtual hardware) and on host B; both hosts
+    share this machine's two cores."""
+    from beamline import generate
+    from tests.netns import BEAMLINE, Host, Network, central_database
+
+    names = ("hosta", "hostb")
+    config = tmp / f"config{n}-2hosts"
+    spec = generate.Spec.for_servers(n, hosts=names)
+    generate.write(spec, PROJECT / "db_config", config, force=True)
+    base = tmp / f"hosts{n}"
+    base.mkdir()
+    out: dict = {"servers": n, "fork_server": True, "database": "embedded", "hosts": 2}
+    net = Network.fresh()
+    db = None
+    hosts: dict[str, Host] = {}
+    try:
+        net.create({"hosta": 1, "hostb": 2})
+        db, tango_host = central_database(net, base, net.port())
+        hosts = {h: Host(net, h, base, config, tango_host) for h in names}
+        t0 = time.perf_counter()
+        rc_a = hosts["hosta"].start(timeout=600, check=False)
+        out["cold_start_host_a_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        rc_b = hosts["hostb"].start("--no-sim", "--no-config", timeout=600, check=False)
+        out["cold_start_host_b_s"] = time.perf_counter() - t1
+        out["cold_start_s"] = time.perf_counter() - t0
+        out["up_exit_codes"] = [rc_a, rc_b]
+        failures = 0
+        for h in hosts.values():
+            try:
+                failures += len(json.loads((h.run_dir / "up.json").read_text())["failures"])
+            except (OSError, ValueError, KeyError):
+                failures = None
+                break
+        out["not_answering"] = failures
+        os.environ["TANGO_HOST"] = tango_host
+
+        def processes() -> dict[int, str]:
+            found = run_processes(*(h.run_dir for h in hosts.values()))
+            found[db.pid] = "database"
+            return found
+
+        out.update(measure_at_rest(processes))
+        t0 = time.perf_counter()
+        status = subprocess.run(
+            [BEAMLINE, "--run-dir", str(hosts["hosta"].run_dir), "--config-dir", str(config)]
+            + ["status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        out["status_s"] = time.perf_counter() - t0
+        try:
+            data = json.loads(status.stdout)
+            out["status_hosts_answering"] = sum(1 for h in data["hosts"] if h["answers"])
+        except (ValueError, KeyError):
+            out["status_error"] = (status.stdout + status.stderr)[-2000:]
+    finally:
+        for h in hosts.values():
+            h.kill()
+        if db is not None:
+            db.terminate()
+            db.wait(10)
+        net.destroy()
+        os.environ.pop("TANGO_HOST", None)
+    return out
+
+
 ROWS = [
     ("servers", "servers", "{:.0f}"),
     ("fork server", "fork_server", "{}"),
     ("database", "database", "{}"),
+    ("hosts", "hosts", "{}"),
     ("cold start (s)", "cold_start_s", "{:.1f}"),
+    ("cold start, host A (s)", "cold_start_host_a_s", "{:.1f}"),
+    ("cold start, host B after A (s)", "cold_start_host_b_s", "{:.1f}"),
     ("CPU to start, all processes (s)", "start_cpu_s", "{:.0f}"),
     ("CPU to start, per device server (s)", "start_cpu_per_server_s", "{:.2f}"),
     ("not answering after up", "not_answering", "{}"),
@@ -320,6 +411,7 @@ ROWS = [
     ("PSS total (MiB)", "pss_total_mib", "{:.0f}"),
     ("PSS per device server (MiB)", "pss_per_device_server_mib", "{:.1f}"),
     ("beamline status (s)", "status_s", "{:.1f}"),
+    ("status: hosts answering", "status_hosts_answering", "{}"),
     ("crash -> answering p50 (s)", "crash_to_answer_p50_s", "{:.2f}"),
     ("crash -> answering p95 (s)", "crash_to_answer_p95_s", "{:.2f}"),
     ("hang (SIGSTOP) -> answering (s)", "hang_to_answer_s", "{:.1f}"),
@@ -346,6 +438,14 @@ def run() -> list[dict]:
                             {"servers": n, "fork_server": fork, "database": db, "error": str(exc)}
                         )
                     print(json.dumps(results[-1], indent=1), flush=True)
+            if HOSTS == "2":
+                print(f"-- N = {n} on two hosts", flush=True)
+                try:
+                    results.append(two_hosts_size(n, Path(tmp)))
+                except Exception as exc:  # noqa: BLE001 - a size that fails is reported
+                    print(f"N = {n} on two hosts failed: {exc}", flush=True)
+                    results.append({"servers": n, "hosts": 2, "error": str(exc)})
+                print(json.dumps(results[-1], indent=1), flush=True)
     print("| " + " | ".join(["measure", *(str(r["servers"]) for r in results)]) + " |")
     print("| " + " | ".join(["---"] * (len(results) + 1)) + " |")
     for label, key, fmt in ROWS[1:]:

@@ -10,19 +10,17 @@ devices answering; bringing host B back restores its devices.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import PROJECT, wait_until
+from tests.netns import BEAMLINE, Host, Network, central_database
 
 pytestmark = [
     pytest.mark.system,
@@ -33,8 +31,6 @@ pytestmark = [
     ),
 ]
 
-BEAMLINE = str(Path(sys.executable).parent / "beamline")
-SUBNET = "10.231.{}.{}"
 HOST_B_SERVERS = ("DataLogger/logger", "ExperimentQueue/queue", "Supervisor/hostb")
 HOST_B_DEVICES = ("bl01/sys/logger", "bl01/sys/queue", "bl01/sys/supervisor-hostb")
 HOST_A_DEVICES = (
@@ -44,13 +40,6 @@ HOST_A_DEVICES = (
     "bl01/vac/gauge1",
     "bl01/sys/supervisor",
 )
-
-
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
-    return proc
 
 
 def two_host_config(dest: Path) -> Path:
@@ -68,118 +57,6 @@ def two_host_config(dest: Path) -> Path:
     }
     (dest / "tango" / "system.json").write_text(json.dumps(system, indent=2))
     return dest
-
-
-class Network:
-    """A bridge in the root namespace and one namespace per host on it."""
-
-    def __init__(self, tag: str, third: int):
-        self.tag, self.third = tag, third
-        self.bridge = f"blbr{tag}"
-        self.root_ip = SUBNET.format(third, 254)
-        self.hosts: dict[str, str] = {}  # name -> address
-
-    def netns(self, host: str) -> str:
-        return f"bl{self.tag}{host[-1]}"
-
-    def create(self, hosts: dict[str, int]) -> None:
-        run("ip", "link", "add", self.bridge, "type", "bridge")
-        run("ip", "addr", "add", f"{self.root_ip}/24", "dev", self.bridge)
-        run("ip", "link", "set", self.bridge, "up")
-        lines = ["127.0.0.1 localhost"]
-        for name, last in hosts.items():
-            self.hosts[name] = SUBNET.format(self.third, last)
-            lines.append(f"{self.hosts[name]} {name}")
-        lines.append(f"{self.root_ip} blroot")
-        for name in hosts:
-            ns, veth = self.netns(name), f"v{self.tag}{name[-1]}"
-            run("ip", "netns", "add", ns)
-            run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            run("ip", "link", "set", veth, "master", self.bridge)
-            run("ip", "link", "set", veth, "up")
-            run(
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "ip",
-                "addr",
-                "add",
-                f"{self.hosts[name]}/24",
-                "dev",
-                "eth0",
-            )
-            run("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-            run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            etc = Path("/etc/netns") / ns
-            etc.mkdir(parents=True, exist_ok=True)
-            (etc / "hosts").write_text("\n".join(lines) + "\n")
-
-    def destroy(self) -> None:
-        for name in self.hosts:
-            ns = self.netns(name)
-            run("ip", "netns", "delete", ns, check=False)
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
-            run("ip", "link", "delete", f"v{self.tag}{name[-1]}", check=False)
-        run("ip", "link", "delete", self.bridge, check=False)
-        with contextlib.suppress(OSError):  # only if no other namespace uses it
-            Path("/etc/netns").rmdir()
-
-
-class Host:
-    """`beamline up` inside a host's namespaces; the namespace's init keeps
-    the host alive, and killing it kills every process of the host."""
-
-    def __init__(self, net: Network, name: str, base: Path, config: Path, tango_host: str):
-        self.net, self.name, self.config, self.tango_host = net, name, config, tango_host
-        self.run_dir = base / name
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, *up_args: str) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        done = self.run_dir / "up.rc"
-        done.unlink(missing_ok=True)
-        script = (
-            f"hostname {self.name} && "
-            f"{BEAMLINE} --run-dir {self.run_dir} --config-dir {self.config} up "
-            f"--tango-host {self.tango_host} --host {self.name} "
-            f"--listen {self.net.hosts[self.name]} --sim-auto-ports --json {' '.join(up_args)} "
-            f"> {self.run_dir}/up.json 2> {self.run_dir}/up.err; "
-            f"echo $? > {done}; exec sleep 100000"
-        )
-        env = {k: v for k, v in os.environ.items() if k not in ("TANGO_HOST", "BEAMLINE_RUN_DIR")}
-        self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.net.netns(self.name),
-                "unshare",
-                "--uts",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--kill-child",
-                "sh",
-                "-c",
-                script,
-            ],
-            env=env,
-            start_new_session=True,
-        )
-        wait_until(done.exists, 240, f"`beamline up` on {self.name}")
-        rc = done.read_text().strip()
-        assert rc == "0", (
-            f"beamline up on {self.name} exited {rc}: "
-            + (self.run_dir / "up.err").read_text()[-3000:]
-        )
-
-    def kill(self) -> None:
-        """Every process of the host at once (a power cut)."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-            self.proc = None
 
 
 def status_check(host: Host, tango_host: str) -> subprocess.CompletedProcess:
@@ -210,30 +87,12 @@ def answering(tango_host: str, devices) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory):
     base = tmp_path_factory.mktemp("hosts")
-    tag = uuid.uuid4().hex[:4]
-    net = Network(tag, 100 + int(tag, 16) % 100)
+    net = Network.fresh()
     db = None
     hosts: dict[str, Host] = {}
     try:
         net.create({"hosta": 1, "hostb": 2})
-        # the central database, in the root namespace, on the bridge only
-        port = 10000 + int(tag, 16) % 5000
-        env = {**os.environ, "PYTANGO_DATABASE_NAME": str(base / "central.db")}
-        env.pop("TANGO_HOST", None)
-        with open(base / "central-db.log", "wb") as log:
-            db = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "PyDatabaseds"),
-                    *("--host", net.root_ip, "--port", str(port), "2"),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        tango_host = f"{net.root_ip}:{port}"
-        from beamline import tangodb
-
-        wait_until(lambda: tangodb.answers(tango_host), 30, "the central database")
+        db, tango_host = central_database(net, base, net.port())
         config = two_host_config(base / "db_config")
         hosts = {n: Host(net, n, base, config, tango_host) for n in ("hosta", "hostb")}
         hosts["hosta"].start()  # writes the configuration, runs the virtual hardware

@@ -81,6 +81,7 @@ def test_the_cli_writes_a_beamline_and_refuses_bad_input_clearly(tmp_path):
         (["--lasers", "3"], ["No such option", "--lasers"]),
         (["--axes-per-controller", "12"], ["1 to 8 axes"]),
         (["--servers", "3"], ["the demo alone has 18"]),
+        (["--hosts", "a,a"], ["names a more than once"]),
     ):
         bad = run("--out", str(tmp_path / "other"), *args)
         assert bad.returncode == 2, (args, bad.stdout)
@@ -94,3 +95,48 @@ def test_the_cli_writes_a_beamline_and_refuses_bad_input_clearly(tmp_path):
         timeout=120,
     )
     assert check.returncode == 0, check.stderr
+    two = run("--out", str(tmp_path / "two"), "--servers", "30", "--hosts", "hosta,hostb")
+    assert two.returncode == 0, two.stderr
+    assert "31 servers" not in two.stdout and "30 servers" in two.stdout
+    assert "--host NAME" in two.stdout and "hosta first" in two.stdout
+
+
+def test_hosts_spread_the_servers_and_each_further_host_gets_a_supervisor(tmp_path):
+    spec = generate.Spec.for_servers(60, hosts=("hosta", "hostb"))
+    assert spec.servers() == 60
+    generate.write(spec, DEMO, tmp_path / "bl")
+    c = cfg.load(tmp_path / "bl", tmp_path / "run")
+    assert len(c.servers) == 60
+    hosts = {n: s.host for n, s in c.servers.items()}
+    assert set(hosts.values()) == {"hosta", "hostb"}
+    for name in ("supervisor/supervisor", "supervisor/standby", "sardana/bl01"):
+        assert hosts[name] == "hosta", name
+    for name in (
+        "datalogger/logger",
+        "eventrelay/relay",
+        "experimentqueue/queue",
+        "supervisor/hostb",
+    ):
+        assert hosts[name] == "hostb", name
+    motors = [h for n, h in hosts.items() if n.startswith("motor/")]
+    assert abs(motors.count("hosta") - motors.count("hostb")) <= 1
+    system = json.loads((tmp_path / "bl" / "tango" / "system.json").read_text())
+    hostb = system["servers"]["Supervisor"]["hostb"]["Supervisor"]["bl01/sys/supervisor-hostb"]
+    assert hostb["properties"]["HangTimeout"] == ["3.0"]
+
+
+@pytest.mark.parametrize(
+    "hosts,words",
+    [
+        (("hosta", "host.b"), ["--hosts host.b", "short host names"]),
+        (("hosta", "HostA"), ["names hosta more than once"]),
+        (("hosta", "standby"), ["--hosts standby", "Supervisor/standby"]),
+        (("",), ["short host names"]),
+    ],
+)
+def test_bad_hosts_are_refused_and_nothing_is_written(tmp_path, hosts, words):
+    with pytest.raises(generate.GenerateError) as refused:
+        generate.write(generate.Spec(hosts=hosts), DEMO, tmp_path / "bl")
+    for word in words:
+        assert word in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
