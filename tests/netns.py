@@ -182,3 +182,18 @@ def central_database(net: Network, base: Path, port: int) -> tuple[subprocess.Po
         db.wait(10)
         raise
     return db, tango_host
+
+
+def answering(tango_host: str, devices) -> dict[str, str]:
+    """Each device's State through a new client, or 'no answer: ...'."""
+    import tango
+
+    out = {}
+    for d in devices:
+        try:
+            p = tango.DeviceProxy(f"tango://{tango_host}/{d}")
+            p.set_timeout_millis(1500)
+            out[d] = str(p.state())
+        except tango.DevFailed as exc:
+            out[d] = f"no answer: {exc.args[0].desc.strip()[:80]}"
+    return out

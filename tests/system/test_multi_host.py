@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PROJECT, wait_until
-from tests.netns import BEAMLINE, Host, Network, central_database
+from tests.netns import BEAMLINE, Host, Network, answering, central_database
 
 pytestmark = [
     pytest.mark.system,
@@ -68,20 +68,6 @@ def status_check(host: Host, tango_host: str) -> subprocess.CompletedProcess:
         timeout=120,
         env={**os.environ, "TANGO_HOST": tango_host},
     )
-
-
-def answering(tango_host: str, devices) -> dict[str, str]:
-    import tango
-
-    out = {}
-    for d in devices:
-        try:
-            p = tango.DeviceProxy(f"tango://{tango_host}/{d}")
-            p.set_timeout_millis(1500)
-            out[d] = str(p.state())
-        except tango.DevFailed as exc:
-            out[d] = f"no answer: {exc.args[0].desc.strip()[:80]}"
-    return out
 
 
 @pytest.fixture(scope="module")
