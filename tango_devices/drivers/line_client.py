@@ -74,6 +74,17 @@ def expected_echo(request: str) -> str:
     return f"{address}{sep}{command.upper()}"
 
 
+#: late replies to the last request skipped before a reply (each within the timeout)
+MAX_STALE_LINES = 4
+
+
+def _stale(reply: str, previous: str | None, echo: str) -> bool:
+    """Is ``reply`` a late reply to the previous request (``previous``, its
+    echo) rather than one to this one (``echo``)? Only a different previous
+    request can be told apart."""
+    return previous is not None and previous != echo and reply.startswith(previous + " ")
+
+
 def parse_reply(request: str, reply: str) -> str:
     """Check a reply line (without terminator) against its request.
 
@@ -169,6 +180,9 @@ class LineClient:
         self._lock = threading.RLock()
         # bytes received after a reply line (a payload's start), read first
         self._rx = bytearray()
+        # the echo of the last request: a line with it that comes after the
+        # input was flushed for the next request is a late (stale) reply
+        self._previous_echo: str | None = None
 
     # ------------------------------------------------------------ link
     @property
@@ -289,14 +303,17 @@ class LineClient:
             port = self._port
             if port is None:
                 raise LinkError(f"not connected to {self.url}")
+            previous, self._previous_echo = self._previous_echo, expected_echo(line)
             try:
                 raw = self._send_and_read_line(port, line)
-                try:
-                    text = raw[: -len(TERMINATOR)].decode("ascii")
-                except UnicodeDecodeError:
-                    raise ProtocolError(
-                        f"garbage reply from {self.url} to {line!r}: {raw[:_QUOTE_BYTES]!r}"
-                    ) from None
+                text = self._decoded(raw, line)
+                for _ in range(MAX_STALE_LINES):
+                    if not _stale(text, previous, self._previous_echo):
+                        break
+                    # a second reply to the last request that came after the
+                    # flush (a late or doubled reply): not this one's
+                    raw = self._checked_line(port, line, None, time.monotonic())
+                    text = self._decoded(raw, line)
                 result = parse_reply(line, text)
                 try:
                     value = convert(result)
@@ -312,6 +329,14 @@ class LineClient:
                 self.close()
                 raise
 
+    def _decoded(self, raw: bytes, line: str) -> str:
+        try:
+            return raw[: -len(TERMINATOR)].decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                f"garbage reply from {self.url} to {line!r}: {raw[:_QUOTE_BYTES]!r}"
+            ) from None
+
     def _send_and_read_line(self, port: serial.SerialBase, line: str) -> bytes:
         """Write the request, read up to the terminator; raw reply bytes."""
         started = time.monotonic()
@@ -319,7 +344,20 @@ class LineClient:
             port.reset_input_buffer()  # a late reply to an earlier request
             self._rx.clear()
             port.write(line.encode("ascii") + TERMINATOR)
-            raw = self._read_line(port)
+        except (serial.SerialException, OSError) as exc:
+            if _peer_closed(exc):
+                raise LinkError(f"connection closed by {self.url}") from exc
+            raise LinkError(f"connection to {self.url} lost: {_reason(exc)}") from exc
+        return self._checked_line(port, line, None, started)
+
+    def _checked_line(
+        self, port: serial.SerialBase, line: str, raw: bytes | None, started: float
+    ) -> bytes:
+        """Read a reply line (unless ``raw`` is one read already) and check
+        that it is a whole line; ``started``: when the wait for it began."""
+        try:
+            if raw is None:
+                raw = self._read_line(port)
         except (serial.SerialException, OSError) as exc:
             if _peer_closed(exc):
                 raise LinkError(f"connection closed by {self.url}") from exc

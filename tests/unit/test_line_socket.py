@@ -124,6 +124,24 @@ def test_a_stale_reply_is_discarded(peer):
     c.close()
 
 
+def test_a_late_reply_to_the_last_request_is_skipped_not_taken_for_this_ones(peer):
+    def answer(line):
+        if line == b"?A":
+            return [b"?A 1\r\n"]
+        if line == b"?B":  # the late second ?A reply comes after the flush for ?B
+            return [b"?A 1\r\n", b"?B 2\r\n"]
+        if line == b"?C":  # a reply echoing neither: still refused
+            return [b"?X 3\r\n"]
+        return echo_id(line)
+
+    c = client(peer(answer))
+    assert c.request("?A") == "1"
+    assert c.request("?B") == "2"
+    with pytest.raises(ProtocolError, match="does not echo the request '[?]C'"):
+        c.request("?C")
+    c.close()
+
+
 def test_a_partial_line_at_the_timeout_is_an_incomplete_reply(peer):
     def answer(line):
         if line == b"?SLOW":
