@@ -64,6 +64,10 @@ class Policy:
     # a starting server that still uses CPU (imports, initialises: slow on a busy
     # machine) is given up to this long before it counts as hung
     start_timeout_busy: float = 120.0
+    # a running server whose devices are silent while its threads wait for a
+    # CPU most of the time (an overloaded machine, e.g. 200 servers starting)
+    # is given up to this long before it counts as hung
+    starved_timeout: float = 30.0
 
     def backoff(self, failures_in_window: int) -> float:
         """Delay before the next restart: none after a first failure."""

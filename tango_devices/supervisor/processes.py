@@ -136,6 +136,23 @@ class ProcessWatcher:
             return None
         return times.user + times.system
 
+    def wait_seconds(self, pid: int) -> float | None:
+        """Run-queue wait of the process's threads so far (the second field of
+        /proc/PID/task/TID/schedstat, ns), summed; None: gone or unknown
+        (no schedstats in this kernel)."""
+        total = 0
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return None
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended meanwhile
+        return total / 1e9
+
     def _watch(self, pids: set[int]) -> None:
         if not hasattr(os, "pidfd_open"):
             return

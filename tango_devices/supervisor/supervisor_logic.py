@@ -32,6 +32,10 @@ LAUNCH_GRACE = 0.05  # s after a launch in which its process may not show its co
 #: disappearing is not yet a failure: a server started through the fork server
 #: is first a stub that hands over to a forked child and exits
 ADOPT_GRACE = 1.0
+#: a silent server whose threads waited for a CPU at least this share of the
+#: time it has been silent is starved (the machine is overloaded), not hung
+STARVED_SHARE = 0.5
+STARVED_EVIDENCE = 0.5  # s of samples at least (from its first step not answering)
 
 S = ServerState
 
@@ -42,6 +46,10 @@ class ProcessTable(Protocol):
 
     def cpu_seconds(self, pid: int) -> float | None:
         """CPU time the process has used so far (None: unknown)."""
+
+    def wait_seconds(self, pid: int) -> float | None:
+        """Time its threads have spent runnable but waiting for a CPU, so far,
+        summed over its threads (None: unknown)."""
 
 
 class Prober(Protocol):
@@ -113,6 +121,9 @@ class SupervisorLogic:
         self._since: dict[str, float] = {}  # server -> monotonic time its pid was first seen
         self._kill_deadline: dict[str, float] = {}
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when it grew)
+        # pid -> (when, its threads' run-queue wait then): from the first step
+        # its devices were silent
+        self._queued: dict[int, tuple[float, float]] = {}
         self._watched: set[str] | None = None  # the devices the prober asks
         # fired with notify=False: the caller notifies once its own locks are released
         self.machine = StateMachine(
@@ -174,6 +185,8 @@ class SupervisorLogic:
         live = {p for pids in table.values() for p in pids}
         for pid in [p for p in self._cpu if p not in live]:
             del self._cpu[pid]
+        for pid in [p for p in self._queued if p not in live]:
+            del self._queued[pid]
         for rec in list(self.records.values()):
             pids = sorted(table.get(rec.name.lower(), []))
             pid = pids[0] if pids else None
@@ -311,6 +324,7 @@ class SupervisorLogic:
                 self._kill_deadline[rec.name] = now + 1.0
             return
         if self._answering(rec, since, now):
+            self._queued.pop(pid, None)
             recovering = rec.state in (S.STARTING, S.RESTARTING)
             if recovering and rec.failure_detected_at is not None:
                 rec.last_recovery = now - rec.failure_detected_at
@@ -329,11 +343,30 @@ class SupervisorLogic:
         if rec.state in (S.STARTING, S.RESTARTING):
             self._check_start(rec, pid, since, now, wall)
             return
+        starved = self._starved(pid, now)  # sampled from its first step not answering
         silent_since = self._silent_since(rec, since)
-        if silent_since is not None and now - silent_since >= self.policy.hang_timeout:
-            self._hang(
-                rec, pid, now, wall, f"hang: no device answered for {now - silent_since:.1f} s"
-            )
+        if silent_since is None:
+            return
+        silent = now - silent_since
+        if silent >= self.policy.hang_timeout and not (
+            starved and silent < self.policy.starved_timeout
+        ):
+            why = " (starved of CPU all along)" if starved else ""
+            self._hang(rec, pid, now, wall, f"hang: no device answered for {silent:.1f} s{why}")
+
+    def _starved(self, pid: int, now: float) -> bool:
+        """Has the process, since the first call (its first step not
+        answering), spent at least STARVED_SHARE of that time waiting for a
+        CPU (its threads runnable, the machine too busy to run them)? A server
+        slow because the machine is overloaded is not hung; a blocked or a
+        stopped one waits for no CPU (a device thread blocked on a lock,
+        SIGSTOP)."""
+        waited = self.processes.wait_seconds(pid)
+        if waited is None:
+            return False
+        first = self._queued.setdefault(pid, (now, waited))
+        elapsed = now - first[0]
+        return elapsed >= STARVED_EVIDENCE and waited - first[1] >= STARVED_SHARE * elapsed
 
     def _check_start(self, rec: ServerRecord, pid: int, since: float, now: float, wall: float):
         """A starting server that does not answer is hung only past the start

@@ -100,3 +100,29 @@ def test_wake_ends_a_wait_at_once_and_only_that_wait():
     finally:
         watcher.close()
     watcher.wake()  # after close: harmless
+
+
+SPINNER = "while True: pass\n"
+
+
+def test_wait_seconds_tells_a_process_starved_of_cpu_from_a_sleeping_one(spawn, tmp_path):
+    """Three busy loops on one CPU each wait for it about two thirds of the
+    time; a sleeping process waits for none. (The supervisor does not take a
+    silent, starved server for a hung one.)"""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    spinners = [spawn(f"spin{i}.py", SPINNER, tmp_path) for i in range(3)]
+    sleeper = spawn("sleep.py", SLEEPER, tmp_path)
+    for p in spinners:
+        os.sched_setaffinity(p.pid, {cpu})
+    watcher = ProcessWatcher(str(tmp_path))
+    before = {p.pid: watcher.wait_seconds(p.pid) for p in [*spinners, sleeper]}
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    elapsed = time.monotonic() - t0
+    grew = {pid: watcher.wait_seconds(pid) - w for pid, w in before.items()}
+    assert all(grew[p.pid] >= 0.3 * elapsed for p in spinners), grew
+    assert grew[sleeper.pid] < 0.1 * elapsed, grew
+    for p in spinners:
+        p.kill()
+        p.wait()
+    assert watcher.wait_seconds(spinners[0].pid) is None

@@ -28,6 +28,7 @@ class World:
         self.logs: dict[str, str] = {}
         self.reconnects: list[tuple[str, ...]] = []
         self.cpu: dict[int, float] = {}  # pid -> CPU seconds used (absent: unknown)
+        self.queued: dict[int, float] = {}  # pid -> s its threads waited for a CPU
         self.no_evidence: set[str] = set()  # devices the prober cannot reach (database down)
         self.db_up = True
 
@@ -37,6 +38,9 @@ class World:
 
     def cpu_seconds(self, pid):
         return self.cpu.get(pid)
+
+    def wait_seconds(self, pid):
+        return self.queued.get(pid)
 
     # Prober
     def watch(self, devices):
@@ -384,6 +388,38 @@ def test_silence_without_evidence_is_not_a_hang(world):
     world.no_evidence.clear()  # the prober now sees it silent since its last answer
     steps(world, sup, 1)
     assert world.killed == [MOTOR.name]
+
+
+def test_a_silent_server_starved_of_cpu_is_not_hung_until_the_starved_limit(world):
+    """At 200 servers starting on two cores, Sardana (running, answering a
+    moment before) went silent for 3 s while its threads waited for a CPU:
+    it was killed as hung. Starved is not hung; a blocked one is killed as
+    before (the test above), and a starved one past the limit too."""
+    sup = make(world, policy=Policy(hang_timeout=3.0, starved_timeout=6.0))
+    running(world, sup, MOTOR)
+    pid = world.pids[MOTOR.name]
+    world.queued[pid] = 0.0
+    for _ in range(50):  # 5 s silent, its threads waiting for a CPU 80 % of the time
+        world.queued[pid] += 0.08
+        steps(world, sup, 1)
+    assert world.killed == [] and sup.record(MOTOR.name).state is S.RUNNING
+    for _ in range(11):
+        world.queued[pid] += 0.08
+        steps(world, sup, 1)
+    assert world.killed == [MOTOR.name]
+    assert "(starved of CPU all along)" in sup.record(MOTOR.name).last_cause
+
+
+def test_a_silent_server_that_waits_for_no_cpu_is_hung_at_the_hang_timeout(world):
+    sup = make(world, policy=Policy(hang_timeout=3.0, starved_timeout=6.0))
+    running(world, sup, MOTOR)
+    pid = world.pids[MOTOR.name]
+    world.queued[pid] = 0.0
+    for _ in range(32):  # a device thread blocked: it waits for a lock, not a CPU
+        world.queued[pid] += 0.01
+        steps(world, sup, 1)
+    assert world.killed == [MOTOR.name]
+    assert "starved" not in sup.record(MOTOR.name).last_cause
 
 
 def restarted_silent(world, sup, policy_cpu):
