@@ -328,7 +328,7 @@ def two_hosts_size(n: int, tmp: Path) -> dict:
     configuration and runs the virtual hardware) and on host B; both hosts
     share this machine's two cores."""
     from beamline import generate
-    from tests.netns import BEAMLINE, Host, Network, central_database
+    from tests.netns import BEAMLINE, two_hosts
 
     names = ("hosta", "hostb")
     config = tmp / f"config{n}-2hosts"
@@ -337,58 +337,48 @@ def two_hosts_size(n: int, tmp: Path) -> dict:
     base = tmp / f"hosts{n}"
     base.mkdir()
     out: dict = {"servers": n, "fork_server": True, "database": "embedded", "hosts": 2}
-    net = Network.fresh()
-    db = None
-    hosts: dict[str, Host] = {}
     try:
-        net.create({"hosta": 1, "hostb": 2})
-        db, tango_host = central_database(net, base, net.port())
-        hosts = {h: Host(net, h, base, config, tango_host) for h in names}
-        t0 = time.perf_counter()
-        rc_a = hosts["hosta"].start(timeout=600, check=False)
-        out["cold_start_host_a_s"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        rc_b = hosts["hostb"].start("--no-sim", "--no-config", timeout=600, check=False)
-        out["cold_start_host_b_s"] = time.perf_counter() - t1
-        out["cold_start_s"] = time.perf_counter() - t0
-        out["up_exit_codes"] = [rc_a, rc_b]
-        failures = 0
-        for h in hosts.values():
+        with two_hosts(base, config, names) as world:
+            hosts = world.hosts
+            t0 = time.perf_counter()
+            rc_a = hosts["hosta"].start(timeout=600, check=False)
+            out["cold_start_host_a_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            rc_b = hosts["hostb"].start("--no-sim", "--no-config", timeout=600, check=False)
+            out["cold_start_host_b_s"] = time.perf_counter() - t1
+            out["cold_start_s"] = time.perf_counter() - t0
+            out["up_exit_codes"] = [rc_a, rc_b]
+            failures: int | None = 0
+            for h in hosts.values():
+                try:
+                    failures += len(json.loads((h.run_dir / "up.json").read_text())["failures"])
+                except (OSError, ValueError, KeyError):
+                    failures = None
+                    break
+            out["not_answering"] = failures
+            os.environ["TANGO_HOST"] = world.tango_host
+
+            def processes() -> dict[int, str]:
+                found = run_processes(*(h.run_dir for h in hosts.values()))
+                found[world.db.pid] = "database"
+                return found
+
+            out.update(measure_at_rest(processes))
+            t0 = time.perf_counter()
+            status = subprocess.run(
+                [BEAMLINE, "--run-dir", str(hosts["hosta"].run_dir), "--config-dir", str(config)]
+                + ["status", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            out["status_s"] = time.perf_counter() - t0
             try:
-                failures += len(json.loads((h.run_dir / "up.json").read_text())["failures"])
-            except (OSError, ValueError, KeyError):
-                failures = None
-                break
-        out["not_answering"] = failures
-        os.environ["TANGO_HOST"] = tango_host
-
-        def processes() -> dict[int, str]:
-            found = run_processes(*(h.run_dir for h in hosts.values()))
-            found[db.pid] = "database"
-            return found
-
-        out.update(measure_at_rest(processes))
-        t0 = time.perf_counter()
-        status = subprocess.run(
-            [BEAMLINE, "--run-dir", str(hosts["hosta"].run_dir), "--config-dir", str(config)]
-            + ["status", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        out["status_s"] = time.perf_counter() - t0
-        try:
-            data = json.loads(status.stdout)
-            out["status_hosts_answering"] = sum(1 for h in data["hosts"] if h["answers"])
-        except (ValueError, KeyError):
-            out["status_error"] = (status.stdout + status.stderr)[-2000:]
+                data = json.loads(status.stdout)
+                out["status_hosts_answering"] = sum(1 for h in data["hosts"] if h["answers"])
+            except (ValueError, KeyError):
+                out["status_error"] = (status.stdout + status.stderr)[-2000:]
     finally:
-        for h in hosts.values():
-            h.kill()
-        if db is not None:
-            db.terminate()
-            db.wait(10)
-        net.destroy()
         os.environ.pop("TANGO_HOST", None)
     return out
 

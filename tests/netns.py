@@ -12,12 +12,21 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import wait_until
 
 BEAMLINE = str(Path(sys.executable).parent / "beamline")
 SUBNET = "10.231.{}.{}"
+#: the tests that build hosts need these
+NEEDS_NAMESPACES = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"),
+    reason="needs root, ip (iproute2) and unshare for network namespaces",
+)
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -197,3 +206,33 @@ def answering(tango_host: str, devices) -> dict[str, str]:
         except tango.DevFailed as exc:
             out[d] = f"no answer: {exc.args[0].desc.strip()[:80]}"
     return out
+
+
+@dataclass
+class TwoHosts:
+    net: Network
+    hosts: dict[str, Host]  # by name, in the order given
+    tango_host: str
+    db: subprocess.Popen  # the central database
+
+
+@contextlib.contextmanager
+def two_hosts(base: Path, config: Path, names=("hosta", "hostb")) -> Iterator[TwoHosts]:
+    """A fresh network with a namespace per host (not started: ``start`` each,
+    the first first) and the central database; everything killed and
+    removed on the way out."""
+    net = Network.fresh()
+    db = None
+    hosts: dict[str, Host] = {}
+    try:
+        net.create({name: i for i, name in enumerate(names, start=1)})
+        db, tango_host = central_database(net, base, net.port())
+        hosts = {name: Host(net, name, base, config, tango_host) for name in names}
+        yield TwoHosts(net, hosts, tango_host, db)
+    finally:
+        for h in hosts.values():
+            h.kill()
+        if db is not None:
+            db.terminate()
+            db.wait(10)
+        net.destroy()

@@ -19,16 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests import netns
 from tests.helpers import PROJECT, wait_until
-from tests.netns import BEAMLINE, Host, Network, answering, central_database
+from tests.netns import BEAMLINE, NEEDS_NAMESPACES, Host, answering
 
 pytestmark = [
     pytest.mark.system,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"),
-        reason="needs root, ip (iproute2) and unshare for network namespaces",
-    ),
+    NEEDS_NAMESPACES,
 ]
 
 HOST_B_SERVERS = ("DataLogger/logger", "ExperimentQueue/queue", "Supervisor/hostb")
@@ -73,24 +71,11 @@ def status_check(host: Host, tango_host: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory):
     base = tmp_path_factory.mktemp("hosts")
-    net = Network.fresh()
-    db = None
-    hosts: dict[str, Host] = {}
-    try:
-        net.create({"hosta": 1, "hostb": 2})
-        db, tango_host = central_database(net, base, net.port())
-        config = two_host_config(base / "db_config")
-        hosts = {n: Host(net, n, base, config, tango_host) for n in ("hosta", "hostb")}
-        hosts["hosta"].start()  # writes the configuration, runs the virtual hardware
-        hosts["hostb"].start("--no-sim", "--no-config")
-        yield net, hosts, tango_host, base
-    finally:
-        for h in hosts.values():
-            h.kill()
-        if db is not None:
-            db.terminate()
-            db.wait(10)
-        net.destroy()
+    config = two_host_config(base / "db_config")
+    with netns.two_hosts(base, config) as world:
+        world.hosts["hosta"].start()  # writes the configuration, runs the virtual hardware
+        world.hosts["hostb"].start("--no-sim", "--no-config")
+        yield world.net, world.hosts, world.tango_host, base
 
 
 def test_every_device_of_both_hosts_answers_a_client(two_hosts):

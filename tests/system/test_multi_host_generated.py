@@ -6,23 +6,18 @@ same at 200 servers is `bench scale` with BENCH_SCALE_HOSTS=2.)"""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
 import pytest
 
 from beamline import config as cfg
 from tests.helpers import PROJECT, wait_until
-from tests.netns import BEAMLINE, Host, Network, answering, central_database
+from tests.netns import BEAMLINE, NEEDS_NAMESPACES, answering, two_hosts
 
 pytestmark = [
     pytest.mark.system,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"),
-        reason="needs root, ip (iproute2) and unshare for network namespaces",
-    ),
+    NEEDS_NAMESPACES,
 ]
 
 HOSTS = ("hosta", "hostb")
@@ -44,15 +39,10 @@ def test_a_generated_beamline_on_two_hosts_runs_each_hosts_servers_there(tmp_pat
     hardware = sorted(
         d for server in c.servers if not server.startswith("sardana/") for d in c.devices_of(server)
     )
-    net = Network.fresh()
-    db = None
-    hosts: dict[str, Host] = {}
-    try:
-        net.create({"hosta": 1, "hostb": 2})
-        db, tango_host = central_database(net, tmp_path, net.port())
-        hosts = {h: Host(net, h, tmp_path, config, tango_host) for h in HOSTS}
-        hosts["hosta"].start()
-        hosts["hostb"].start("--no-sim", "--no-config")
+    with two_hosts(tmp_path, config) as world:
+        world.hosts["hosta"].start()
+        world.hosts["hostb"].start("--no-sim", "--no-config")
+        tango_host = world.tango_host
         from beamline.starter import Starter
 
         def running(host: str) -> set[str]:
@@ -74,10 +64,3 @@ def test_a_generated_beamline_on_two_hosts_runs_each_hosts_servers_there(tmp_pat
                 {d: s for d, s in answering(tango_host, hardware).items() if "no answer" in s}
             ),
         )
-    finally:
-        for h in hosts.values():
-            h.kill()
-        if db is not None:
-            db.terminate()
-            db.wait(10)
-        net.destroy()
