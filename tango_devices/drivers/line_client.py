@@ -312,7 +312,7 @@ class LineClient:
                         break
                     # a second reply to the last request that came after the
                     # flush (a late or doubled reply): not this one's
-                    raw = self._checked_line(port, line, None, time.monotonic())
+                    raw = self._checked_line(port, line, time.monotonic())
                     text = self._decoded(raw, line)
                 result = parse_reply(line, text)
                 try:
@@ -348,16 +348,13 @@ class LineClient:
             if _peer_closed(exc):
                 raise LinkError(f"connection closed by {self.url}") from exc
             raise LinkError(f"connection to {self.url} lost: {_reason(exc)}") from exc
-        return self._checked_line(port, line, None, started)
+        return self._checked_line(port, line, started)
 
-    def _checked_line(
-        self, port: serial.SerialBase, line: str, raw: bytes | None, started: float
-    ) -> bytes:
-        """Read a reply line (unless ``raw`` is one read already) and check
-        that it is a whole line; ``started``: when the wait for it began."""
+    def _checked_line(self, port: serial.SerialBase, line: str, started: float) -> bytes:
+        """Read a reply line and check that it is a whole line; ``started``:
+        when the wait for it began."""
         try:
-            if raw is None:
-                raw = self._read_line(port)
+            raw = self._read_line(port)
         except (serial.SerialException, OSError) as exc:
             if _peer_closed(exc):
                 raise LinkError(f"connection closed by {self.url}") from exc

@@ -121,8 +121,8 @@ class SupervisorLogic:
         self._since: dict[str, float] = {}  # server -> monotonic time its pid was first seen
         self._kill_deadline: dict[str, float] = {}
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, when it grew)
-        # pid -> (when, its threads' run-queue wait then): from the first step
-        # its devices were silent
+        # pid -> (when, its threads' run-queue wait then): from its first step
+        # not answering (see _starved)
         self._queued: dict[int, tuple[float, float]] = {}
         self._watched: set[str] | None = None  # the devices the prober asks
         # fired with notify=False: the caller notifies once its own locks are released
@@ -183,10 +183,9 @@ class SupervisorLogic:
         table = self.processes.scan()
         now, wall = self.clock(), self.wall()
         live = {p for pids in table.values() for p in pids}
-        for pid in [p for p in self._cpu if p not in live]:
-            del self._cpu[pid]
-        for pid in [p for p in self._queued if p not in live]:
-            del self._queued[pid]
+        for per_pid in (self._cpu, self._queued):
+            for pid in [p for p in per_pid if p not in live]:
+                del per_pid[pid]
         for rec in list(self.records.values()):
             pids = sorted(table.get(rec.name.lower(), []))
             pid = pids[0] if pids else None
