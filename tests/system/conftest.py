@@ -57,6 +57,26 @@ class Events:
             ok = self.cond.wait_for(lambda: predicate(self.items), timeout)
         assert ok, f"no {what} within {timeout} s; got {self._describe()}"
 
+    def wait_live(self, timeout: float = 10.0) -> None:
+        """Return once an event pushed now reaches this subscriber. Tango
+        gives no such promise when subscribe_event returns (cppTango #524):
+        the value it hands over is a synchronous read, and ZeroMQ may not yet
+        have passed the subscription to the server, which drops what it
+        pushes meanwhile. Our devices' RepublishEvents pushes State and every
+        evented attribute again; one arriving shows the channel is live (the
+        device's subscriptions travel in order on one connection)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.cond:
+                before = len(self.items)
+            self.proxy.RepublishEvents()
+            with self.cond:
+                if self.cond.wait_for(lambda n=before: len(self.items) > n, 0.5):
+                    return
+            assert time.monotonic() < deadline, (
+                f"{self.proxy.dev_name()}: no event reached a new subscriber within {timeout} s"
+            )
+
     def records(self) -> list[tuple[float, object, str]]:
         """(time, value, quality name) of each change event so far."""
         with self.cond:

@@ -54,6 +54,7 @@ def test_every_device_is_in_its_resting_state(dev):
 def test_shutter_open_close_with_travel_and_events(dev):
     states = Events(dev.shutter, "State")
     try:
+        states.wait_live()
         dev.shutter.Open()
         assert dev.shutter.state() in (S.MOVING, S.OPEN)
         wait_state(dev.shutter, S.OPEN)

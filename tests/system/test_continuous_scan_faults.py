@@ -61,8 +61,8 @@ def still(beam):  # noqa: F811
     for name, motor in motors.items():
         wait_until(lambda m=motor: m.state() == S.ON, 30, f"{name} ON")
     events = {name: Events(motor, "State") for name, motor in motors.items()}
-    for name, ev in events.items():
-        ev.wait_for(lambda items: len(items) >= 1, 10, f"the first State event of {name}")
+    for ev in events.values():
+        ev.wait_live()
     yield motors, events
     for ev in events.values():
         ev.close()

@@ -69,22 +69,18 @@ def test_axis_missing_on_the_controller_is_a_fault(sim):
 
 
 def test_state_change_events(sim):
-    seen = []
     with motor_context(sim.url()) as m:
         wait_until(lambda: m.state() == tango.DevState.ON, 10, "ON")
-        eid = m.subscribe_event(
-            "State",
-            tango.EventType.CHANGE_EVENT,
-            lambda e: seen.append(e.attr_value.value) if not e.err else None,
-        )
+        states = Events(m, "State")
         try:
+            states.wait_live()
             m.Off()
-            wait_until(lambda: tango.DevState.OFF in seen, 5, "an OFF event")
+            states.wait_for(lambda items: items[-1].value == tango.DevState.OFF, 5, "an OFF event")
             m.On()
-            wait_until(lambda: seen[-1] == tango.DevState.ON, 5, "an ON event")
+            states.wait_for(lambda items: items[-1].value == tango.DevState.ON, 5, "an ON event")
         finally:
-            m.unsubscribe_event(eid)
-    assert seen[0] == tango.DevState.ON and tango.DevState.OFF in seen
+            states.close()
+    assert states.items[0].value == tango.DevState.ON
 
 
 def test_settings_switches_and_dial_position_push_change_events(sim):

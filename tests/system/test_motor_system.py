@@ -47,7 +47,7 @@ def test_move_sends_state_and_position_events(beamline):
     states = Events(m, "State")
     positions = Events(m, "Position")
     try:
-        states.wait_for(lambda it: len(it) >= 1, 5, "initial State event")
+        positions.wait_live()  # and so the State subscription made before it
         start = m.Position
         target = 3.0 if abs(start - 3.0) > 1 else -3.0
         m.Position = target

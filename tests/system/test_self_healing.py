@@ -385,6 +385,7 @@ def test_after_the_relays_own_restart_events_go_through_it_again(healing):
     motor = healing.proxy("bl01/mot/sample_x")
     position = Events(healing.proxy("bl01/mot/sample_x"), "Position")
     try:
+        position.wait_live()
         start = motor.read_attribute("Position").value
         subscribed = time.time()
         motor.write_attribute("Position", start + 0.2)

@@ -113,6 +113,7 @@ def test_a_time_train_gives_one_buffered_point_per_gate_and_one_frame_per_pulse(
     assert (dev.tg.Mode, dev.tg.Count, dev.tg.Period, dev.tg.Width) == (0, n, period, width)
     sent = Events(dev.tg, "PulsesSent")
     try:
+        sent.wait_live()
         dev.tg.Arm()
         wait_state(dev.tg, S.STANDBY)
         dev.tg.Start()
