@@ -90,22 +90,24 @@ class ProcessWatcher:
         return time.time() - (self._boot + start)
 
     def scan(self) -> dict[str, list[int]]:
-        try:
-            pids = {int(d) for d in os.listdir("/proc") if d.isdigit()}
-        except OSError:
-            pids = set()
+        pids = self._listing()
         for pid in [p for p in self._known if p not in pids]:
             del self._known[pid]
         now: dict[int, str | None] = dict(self._known)
-        for pid in pids - set(self._known):
-            server, final = self._identify(pid)
-            now[pid] = server
-            if final:
-                self._known[pid] = server
+        self._identify_new(pids - set(self._known), now)
         servers = {pid for pid, server in now.items() if server is not None}
         self._watch(servers)
-        for pid in self._ended(servers):
+        ended = self._ended(servers)
+        for pid in ended:
             now[pid] = self._known[pid] = None  # a zombie stays in /proc until reaped
+        if ended:
+            # The listing is as old as the scan (seconds, on a host busy
+            # starting 200 servers). A stub that handed over to the fork
+            # server while it ran has ended, and its successor, born after
+            # the listing, must not be missed: the server would read as
+            # vanished. The successor was born before the stub ended, so it
+            # is in a listing made now.
+            self._identify_new(self._listing() - pids - set(now), now)
         found: dict[str, list[int]] = {}
         for pid, server in now.items():
             if server is not None:
@@ -113,6 +115,21 @@ class ProcessWatcher:
         # only the living are watched: an ended one's pidfd would wake wait() at once
         self._watch({p for ps in found.values() for p in ps})
         return found
+
+    @staticmethod
+    def _listing() -> set[int]:
+        try:
+            return {int(d) for d in os.listdir("/proc") if d.isdigit()}
+        except OSError:
+            return set()
+
+    def _identify_new(self, pids: set[int], now: dict[int, str | None]) -> None:
+        """Read what each of ``pids`` runs into ``now``; keep what is final."""
+        for pid in pids:
+            server, final = self._identify(pid)
+            now[pid] = server
+            if final:
+                self._known[pid] = server
 
     def _ended(self, pids: set[int]) -> set[int]:
         """Those of ``pids`` that have ended (zombies included): their pidfd

@@ -81,6 +81,28 @@ def test_a_young_process_that_changes_what_it_runs_is_seen_as_what_it_runs_now(s
     assert "shutter/s0" not in watcher.scan()
 
 
+def test_a_stub_that_hands_over_during_the_scan_is_followed_by_its_successor(spawn, tmp_path):
+    """A scan on a busy host takes seconds. A stub that hands its server over
+    to a fork-server child meanwhile has ended when the scan checks it, and
+    the child, born after the scan listed /proc, must still be found: else
+    the supervisor reads a live server as vanished and starts it again."""
+    stub = spawn("Motor", SLEEPER, tmp_path, "m1")
+    successor = []
+
+    class BusyHost(ProcessWatcher):
+        def _identify(self, pid):
+            result = super()._identify(pid)
+            if pid == stub.pid and not successor:  # the handover, mid-scan
+                successor.append(spawn("Motor", SLEEPER, tmp_path, "m1"))
+                stub.kill()
+                stub.wait()  # reaped: gone from /proc
+            return result
+
+    watcher = BusyHost(str(tmp_path))
+    assert watcher.scan() == {"motor/m1": [successor[0].pid]}
+    assert watcher.scan() == {"motor/m1": [successor[0].pid]}
+
+
 def test_wake_ends_a_wait_at_once_and_only_that_wait():
     import threading
 
