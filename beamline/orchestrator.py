@@ -928,34 +928,68 @@ def supervisor_for(tango_host: str, server: str):
         return None
 
 
-def supervisor_report(tango_host: str, devices: list[str] | None = None) -> dict[str, Any]:
+def supervisor_report(
+    tango_host: str, devices: list[str] | None = None, answers: bool = False
+) -> dict[str, Any]:
     """The supervisors' view: {"state", "summary", "servers": {name: row},
     "hosts": {host: {"device", "state", "summary"}}}. ``devices``: every
     supervisor of the beamline (one per host); the main one by default.
-    State and summary are the main supervisor's (or the first that answers)."""
+    State and summary are the main supervisor's (or the first that answers).
+    With ``answers``, also "answers": {device (lower case): {"state", "age"}},
+    each supervisor's probes' last answers (ProbeAnswers)."""
     import tango
 
     out: dict[str, Any] = {}
     rows: dict[str, Any] = {}
     hosts: dict[str, Any] = {}
+    heard: dict[str, Any] = {}
     for device in devices or [MAIN_SUPERVISOR]:
         try:
             proxy = tango.DeviceProxy(f"tango://{tango_host}/{device}")
             proxy.set_timeout_millis(2000)
-            report = json.loads(proxy.read_attribute("Report").value)
-            summary = proxy.read_attribute("Summary").value
+            names = ["Report", "Summary", *(["ProbeAnswers"] if answers else [])]
+            values = proxy.read_attributes(names)
+            report = json.loads(values[0].value)
+            summary = values[1].value
+            probes = json.loads(values[2].value) if answers else {}
             state = str(proxy.state())
-        except (tango.DevFailed, ValueError, KeyError):
+        except (tango.DevFailed, ValueError, KeyError, TypeError):
             continue
         for r in report.get("servers", []):
             rows.setdefault(r["server"].lower(), r)  # the host's own supervisor first
+        for name, seen in probes.items():
+            heard.setdefault(name.lower(), seen)
         if report.get("host"):
             hosts.setdefault(report["host"], {"device": device, "state": state, "summary": summary})
         if device == MAIN_SUPERVISOR or not out:
             out.update(state=state, summary=summary)
     if not out:
         return {}
-    return {**out, "servers": rows, "hosts": hosts}
+    return {**out, "servers": rows, "hosts": hosts, **({"answers": heard} if answers else {})}
+
+
+def _answers_elsewhere(
+    config: cfg.BeamlineConfig, supervision: dict[str, Any], host: str
+) -> dict[str, DeviceCheck]:
+    """device (lower case) -> its State as the probes of its own host's
+    supervisor heard it within RECENT_ANSWER seconds, for devices of servers
+    on other hosts that supervisor sees running with a process (this host's
+    processes cannot be listed there; asking each device through a new
+    client takes seconds at 200)."""
+    heard = supervision.get("answers") or {}
+    out: dict[str, DeviceCheck] = {}
+    for s in config.servers.values():
+        row = supervision.get("servers", {}).get(s.name.lower())
+        if s.resolved_host(host) == host or not row or not row.get("pid"):
+            continue
+        if row.get("state") != "RUNNING":
+            continue
+        for d in config.devices_of(s.name):
+            seen = heard.get(d.lower()) or {}
+            age = seen.get("age")
+            if seen.get("state") and age is not None and age <= RECENT_ANSWER:
+                out[d.lower()] = DeviceCheck(d, seen["state"])
+    return out
 
 
 # ------------------------------------------------------------------ status
@@ -1024,8 +1058,12 @@ def status(ctx: RunContext, elements: bool = False) -> dict[str, Any]:
             if "error" in entry:
                 out["starter"]["error"] = entry["error"]
     supervisors = sorted(d.name for d in config.devices.values() if d.device_class == "Supervisor")
-    supervision = supervisor_report(tango_host, supervisors) if out["database"]["answers"] else {}
-    out["supervisor"] = {k: v for k, v in supervision.items() if k != "servers"}
+    supervision = (
+        supervisor_report(tango_host, supervisors, answers=True)
+        if out["database"]["answers"]
+        else {}
+    )
+    out["supervisor"] = {k: v for k, v in supervision.items() if k not in ("servers", "answers")}
     names = sorted(config.servers.values(), key=lambda s: (s.level, s.name))
     pids = procs.server_pids(ctx.run_dir, [s.name for s in names])
     split = {s.name: split_elements(config, s.name, elements) for s in names}
@@ -1035,6 +1073,7 @@ def status(ctx: RunContext, elements: bool = False) -> dict[str, Any]:
         # (asking 200 devices again, each through a new client and the
         # database, takes seconds); the others are asked
         checks = _recent_answers(ctx, config, pids)
+        checks.update(_answers_elsewhere(config, supervision, host))
         rest = [d for d in all_devices if d.lower() not in checks]
         checks.update({c.device.lower(): c for c in check_devices(tango_host, rest)})
     else:  # no client can find a device: what the supervisors' probes saw

@@ -402,6 +402,22 @@ class Supervisor(BeamlineDevice):
 
     @attribute(
         dtype=str,
+        description="JSON: each probed device -> {state: its State as it last answered the "
+        "supervisor's probes, age: seconds since (null: never)}, as of this read. "
+        "`beamline status` on another host reads it instead of asking every device "
+        "of this host through a new client. Read only: no events.",
+    )
+    def ProbeAnswers(self):
+        now = time.monotonic()
+        return json.dumps(
+            {
+                device: {"state": state, "age": None if t is None else round(now - t, 2)}
+                for device, (state, t) in self._prober.answers().items()
+            }
+        )
+
+    @attribute(
+        dtype=str,
         description="JSON announcement of the last restart (server, devices, recovery time). "
         "Subscribers resubscribe to the devices' events when it changes.",
     )
