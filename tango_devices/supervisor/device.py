@@ -64,7 +64,7 @@ class Supervisor(BeamlineDevice):
         doc="s answering after which earlier failures are forgotten",
     )
     ProbeTimeout = device_property(dtype=float, default_value=0.5, doc="s: State read timeout")
-    ProbePeriod = device_property(dtype=float, default_value=0.2, doc="s between State reads")
+    ProbePeriod = device_property(dtype=float, default_value=0.5, doc="s between State reads")
     MaxProbeRate = device_property(
         dtype=float,
         default_value=400.0,

@@ -33,12 +33,15 @@ class _Probe:
     """Asks one device its State several times a second, in its own thread.
 
     Each State is sent asynchronously and its answer awaited until the
-    client's own timeout, the whole hang time (``timeout`` + ``confirm``): a
-    device is *silent* only once that is unanswered (a slow answer on a busy
-    machine is an answer). A failure to even reach the device because the
-    database is down is no evidence either way. The timeout is set once, on a
-    new client, before any call (changing it on a client reconnects, holding
-    the GIL).
+    client's own timeout: the hang time (``timeout`` + ``confirm``) less the
+    probe period, i.e. until the hang time has passed since the answer before
+    it. Unanswered by then, the device is *silent since that last answer*
+    (one period before the request, at most): a hang is seen the hang time
+    after it began, however long the period, and a slow answer on a busy
+    machine (up to the hang time less one period) is an answer. A failure to
+    even reach the device because the database is down is no evidence either
+    way. The timeout is set once, on a new client, before any call (changing
+    it on a client reconnects, holding the GIL).
 
     Why this way (measured on this machine, a State of a local device):
     waiting with ``command_inout_reply(id, timeout)`` polls the reply every
@@ -61,6 +64,8 @@ class _Probe:
         self.timeout_ms = int(timeout * 1000)
         self.confirm_ms = int(max(confirm, timeout) * 1000)
         self.period = period
+        self.lead = 0.0  # s the current client's timeout is short of the hang time
+        self.answered = False  # has the current client had an answer?
         self.last_answer: float | None = None
         self.last_state = ""  # the State it answered last
         self.silent_since: float | None = None
@@ -71,9 +76,22 @@ class _Probe:
 
     def _proxy(self):
         proxy = tango.DeviceProxy(self.device)
-        # the hang time: a request unanswered by then ends with a timeout
-        proxy.set_timeout_millis(self.timeout_ms + self.confirm_ms)
+        # a request is sent one period after the answer before it: unanswered
+        # by the hang time since that answer, it ends with a timeout (never
+        # shorter than the probe's own timeout)
+        self.lead = min(self.period, self.confirm_ms / 1000)
+        self.answered = False
+        proxy.set_timeout_millis(self.timeout_ms + self.confirm_ms - int(self.lead * 1000))
         return proxy
+
+    def _silence_start(self, attempt: float) -> float:
+        """When the device fell silent, given that the request sent at
+        ``attempt`` is unanswered: at its last answer, if that was within one
+        period of the request (the client's timeout assumed so); else (this
+        client never had an answer) when the request was sent."""
+        if self.last_answer is None or not self.answered:
+            return attempt
+        return max(self.last_answer, attempt - self.lead)
 
     def _run(self) -> None:
         with tango.EnsureOmniThread():
@@ -106,7 +124,7 @@ class _Probe:
                     state = proxy.command_inout_reply(request, 0)  # until the client's timeout
                 except tango.DevFailed as exc:
                     if _timed_out(exc):  # reached its server, unanswered all the hang time
-                        self._silent(attempt)
+                        self._silent(self._silence_start(attempt))
                         continue  # ask again at once
                     # the connection broke: a new process, or none
                     proxy = None
@@ -115,6 +133,7 @@ class _Probe:
                 news = self.silent_since is not None or self.last_answer is None
                 self.last_state = str(state)
                 self.last_answer = time.monotonic()
+                self.answered = True
                 self.silent_since = None
                 if news:
                     self.on_change()
