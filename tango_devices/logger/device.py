@@ -113,7 +113,10 @@ class DataLogger(BeamlineDevice):
         dtype=float, default_value=1.0, doc="s: attributes without events are read this often"
     )
     PropertyPollPeriod = device_property(
-        dtype=float, default_value=3.0, doc="s between reads of the properties in the database"
+        dtype=float,
+        default_value=30.0,
+        doc="s between unprompted reads of the properties in the database (a configuration "
+        "event or a writable attribute's change prompts a read)",
     )
     PropertyReadsPerSecond = device_property(
         dtype=float,

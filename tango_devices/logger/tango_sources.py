@@ -10,8 +10,12 @@
   attribute that sends no events is still archived). It also subscribes to
   ATTR_CONF_EVENT (attribute configuration), to INTERFACE_CHANGE_EVENT (new
   or removed attributes: it subscribes again) and reads the device's and its
-  attributes' properties from the database every ``property_poll_period``
-  (the database sends no events), archiving them when they change.
+  attributes' properties from the database (which sends no events), archiving
+  them when they change: once soon after connecting, again shortly after a
+  sign that they changed (an attribute's configuration event; a change event
+  of a writable attribute, whose value our devices store there as a
+  setting, as cppTango does for a memorized one), and every
+  ``property_poll_period`` for edits nobody announces (Jive, dsconfig).
 - Restarts: like :class:`tango_devices.common.events.ResilientSubscription`,
   the sources listen to the supervisors' ``LastRestart`` announcements and
   subscribe again at once on a fresh connection to a restarted device, so
@@ -131,7 +135,11 @@ def _signature(value: Any, quality: int) -> Any:
 @dataclass
 class SourceSettings:
     fallback_poll_period: float = 1.0
-    property_poll_period: float = 3.0
+    #: s between two unprompted reads of one device's properties (what no
+    #: event announces: an edit in Jive or by dsconfig)
+    property_poll_period: float = 30.0
+    #: s within which the first read after connecting comes (spread)
+    property_first_within: float = 3.0
     property_reads_per_second: float = 10.0
     discovery_period: float = 30.0
     retry_period: float = 2.0
@@ -151,6 +159,19 @@ class SourceSettings:
         the embedded database at 13 % of a core)."""
         rate = max(self.property_reads_per_second, 1e-3)
         return max(self.property_poll_period, self.watched / rate)
+
+    def first_property_delay(self) -> float:
+        """s within which a device's first property read comes, spread so
+        that the database is asked about <= ``property_reads_per_second``
+        devices a second when all connect at once (a start of 200 servers)."""
+        rate = max(self.property_reads_per_second, 1e-3)
+        return max(self.property_first_within, self.watched / rate)
+
+
+#: s after a sign that a device's properties changed: the reads that follow
+#: (a device may store a written value after it announced it; a second read
+#: finds what a busy database stored late)
+PROPERTIES_AFTER = (0.5, 3.0)
 
 
 # -------------------------------------------------------------------- watch
@@ -175,6 +196,9 @@ class DeviceWatch:
         self._polled: dict[str, Any] = {}
         self._configs: dict[str, dict] = {}
         self._properties: dict | None = None
+        self._props_due: list[float] = []  # reads asked by events (monotonic)
+        self._props_lock = threading.Lock()
+        self._connecting = False  # the events of subscribing announce nothing
         self._db = KeptDatabase()  # this thread's database client
         self._attr_names: set[str] = set()
         self._reconnect = threading.Event()
@@ -190,6 +214,28 @@ class DeviceWatch:
         self._wake.set()
         self._thread.join(join)
 
+    def properties_soon(self) -> None:
+        """Something says the device's properties may have changed: read them
+        shortly (from any thread). Asked again while those reads are pending,
+        nothing more: a writable attribute that streams events while it
+        moves costs two reads per PROPERTIES_AFTER, not one per event."""
+        if self._connecting:
+            return
+        now = time.monotonic()
+        with self._props_lock:
+            if self._props_due:
+                return
+            self._props_due = [now + delay for delay in PROPERTIES_AFTER]
+        self._wake.set()
+
+    def _asked_properties_due(self, now: float) -> tuple[bool, float | None]:
+        """(read now?, when the next asked read is due)."""
+        with self._props_lock:
+            due = [t for t in self._props_due if t > now]
+            read = len(due) < len(self._props_due)
+            self._props_due = due
+        return read, (due[0] if due else None)
+
     def resubscribe(self) -> None:
         """The device was restarted: subscribe again on a fresh connection now."""
         self._reconnect.set()
@@ -201,7 +247,7 @@ class DeviceWatch:
             next_connect = next_poll = 0.0
             next_retry = time.monotonic() + self.settings.subscribe_retry_period
             # spread the database reads of the devices over the period
-            next_props = time.monotonic() + random.uniform(0, self.settings.property_period())
+            next_props = time.monotonic() + random.uniform(0, self.settings.first_property_delay())
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self._reconnect.is_set() or (not self.connected and now >= next_connect):
@@ -214,10 +260,12 @@ class DeviceWatch:
                 if self.connected and self.poll_names and now >= next_poll:
                     self._poll()
                     next_poll = now + self.settings.fallback_poll_period
-                if now >= next_props:
+                asked, next_asked = self._asked_properties_due(now)
+                if now >= next_props or asked:
                     self._poll_properties()
-                    next_props = now + self.settings.property_period()
-                deadlines = [next_props]
+                    if now >= next_props:
+                        next_props = now + self.settings.property_period()
+                deadlines = [next_props] + ([next_asked] if next_asked is not None else [])
                 if self.connected and self.poll_names:
                     deadlines += [next_poll, next_retry]
                 if not self.connected:
@@ -236,6 +284,7 @@ class DeviceWatch:
         self.proxy, self.subscriptions = None, []
         proxy = None
         subscribed: list[int] = []
+        self._connecting = True
         try:
             proxy = tango.DeviceProxy(self.device)
             proxy.set_timeout_millis(int(self.settings.timeout * 1000))
@@ -248,7 +297,10 @@ class DeviceWatch:
                     continue
                 meta = meta_from_info(self.device, info)
                 self.logic.register(meta)
-                mode = self._subscribe_values(proxy, info.name, meta.key, subscribed)
+                # a written value may be stored as a property (a setting,
+                # or memorized): its events prompt a read of the properties
+                stored = info.writable != tango.AttrWriteType.READ
+                mode = self._subscribe_values(proxy, info.name, meta.key, subscribed, stored)
                 if mode is None:
                     poll.append(info.name)
                     mode = "poll"
@@ -273,6 +325,8 @@ class DeviceWatch:
             self.connected = False
             self.last_error = exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
             return False
+        finally:
+            self._connecting = False
         self.proxy, self.subscriptions = proxy, subscribed
         self.modes, self.poll_names = modes, poll
         self._polled = {}
@@ -282,8 +336,18 @@ class DeviceWatch:
         self.last_error = ""
         return True
 
-    def _subscribe_values(self, proxy, name: str, key: str, subscribed: list[int]) -> str | None:
+    def _subscribe_values(
+        self, proxy, name: str, key: str, subscribed: list[int], stored: bool = False
+    ) -> str | None:
         callback = self.logic.sink(key)
+        if stored:  # the device may store its new value in the database
+            sink = callback
+
+            def callback(event, sink=sink):
+                sink(event)
+                if not event.err:
+                    self.properties_soon()
+
         for event_type, mode in EVENT_MODES:
             try:
                 subscribed.append(proxy.subscribe_event(name, event_type, callback))
@@ -317,6 +381,7 @@ class DeviceWatch:
         if event.err or event.attr_conf is None:
             return
         self._record_config(event.attr_conf, event.reception_date.totime())
+        self.properties_soon()  # a configuration set by a client is stored there too
 
     def _record_config(self, info, t: float) -> None:
         config = config_dict(info)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import tango
 
+from tango_devices.logger import tango_sources
 from tango_devices.logger.selection import Selection
 from tango_devices.logger.tango_sources import DeviceWatch, SourceSettings
 
@@ -64,3 +65,33 @@ def test_attributes_read_for_want_of_a_subscription_are_subscribed_to_once_they_
     assert watch.modes["Velocity"] == "change"
     assert ("Velocity", tango.EventType.CHANGE_EVENT) in watch.proxy.subscribed
     assert len(watch.subscriptions) == 1  # kept, to be unsubscribed with the rest
+
+
+def test_the_first_property_reads_are_spread_at_the_read_rate():
+    settings = SourceSettings(property_first_within=3.0, property_reads_per_second=10.0)
+    settings.watched = 18
+    assert settings.first_property_delay() == pytest.approx(3.0)
+    settings.watched = 200
+    assert settings.first_property_delay() == pytest.approx(20.0)
+
+
+def test_a_sign_of_changed_properties_asks_two_reads_and_subscribing_asks_none(monkeypatch):
+    """A configuration event or a writable attribute's change asks a read
+    0.5 s and 3 s later (the database is otherwise read every 30 s); asked
+    again while those are pending, nothing more; the events that
+    subscribing itself delivers ask nothing."""
+    clock = [100.0]
+    monkeypatch.setattr(tango_sources.time, "monotonic", lambda: clock[0])
+    watch = DeviceWatch("bl01/mot/m001", SinkLogic(), Selection([], []), SourceSettings())
+    watch._connecting = True
+    watch.properties_soon()
+    assert watch._asked_properties_due(200.0) == (False, None)
+    watch._connecting = False
+    watch.properties_soon()
+    clock[0] = 100.2
+    watch.properties_soon()  # pending already: no new reads
+    assert watch._asked_properties_due(100.2) == (False, 100.5)
+    assert watch._asked_properties_due(100.6) == (True, 103.0)
+    assert watch._asked_properties_due(101.0) == (False, 103.0)
+    assert watch._asked_properties_due(103.0) == (True, None)
+    assert watch._asked_properties_due(200.0) == (False, None)
