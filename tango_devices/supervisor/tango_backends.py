@@ -214,7 +214,9 @@ class TangoProber:
 
     def answers(self) -> dict[str, tuple[str, float | None]]:
         """Every probed device: (the State it answered last, when: monotonic)."""
-        return {p.device: (p.last_state, p.last_answer) for p in self._probes.values()}
+        # a copy first: ProbeAnswers reads this from a Tango thread while the
+        # loop may add or drop probes (list() of a dict's values is atomic)
+        return {p.device: (p.last_state, p.last_answer) for p in list(self._probes.values())}
 
     def reconnect(self, devices: Iterable[str]) -> None:
         for device in devices:
