@@ -17,8 +17,11 @@ from typing import Any
 
 # Commands every Tango device has, or that only tests use: never shown as buttons.
 HIDDEN_COMMANDS = frozenset({"Init", "State", "Status", "TestCrash", "TestHang"})
-# Attributes that are not for a form (the camera's image has its own panel).
-HIDDEN_ATTRIBUTES = frozenset({"State", "Status", "CommandStates", "Image", "Report", "Items"})
+# Attributes that are not for a form (the camera's image has its own panel;
+# the supervisor's ProbeAnswers is JSON for `beamline status`).
+HIDDEN_ATTRIBUTES = frozenset(
+    {"State", "Status", "CommandStates", "Image", "Report", "Items", "ProbeAnswers"}
+)
 
 
 GRID_OVER = 12  # a section of more devices: a grid below the beam, forms on demand
