@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,11 @@ def test_a_stub_that_hands_over_during_the_scan_is_followed_by_its_successor(spa
             result = super()._identify(pid)
             if pid == stub.pid and not successor:  # the handover, mid-scan
                 successor.append(spawn("Motor", SLEEPER, tmp_path, "m1"))
+                # the stub ends only once its successor looks like it (the
+                # fork server's ready pipe); a new process's command line is
+                # set a moment after Popen returns (exec closes the pipe
+                # Popen waits on before the kernel sets up the arguments)
+                until(lambda: b"Motor" in Path(f"/proc/{successor[0].pid}/cmdline").read_bytes())
                 stub.kill()
                 stub.wait()  # reaped: gone from /proc
             return result
