@@ -67,9 +67,10 @@ class Supervisor(BeamlineDevice):
     ProbePeriod = device_property(dtype=float, default_value=0.5, doc="s between State reads")
     MaxProbeRate = device_property(
         dtype=float,
-        default_value=400.0,
+        default_value=300.0,
         doc="State reads a second in all, at most: with many devices ProbePeriod grows to "
-        "devices / MaxProbeRate (200 devices: 0.5 s)",
+        "devices / MaxProbeRate (200 devices: 0.67 s; a hang is still seen HangTimeout "
+        "after the last answer, a slow answer counts up to HangTimeout less the period)",
     )
     StepPeriod = device_property(
         dtype=float, default_value=0.1, doc="s between observations while anything is in flux"

@@ -172,7 +172,7 @@ class TangoProber:
         timeout: float = 0.5,
         period: float = 0.2,
         confirm: float = 2.5,
-        max_rate: float = 400.0,
+        max_rate: float = 300.0,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.timeout = timeout
@@ -186,8 +186,9 @@ class TangoProber:
         """s between two State reads of one device: ``period``, or longer when
         that would ask more than ``max_rate`` States a second in all (at 200
         devices, 0.2 s meant 1,000 reads a second: most of the supervisor's
-        idle CPU, and a tenth of each device server's). A hang is then seen
-        at most the difference later."""
+        idle CPU, and a tenth of each device server's). A hang is still seen
+        the hang time after the device's last answer (see :class:`_Probe`); a
+        longer period leaves a slow answer less of the hang time."""
         return max(self.period, devices / max(self.max_rate, 1e-3))
 
     def watch(self, devices: Iterable[str]) -> None:
